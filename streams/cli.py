@@ -1,0 +1,128 @@
+"""The `parcours` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from streams.settings import Settings
+
+LOCAL_STACK_HINT = """\
+No {what} given. Point the worker at your services:
+  parcours worker --broker kafka://host:9092 --clickhouse http://user:pass@host:8123/db
+(or set KAFKA_BROKER and CLICKHOUSE_URL). To try everything locally instead:
+  parcours demo                      # broker + embedded ClickHouse + worker, then a summary
+  parcours local-broker --port 9092  # a local Kafka-compatible broker in this terminal
+  parcours worker --broker kafka://127.0.0.1:9092 --clickhouse chdb://.parcours/clickhouse"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """parcours: customer touchpoints to journeys, leaks and surveys, on Kafka and ClickHouse."""
+
+
+@main.command()
+@click.option("--broker", help="Kafka bootstrap, e.g. kafka://host:9092 [env KAFKA_BROKER]")
+@click.option(
+    "--clickhouse",
+    "clickhouse_url",
+    help="http://user:pass@host:8123/db or chdb://path [env CLICKHOUSE_URL]",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="journeys.yaml [env PARCOURS_CONFIG; default schemas/journeys.yaml]",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    help="local state folder [env PARCOURS_DATA_DIR; default .parcours]",
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    help="port of /metrics, 0 for none [env PARCOURS_METRICS_PORT; default 9108]",
+)
+@click.option("--store", help="Faust table store: memory:// or rocksdb:// [env PARCOURS_STORE]")
+@click.option(
+    "--partitions",
+    type=int,
+    help="partitions of the input topics [env PARCOURS_PARTITIONS; default 4]",
+)
+@click.option(
+    "--loglevel",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def worker(loglevel: str, **overrides: object) -> None:
+    """Run the stream worker: ingest, then sink to ClickHouse.
+
+    Several workers with the same app id share the partitions of one consumer group.
+    """
+    settings = Settings().with_overrides(**overrides)
+    for what, value in (("broker", settings.broker), ("ClickHouse URL", settings.clickhouse_url)):
+        if not value:
+            raise click.UsageError(LOCAL_STACK_HINT.format(what=what))
+    from streams.clickhouse import ClickHouseUrlError, client_args
+    from streams.config import ConfigError, load_config
+    from streams.worker import run_worker
+
+    try:  # report bad input here, before Faust starts and buries it in logs
+        load_config(settings.config_path)
+        client_args(settings.clickhouse_url)
+    except (ConfigError, ClickHouseUrlError) as exc:
+        raise click.ClickException(str(exc)) from None
+    run_worker(settings, loglevel=loglevel)
+
+
+@main.command()
+@click.option("--customers", default=400, show_default=True, help="synthetic customers")
+@click.option("--seed", default=7, show_default=True, help="random seed of the population")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".parcours"),
+    show_default=True,
+    help="the demo writes under DATA_DIR/demo (wiped first)",
+)
+@click.option(
+    "--timeout", default=300.0, show_default=True, help="seconds to wait for every event to land"
+)
+def demo(customers: int, seed: int, data_dir: Path, timeout: float) -> None:
+    """Run the whole pipeline locally (broker + embedded ClickHouse + worker) and summarize."""
+    from streams.demo import run_demo
+
+    run_demo(customers, seed, data_dir, timeout)
+
+
+@main.command("check-config")
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+def check_config(path: Path | None) -> None:
+    """Validate a journeys.yaml (default: the configured one) and say what it declares."""
+    from streams.config import ConfigError, load_config
+
+    path = path or Settings().config_path
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{path}: OK, {len(config.touchpoint_types)} touchpoint types")
+
+
+@main.command("local-broker")
+@click.option("--port", type=int, default=9092, show_default=True)
+def local_broker(port: int) -> None:
+    """Run the local Kafka-compatible broker (tansu, memory storage) until Ctrl-C."""
+    from streams.local_stack import LocalBroker
+
+    broker = LocalBroker(port=port)
+    broker.start()
+    click.echo(f"broker ready: kafka://{broker.bootstrap} (memory storage; Ctrl-C stops it)")
+    try:
+        sys.exit(broker.process.wait())
+    except KeyboardInterrupt:
+        broker.stop()

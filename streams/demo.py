@@ -1,0 +1,137 @@
+"""`parcours demo`: the whole pipeline on the embedded stack, with a summary at the end.
+
+Starts the local broker and a worker, sends synthetic touchpoints (half as
+single-event messages, half in batch envelopes, plus some duplicates and
+malformed messages so the dead-letter path shows), waits until every row has
+landed in ClickHouse, stops everything and prints what ClickHouse holds.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from pathlib import Path
+
+import orjson
+
+from streams.clickhouse import connect
+from streams.local_stack import LocalBroker, WorkerProcess
+from streams.produce import as_messages, produce
+from streams.settings import TOUCHPOINTS
+from streams.synth import generate
+
+MALFORMED = [
+    b"{not json",
+    b"",
+    b"\xff\xfe\x00",
+    b'["an", "array"]',
+    b'{"events": "not a list"}',
+]
+
+
+def malformed_messages(events: list[dict], count: int, rng: random.Random) -> list[bytes]:
+    """Bad input of every kind the ingest step names."""
+    out = []
+    for i in range(count):
+        base = dict(rng.choice(events), event_id=f"bad-{i}")
+        kind = i % 8
+        if kind < len(MALFORMED):
+            out.append(MALFORMED[kind])
+        elif kind == 5:
+            out.append(orjson.dumps(dict(base, type="teleport")))  # unknown type
+        elif kind == 6:
+            out.append(orjson.dumps({k: v for k, v in base.items() if k != "ts"}))  # schema
+        else:
+            out.append(orjson.dumps(dict(base, ts="2999-01-01T00:00:00Z")))  # future
+    return out
+
+
+def step(message: str) -> float:
+    print(f"• {message}", flush=True)
+    return time.perf_counter()
+
+
+def run_demo(customers: int, seed: int, data_dir: Path, timeout: float) -> dict:
+    rng = random.Random(seed)
+    demo_dir = data_dir / "demo"
+    shutil.rmtree(demo_dir, ignore_errors=True)  # each demo starts from empty state
+    demo_dir.mkdir(parents=True)
+    clickhouse_url = f"chdb://{demo_dir / 'clickhouse'}"
+
+    events = generate(customers, seed=seed)
+    half = len(events) // 2
+    messages = as_messages(events[:half]) + as_messages(events[half:], envelope_size=20)
+    duplicates = rng.sample(messages, k=min(50, len(messages)))
+    bad = malformed_messages(events, 40, rng)
+    all_messages = messages + duplicates + [(None, value) for value in bad]
+    rng.shuffle(all_messages)
+    print(
+        f"parcours demo: {len(events):,} touchpoints of {customers:,} customers in "
+        f"{len(all_messages):,} messages ({len(duplicates)} re-sent, {len(bad)} malformed)"
+    )
+
+    t = step("starting the local broker (tansu, memory storage)")
+    with LocalBroker(log_path=demo_dir / "broker.log") as broker:
+        print(f"  ready on {broker.bootstrap} in {time.perf_counter() - t:.1f}s")
+        t = step(f"starting the worker (ClickHouse {clickhouse_url})")
+        with WorkerProcess(
+            broker.bootstrap, clickhouse_url, data_dir=demo_dir, log_path=demo_dir / "worker.log"
+        ) as worker:
+            print(
+                f"  metrics on http://127.0.0.1:{worker.metrics_port}/metrics "
+                f"({time.perf_counter() - t:.1f}s)"
+            )
+            t = step(f"sending {len(all_messages):,} messages to '{TOUCHPOINTS}'")
+            produce(broker.bootstrap, TOUCHPOINTS, all_messages)
+            print(f"  acknowledged by the broker in {time.perf_counter() - t:.1f}s")
+            t = step("waiting for every event to land")
+            worker.wait_for_rows(
+                {"touchpoints": len(events), "dead_letters": len(bad)}, timeout, progress=True
+            )
+            print(f"  done in {time.perf_counter() - t:.1f}s")
+            step("stopping the worker and the broker")
+    return summarize(clickhouse_url)
+
+
+def summarize(clickhouse_url: str) -> dict:
+    client = connect(clickhouse_url)
+    try:
+
+        def rows(sql: str) -> list[tuple]:
+            return client.query(sql).result_rows
+
+        summary = {
+            "tables": dict(
+                rows(
+                    "SELECT table, sum(rows) FROM system.parts WHERE active AND database = "
+                    "currentDatabase() AND table NOT LIKE '.%' GROUP BY table ORDER BY table"
+                )
+            ),
+            "by_type": rows(
+                "SELECT type, channel, count() FROM touchpoints FINAL "
+                "GROUP BY type, channel ORDER BY count() DESC"
+            ),
+            "dead_letters": rows(
+                "SELECT reason, count() FROM dead_letters FINAL "
+                "GROUP BY reason ORDER BY count() DESC"
+            ),
+            "customers": rows("SELECT uniqExact(customer_key) FROM touchpoints")[0][0],
+        }
+    finally:
+        client.close()
+    print_summary(summary)
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    print("\nTouchpoints by type and channel")
+    for kind, channel, n in summary["by_type"]:
+        print(f"  {kind:<18} {channel:<9} {n:>7,}")
+    print(f"  distinct customer keys: {summary['customers']:,}")
+    print("\nDead letters by reason")
+    for reason, n in summary["dead_letters"]:
+        print(f"  {reason:<18} {n:>7,}")
+    print("\nRows per ClickHouse table")
+    for table, n in summary["tables"].items():
+        print(f"  {table:<18} {n:>7,}")

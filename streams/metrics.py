@@ -1,0 +1,42 @@
+"""Prometheus metrics of a parcours process. Labels are bounded sets: never a customer id."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+MESSAGES_CONSUMED = Counter(
+    "parcours_messages_consumed_total", "Kafka messages consumed, by topic", ["topic"]
+)
+EVENTS = Counter(
+    "parcours_events_ingested_total",
+    "Touchpoint events seen by the ingest step, by result (valid, invalid, duplicate)",
+    ["result"],
+)
+DEAD_LETTERS = Counter(
+    "parcours_dead_letters_total", "Messages or events sent to the dead-letter topic", ["reason"]
+)
+SINK_ROWS = Counter("parcours_sink_rows_total", "Rows accepted by ClickHouse", ["table"])
+SINK_BATCHES = Counter("parcours_sink_batches_total", "Batches accepted by ClickHouse", ["table"])
+SINK_FAILURES = Counter(
+    "parcours_sink_failures_total", "Failed ClickHouse inserts (each is retried)", ["table"]
+)
+SINK_BACKLOG = Gauge(
+    "parcours_sink_backlog_rows", "Rows waiting for ClickHouse to accept them", ["table"]
+)
+SINK_INSERT_SECONDS = Histogram(
+    "parcours_sink_insert_seconds",
+    "Time of one successful ClickHouse insert",
+    ["table"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+INGEST_BATCH_SECONDS = Histogram(
+    "parcours_ingest_batch_seconds",
+    "Time to process one ingest batch, forwarding included",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+def serve(port: int) -> None:
+    """Serve /metrics on `port` (0 = no server)."""
+    if port:
+        start_http_server(port)

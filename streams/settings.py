@@ -1,0 +1,93 @@
+"""Runtime settings: one frozen dataclass, filled from environment variables.
+
+The CLI overrides fields with its flags; everything else (the worker, the sink,
+the tests) reads a `Settings` instance and never the environment directly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SCHEMAS_DIR = Path(os.environ.get("PARCOURS_SCHEMAS_DIR", PROJECT_ROOT / "schemas"))
+
+# Topic names, fixed by the design; a deployment may prefix them (PARCOURS_TOPIC_PREFIX).
+TOUCHPOINTS = "touchpoints"
+TOUCHPOINTS_RESOLVED = "touchpoints-resolved"
+TOUCHPOINTS_DLQ = "touchpoints-dlq"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(
+            f"{name}={raw!r} is not a whole number; set it to e.g. {default}"
+        ) from None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a number; set it to e.g. {default}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker: str = field(default_factory=lambda: os.environ.get("KAFKA_BROKER", ""))
+    clickhouse_url: str = field(default_factory=lambda: os.environ.get("CLICKHOUSE_URL", ""))
+    app_id: str = field(default_factory=lambda: os.environ.get("PARCOURS_APP_ID", "parcours"))
+    topic_prefix: str = field(default_factory=lambda: os.environ.get("PARCOURS_TOPIC_PREFIX", ""))
+    # Must equal the partition count of the input topic (tansu auto-creates 4).
+    partitions: int = field(default_factory=lambda: _env_int("PARCOURS_PARTITIONS", 4))
+    config_path: Path = field(
+        default_factory=lambda: Path(
+            os.environ.get("PARCOURS_CONFIG", SCHEMAS_DIR / "journeys.yaml")
+        )
+    )
+    data_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("PARCOURS_DATA_DIR", ".parcours"))
+    )
+    # Faust table store: memory:// (state rebuilt from changelogs) or rocksdb://.
+    store: str = field(default_factory=lambda: os.environ.get("PARCOURS_STORE", "memory://"))
+    metrics_port: int = field(default_factory=lambda: _env_int("PARCOURS_METRICS_PORT", 9108))
+    # Ingest limits.
+    max_message_bytes: int = field(
+        default_factory=lambda: _env_int("PARCOURS_MAX_MESSAGE_BYTES", 1_048_576)
+    )
+    max_future_seconds: float = field(
+        default_factory=lambda: _env_float("PARCOURS_MAX_FUTURE_SECONDS", 3600.0)
+    )
+    # Older events are dead-lettered as too_old; 0 turns the check off (historical replays).
+    max_age_seconds: float = field(
+        default_factory=lambda: _env_float("PARCOURS_MAX_AGE_SECONDS", 90 * 86400.0)
+    )
+    dedupe_window_seconds: float = field(
+        default_factory=lambda: _env_float("PARCOURS_DEDUPE_WINDOW_SECONDS", 7 * 86400.0)
+    )
+    dedupe_max_ids_per_key: int = field(
+        default_factory=lambda: _env_int("PARCOURS_DEDUPE_MAX_IDS_PER_KEY", 1000)
+    )
+    # Batching of the agents: up to N messages, or whatever arrived within S seconds.
+    batch_max: int = field(default_factory=lambda: _env_int("PARCOURS_BATCH_MAX", 2000))
+    batch_seconds: float = field(default_factory=lambda: _env_float("PARCOURS_BATCH_SECONDS", 0.5))
+    sink_batch_max: int = field(default_factory=lambda: _env_int("PARCOURS_SINK_BATCH_MAX", 5000))
+    sink_batch_seconds: float = field(
+        default_factory=lambda: _env_float("PARCOURS_SINK_BATCH_SECONDS", 1.0)
+    )
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with the given fields replaced; None values are ignored."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})

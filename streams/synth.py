@@ -1,0 +1,103 @@
+"""A seeded synthetic population of customers and their touchpoints.
+
+Each customer walks part of a purchase journey (ad click → visit → product
+view → cart → checkout → purchase → delivery), many stop on the way, some call
+support or open emails, a few unsubscribe. Some start anonymous and log in at
+checkout. Events of one customer are in event-time order, within the last day.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+FUNNEL = [
+    "ad_click",
+    "site_visit",
+    "product_view",
+    "add_to_cart",
+    "checkout_started",
+    "purchase",
+    "delivery",
+]
+# Chance to go on to the next funnel step, from each step.
+CONTINUE = [0.9, 0.85, 0.6, 0.7, 0.75, 0.9, 1.0]
+CHANNEL = {
+    "ad_click": "ads",
+    "delivery": "delivery",
+    "support_call": "phone",
+    "email_open": "email",
+    "unsubscribe": "email",
+}
+SEGMENTS = ["silver"] * 6 + ["gold"] * 3 + ["platinum"]
+
+
+@dataclass(frozen=True)
+class Customer:
+    customer_id: str
+    anonymous_id: str | None  # set when the customer browses anonymously before logging in
+    segment: str
+
+
+def population(n: int, rng: random.Random) -> list[Customer]:
+    return [
+        Customer(
+            customer_id=f"c{i:05d}",
+            anonymous_id=f"anon-{rng.getrandbits(48):012x}" if rng.random() < 0.3 else None,
+            segment=rng.choice(SEGMENTS),
+        )
+        for i in range(n)
+    ]
+
+
+def journey_events(customer: Customer, start: datetime, rng: random.Random) -> list[dict]:
+    """The touchpoints of one customer, in event-time order."""
+    types: list[str] = []
+    for step, chance in zip(FUNNEL, CONTINUE, strict=True):
+        types.append(step)
+        if rng.random() > chance:
+            break
+    if rng.random() < 0.15:
+        types += ["support_call"] * rng.randint(1, 3)
+    if rng.random() < 0.4:
+        types.append("email_open")
+    if rng.random() < 0.05:
+        types.append("unsubscribe")
+
+    events, ts = [], start
+    logged_in = customer.anonymous_id is None
+    for n, kind in enumerate(types):
+        ts += timedelta(seconds=rng.randint(5, 900))
+        if kind == "checkout_started":
+            logged_in = True  # customers identify themselves at checkout
+        event = {
+            "event_id": f"{customer.customer_id}-{n}",
+            "type": kind,
+            "ts": ts.isoformat(timespec="milliseconds"),
+            "channel": CHANNEL.get(kind, "web"),
+            "source": "crm" if kind in ("support_call", "delivery") else "site",
+            "segment": customer.segment,
+            "properties": {"step": n},
+        }
+        if logged_in:
+            event["customer_id"] = customer.customer_id
+        if customer.anonymous_id:
+            event["anonymous_id"] = customer.anonymous_id
+        if kind == "purchase":
+            event["properties"]["amount"] = round(rng.uniform(10, 400), 2)
+        events.append(event)
+    return events
+
+
+def generate(customers: int, seed: int = 7, now: datetime | None = None) -> list[dict]:
+    """Events of `customers` customers over the day before `now`, sorted by time."""
+    rng = random.Random(seed)
+    now = now or datetime.now(UTC)
+    day_start = now - timedelta(days=1)
+    events = []
+    for customer in population(customers, rng):
+        start = day_start + timedelta(seconds=rng.randint(0, 12 * 3600))
+        events.extend(journey_events(customer, start, rng))
+    events.sort(key=lambda e: e["ts"])
+    return events
