@@ -49,6 +49,11 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
         broker_heartbeat_interval=1.0,
         broker_rebalance_timeout=3.0,
         producer_acks=-1,
+        **(
+            {"producer_max_batch_size": settings.producer_max_batch_bytes}
+            if settings.producer_max_batch_bytes
+            else {}
+        ),
     )
 
     def raw_topic(name: str) -> faust.TopicT:

@@ -83,7 +83,8 @@ def _explain(path: Path, root_node: yaml.Node | None, error: jsonschema.Validati
 
 _FIXES = {
     "required": "add the missing key",
-    "propertyNames": "names are lower_snake_case, starting with a letter",
+    # Every pattern in the config schema is a name rule.
+    "pattern": "names are lower_snake_case, starting with a letter",
     "type": "check the value's type",
     "minProperties": "declare at least one entry",
 }
@@ -94,12 +95,11 @@ def _line_of(node: yaml.Node | None, keys: list[Any]) -> int:
     line = node.start_mark.line + 1 if node is not None else 1
     for key in keys:
         if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if k.value == str(key)), None)
-            key_node = next((k for k, _ in node.value if k.value == str(key)), None)
-            if match is None:
+            pair = next(((k, v) for k, v in node.value if k.value == str(key)), None)
+            if pair is None:
                 break
-            line = key_node.start_mark.line + 1
-            node = match
+            line = pair[0].start_mark.line + 1
+            node = pair[1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
             node = node.value[key]
             line = node.start_mark.line + 1

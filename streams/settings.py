@@ -80,6 +80,11 @@ class Settings:
     # Batching of the agents: up to N messages, or whatever arrived within S seconds.
     batch_max: int = field(default_factory=lambda: _env_int("PARCOURS_BATCH_MAX", 2000))
     batch_seconds: float = field(default_factory=lambda: _env_float("PARCOURS_BATCH_SECONDS", 0.5))
+    # Producer batch size in bytes, 0 for Faust's default. The local broker needs 1 (one
+    # record per batch): see LocalBroker.WORKER_ENV.
+    producer_max_batch_bytes: int = field(
+        default_factory=lambda: _env_int("PARCOURS_PRODUCER_MAX_BATCH_BYTES", 0)
+    )
     sink_batch_max: int = field(default_factory=lambda: _env_int("PARCOURS_SINK_BATCH_MAX", 5000))
     sink_batch_seconds: float = field(
         default_factory=lambda: _env_float("PARCOURS_SINK_BATCH_SECONDS", 1.0)

@@ -1,0 +1,132 @@
+"""Migrations and the sink, on the real embedded ClickHouse engine."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from streams import metrics
+from streams.clickhouse import ClickHouseUrlError, client_args, migrate, split_statements
+from streams.rows import TOUCHPOINT_COLUMNS
+from streams.sink import ClickHouseSink, batch_token
+from tests.conftest import clickhouse
+
+
+def test_migrations_apply_once_and_are_idempotent(tmp_path):
+    with clickhouse(tmp_path / "ch") as client:
+        first = migrate(client)
+        second = migrate(client)
+        tables = {row[0] for row in client.query("SHOW TABLES").result_rows}
+    assert first == ["0001_touchpoints.sql", "0002_dead_letters.sql"]
+    assert second == []
+    assert {"touchpoints", "dead_letters", "schema_migrations"} <= tables
+
+
+def test_split_statements_ignores_comments_and_trailing_semicolons():
+    sql = "-- a comment;\nCREATE TABLE a (x UInt8) ENGINE = Memory;\n\n-- b\nSELECT 1;\n"
+    assert split_statements(sql) == ["CREATE TABLE a (x UInt8) ENGINE = Memory", "SELECT 1"]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "http://bob:s%40cret@ch.internal:8124/cx",
+            {
+                "host": "ch.internal",
+                "port": 8124,
+                "username": "bob",
+                "password": "s@cret",
+                "database": "cx",
+                "secure": False,
+            },
+        ),
+        ("https://ch.example", {"port": 8443, "database": "default", "secure": True}),
+    ],
+)
+def test_server_urls_become_client_arguments(url, expected):
+    args = client_args(url)
+    assert {k: args[k] for k in expected} == expected
+
+
+def test_bad_urls_say_which_forms_work():
+    with pytest.raises(ClickHouseUrlError, match="chdb://"):
+        client_args("postgres://localhost/db")
+
+
+def touchpoint(event_id: str) -> list:
+    now = datetime.now(UTC)
+    return [
+        event_id,
+        "c-1",
+        "c-1",
+        "",
+        "site_visit",
+        "before",
+        now,
+        "web",
+        "site",
+        "",
+        "",
+        {},
+        0,
+        0,
+        now,
+    ]
+
+
+def test_a_retried_batch_with_the_same_token_lands_once(tmp_path):
+    rows = [touchpoint("e1"), touchpoint("e2")]
+    token = batch_token("touchpoints", [("touchpoints-resolved", 0, 10), ("t", 0, 11)])
+    with clickhouse(tmp_path / "ch") as client:
+        migrate(client)
+        for _ in range(3):
+            client.insert(
+                "touchpoints",
+                rows,
+                column_names=TOUCHPOINT_COLUMNS,
+                settings={"insert_deduplication_token": token},
+            )
+        count = client.query("SELECT count() FROM touchpoints").result_rows[0][0]
+    assert count == 2
+
+
+def test_batch_tokens_depend_on_offset_ranges_not_order():
+    a = batch_token("t", [("x", 0, 5), ("x", 1, 7), ("x", 0, 3)])
+    b = batch_token("t", [("x", 1, 7), ("x", 0, 3), ("x", 0, 5)])
+    assert a == b
+    assert a != batch_token("t", [("x", 0, 3), ("x", 0, 6), ("x", 1, 7)])
+    assert a != batch_token("u", [("x", 0, 5), ("x", 1, 7), ("x", 0, 3)])
+
+
+class FlakyClient:
+    """A real client whose first `failures` inserts raise, as during an outage."""
+
+    def __init__(self, client, failures: int) -> None:
+        self.client, self.failures = client, failures
+
+    def insert(self, *args, **kwargs):
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("ClickHouse is down")
+        return self.client.insert(*args, **kwargs)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_sink_retries_until_clickhouse_accepts_and_counts_failures(tmp_path):
+    failures_before = metrics.SINK_FAILURES.labels("touchpoints")._value.get()
+    with clickhouse(tmp_path / "ch") as client:
+        migrate(client)
+        flaky = FlakyClient(client, failures=3)
+        sink = ClickHouseSink(lambda: flaky, max_backoff_seconds=0.05)
+        rows = [touchpoint(f"e{i}") for i in range(5)]
+        asyncio.run(sink.write("touchpoints", TOUCHPOINT_COLUMNS, rows, "tok"))
+        sink.close()
+        count = client.query("SELECT count() FROM touchpoints").result_rows[0][0]
+    assert count == 5
+    assert metrics.SINK_FAILURES.labels("touchpoints")._value.get() - failures_before == 3
+    assert metrics.SINK_BACKLOG.labels("touchpoints")._value.get() == 0

@@ -1,0 +1,181 @@
+"""End to end: real tansu broker, real worker process, real embedded ClickHouse.
+
+Producers are aiokafka and, as an independent outside client, librdkafka (the
+C client kcat is built on) through confluent-kafka: Debian's kcat links
+librdkafka 2.0.2, which cannot parse tansu's ApiVersions v3 response.
+Assertions read the rows ClickHouse holds after the worker stopped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import confluent_kafka
+import orjson
+import pytest
+
+from streams.local_stack import LocalBroker, WorkerProcess
+from streams.produce import as_messages, produce
+from tests.conftest import clickhouse, make_event
+
+pytestmark = pytest.mark.e2e
+
+MAX_MESSAGE_BYTES = 200_000  # the worker's limit in this test, so "oversize" is cheap to send
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    with LocalBroker(log_path=tmp_path_factory.mktemp("broker") / "broker.log") as running:
+        yield running
+
+
+def start_worker(broker, tmp_path, app_id):
+    return WorkerProcess(
+        broker.bootstrap,
+        f"chdb://{tmp_path / 'clickhouse'}",
+        data_dir=tmp_path,
+        log_path=tmp_path / "worker.log",
+        extra_env={
+            **broker.WORKER_ENV,
+            "PARCOURS_APP_ID": app_id,
+            "PARCOURS_TOPIC_PREFIX": f"{app_id}.",
+            "PARCOURS_MAX_MESSAGE_BYTES": str(MAX_MESSAGE_BYTES),
+        },
+    )
+
+
+def valid_events(n: int) -> list[dict]:
+    return [
+        make_event(
+            i, customer_id=f"c-{i % 97}", type=["site_visit", "purchase", "email_open"][i % 3]
+        )
+        for i in range(n)
+    ]
+
+
+def malformed() -> list[tuple[bytes, str]]:
+    """50 bad messages, each with the reason the worker must give."""
+    bad: list[tuple[bytes, str]] = []
+    for i in range(6):
+        bad.append((b'{"event_id": "x' + str(i).encode(), "invalid_json"))
+    bad += [
+        (b"", "invalid_json"),
+        (b"\xff\xfe\xfd", "invalid_json"),
+        (b"[" * 3000 + b"]" * 3000, "invalid_json"),
+        (b"\xc3\x28", "invalid_json"),
+    ]
+    bad += [
+        (b"[1,2,3]", "invalid_envelope"),
+        (b'"text"', "invalid_envelope"),
+        (b'{"events": 7}', "invalid_envelope"),
+        (b"null", "invalid_envelope"),
+        (b'{"events": {}}', "invalid_envelope"),
+    ]
+    schema_breakers = [
+        {"event_id": None},
+        {"customer_id": None},
+        {"event_id": 12},
+        {"ts": "soon"},
+        {"channel": "fax"},
+        {"properties": {"deep": {"er": 1}}},
+        {"customerId": "c"},
+        {"properties": {"blob": "x" * 150_000}},
+        {"source": "NOPE"},
+        {"ts": "2026-01-01T00:00:00"},
+    ]
+    for i, change in enumerate(schema_breakers * 2):
+        bad.append((orjson.dumps(make_event(10_000 + i, **change)), "schema_violation"))
+    for i in range(7):
+        bad.append((orjson.dumps(make_event(20_000 + i, type="teleport")), "unknown_type"))
+    bad += [
+        (orjson.dumps(make_event(30_000 + i, ts="2999-01-01T00:00:00Z")), "ts_in_future")
+        for i in range(3)
+    ]
+    bad += [
+        (orjson.dumps(make_event(40_000 + i, ts="2001-01-01T00:00:00Z")), "ts_too_old")
+        for i in range(3)
+    ]
+    bad += [
+        (orjson.dumps(make_event(50_000 + i, pad="p" * MAX_MESSAGE_BYTES)), "oversize")
+        for i in range(2)
+    ]
+    return bad
+
+
+def librdkafka_produce(bootstrap: str, topic: str, messages: list[tuple]) -> None:
+    """Send with librdkafka, a Kafka client independent of the worker's aiokafka."""
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    for key, value in messages:
+        producer.produce(topic, key=key, value=value)
+    assert producer.flush(30) == 0, "librdkafka could not deliver every message"
+
+
+def test_events_land_once_and_bad_input_lands_in_dead_letters(broker, tmp_path):
+    topic = "e2e.touchpoints"
+    events = valid_events(1000)
+    singles = as_messages(events[:500])
+    envelopes = as_messages(events[500:], envelope_size=25)
+    bad = malformed()
+    assert len(bad) == 50
+    duplicates = singles[:10] + envelopes[:10]  # exact re-sends: 10 single, 10 envelopes
+    # An envelope with one bad member loses only that member: here, a duplicate plus a bad one.
+    mixed = orjson.dumps({"events": [events[0], make_event(60_000, channel="fax")]})
+    bad_count = Counter(reason for _, reason in bad) + Counter({"schema_violation": 1})
+
+    # librdkafka sends 200 valid singles and every other bad message; aiokafka the rest.
+    librdkafka_produce(
+        broker.bootstrap, topic, singles[:200] + [(None, value) for value, _ in bad[::2]]
+    )
+    rest_bad = [value for value, _ in bad[1::2]]
+
+    with start_worker(broker, tmp_path, "e2e") as worker:
+        produce(
+            broker.bootstrap,
+            topic,
+            singles[200:]
+            + envelopes
+            + duplicates
+            + [(None, v) for v in rest_bad]
+            + [(b"c-0", mixed)],
+        )
+        worker.wait_for_rows({"touchpoints": 1000, "dead_letters": 51}, timeout=120)
+
+    with clickhouse(tmp_path / "clickhouse") as client:
+        total, distinct = client.query(
+            "SELECT count(), uniqExact(event_id) FROM touchpoints"
+        ).result_rows[0]
+        reasons = dict(
+            client.query("SELECT reason, count() FROM dead_letters GROUP BY reason").result_rows
+        )
+        non_utf8 = client.query(
+            "SELECT payload FROM dead_letters WHERE origin_index = -1 AND detail LIKE '%UTF-8%' "
+            "ORDER BY origin_offset",
+            column_formats={"payload": "bytes"},
+        ).result_rows
+        member = client.query(
+            "SELECT path, origin_index FROM dead_letters WHERE payload LIKE '%e-60000%'"
+        ).result_rows
+    assert (total, distinct) == (1000, 1000)  # every event once: duplicates were dropped
+    assert reasons == dict(bad_count)
+    assert sum(reasons.values()) == 51
+    assert b"\xff\xfe\xfd" in [row[0] for row in non_utf8]  # original bytes are kept
+    assert member == [("$.channel", 1)]
+
+
+def test_dedupe_memory_survives_a_worker_restart(broker, tmp_path):
+    topic = "restart.touchpoints"
+    first = as_messages(valid_events(100))
+    with start_worker(broker, tmp_path, "restart") as worker:
+        produce(broker.bootstrap, topic, first)
+        worker.wait_for_rows({"touchpoints": 100}, timeout=120)
+
+    fresh = as_messages([make_event(900 + i, customer_id=f"c-{i}") for i in range(10)])
+    with start_worker(broker, tmp_path, "restart") as worker:
+        # The new worker restores the seen ids from the changelog before it ingests.
+        produce(broker.bootstrap, topic, first[:50] + fresh)
+        worker.wait_for_rows({"touchpoints": 10}, timeout=120)
+        counted = worker.metrics()
+    with clickhouse(tmp_path / "clickhouse") as client:
+        total = client.query("SELECT count() FROM touchpoints").result_rows[0][0]
+    assert total == 110
+    assert counted[("parcours_events_ingested_total", (("result", "duplicate"),))] == 50

@@ -1,0 +1,113 @@
+"""Parsing and validation of raw message values, good and bad."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from streams import events as ev
+from tests.conftest import NOW_MS, make_event
+
+
+def parse(parser, value):
+    raw = value if isinstance(value, bytes) else orjson.dumps(value)
+    return parser.parse(raw, NOW_MS)
+
+
+def test_a_valid_single_event_comes_out_with_its_event_time(parser):
+    valid, rejected = parse(parser, make_event(ts="2026-11-22T10:00:00.250+01:00"))
+    assert rejected == []
+    assert [v.event["event_id"] for v in valid] == ["e-0"]
+    assert valid[0].ts_ms == 1795338000250
+
+
+def test_an_envelope_keeps_order_and_loses_only_its_bad_event(parser):
+    batch = {"events": [make_event(1), make_event(2, channel="pigeon"), make_event(3)]}
+    valid, rejected = parse(parser, batch)
+    assert [v.event["event_id"] for v in valid] == ["e-1", "e-3"]
+    assert [v.index for v in valid] == [0, 2]
+    assert [(r.reason, r.path, r.index) for r in rejected] == [
+        (ev.SCHEMA_VIOLATION, "$.channel", 1)
+    ]
+    # The rejected member is kept as its own JSON document, not the whole envelope.
+    assert orjson.loads(rejected[0].payload)["event_id"] == "e-2"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"", ev.INVALID_JSON),
+        (b"\xff\xfe\xfa", ev.INVALID_JSON),  # not UTF-8
+        (b'{"event_id": ', ev.INVALID_JSON),
+        (b"[" * 5000 + b"]" * 5000, ev.INVALID_JSON),  # nesting deeper than orjson allows
+        (b"[1, 2]", ev.INVALID_ENVELOPE),
+        (b"42", ev.INVALID_ENVELOPE),
+        (b'{"events": {"a": 1}}', ev.INVALID_ENVELOPE),
+    ],
+)
+def test_unusable_messages_are_rejected_whole_with_their_bytes(parser, raw, reason):
+    valid, rejected = parser.parse(raw, NOW_MS)
+    assert valid == []
+    assert [(r.reason, r.index, r.payload) for r in rejected] == [(reason, -1, raw)]
+
+
+def test_none_value_is_treated_as_empty(parser):
+    _, rejected = parser.parse(None, NOW_MS)
+    assert rejected[0].reason == ev.INVALID_JSON
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"event_id": None}, "$"),  # missing id
+        ({"customer_id": None}, "$"),  # neither customer_id nor anonymous_id
+        ({"event_id": 17}, "$.event_id"),
+        ({"ts": "yesterday"}, "$.ts"),
+        ({"ts": "2026-11-22T10:00:00"}, "$.ts"),  # no offset
+        ({"properties": {"nested": {"a": 1}}}, "$.properties.nested"),
+        ({"properties": {"list": [1]}}, "$.properties.list"),
+        ({"customerId": "c-1"}, "$"),  # a typo of a field name is not silently ignored
+        ({"source": "Bad Source!"}, "$.source"),
+    ],
+)
+def test_schema_violations_name_the_json_path(parser, change, path):
+    _, rejected = parse(parser, make_event(**change))
+    assert [(r.reason, r.path) for r in rejected] == [(ev.SCHEMA_VIOLATION, path)]
+    assert rejected[0].detail
+
+
+def test_a_one_megabyte_string_is_rejected_and_the_reason_stays_short(parser):
+    _, rejected = parse(parser, make_event(properties={"blob": "x" * 1_000_000}))
+    assert rejected[0].reason == ev.SCHEMA_VIOLATION
+    assert rejected[0].path == "$.properties.blob"
+    assert len(rejected[0].detail) <= 300
+
+
+def test_a_message_over_the_size_limit_is_oversize(config):
+    small = ev.EventParser(config.touchpoint_types, max_message_bytes=1000)
+    raw = orjson.dumps(make_event(properties={"blob": "x" * 900}))
+    _, rejected = small.parse(raw, NOW_MS)
+    assert [(r.reason, r.payload) for r in rejected] == [(ev.OVERSIZE, raw)]
+
+
+def test_unknown_types_are_named(parser):
+    _, rejected = parse(parser, make_event(type="teleport"))
+    assert (rejected[0].reason, rejected[0].path) == (ev.UNKNOWN_TYPE, "$.type")
+    assert "teleport" in rejected[0].detail
+
+
+def test_timestamps_too_far_ahead_or_behind_are_rejected(parser):
+    _, future = parse(parser, make_event(ts="2999-01-01T00:00:00Z"))
+    _, old = parse(parser, make_event(ts="2001-01-01T00:00:00Z"))
+    assert future[0].reason == ev.TS_IN_FUTURE
+    assert old[0].reason == ev.TS_TOO_OLD
+
+
+def test_the_age_check_can_be_turned_off_for_historical_replays(config):
+    replay = ev.EventParser(config.touchpoint_types, max_age_seconds=0)
+    valid, rejected = replay.parse(orjson.dumps(make_event(ts="2012-03-04T05:06:07Z")), NOW_MS)
+    assert rejected == [] and len(valid) == 1
+
+
+def test_every_reason_is_in_the_closed_set():
+    assert len(set(ev.REASONS)) == len(ev.REASONS) == 7
