@@ -17,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import ClassVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -84,7 +85,7 @@ class LocalBroker(_Process):
     # plus one, so records after the first in that batch are invisible to readers that stop
     # at the end offset: Faust's changelog recovery would lose table state on restart.
     # Workers on this broker therefore send one record per batch.
-    WORKER_ENV = {"PARCOURS_PRODUCER_MAX_BATCH_BYTES": "1"}
+    WORKER_ENV: ClassVar[dict[str, str]] = {"PARCOURS_PRODUCER_MAX_BATCH_BYTES": "1"}
 
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
         self.port = port or free_port()
