@@ -1,0 +1,28 @@
+# The two commands of the README, and helpers. Everything installs into .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint install clean
+
+demo: install  ## run the whole pipeline locally and print a summary
+	$(BIN)/parcours demo
+
+test: install  ## lint, then every test (unit, property, end to end)
+	$(BIN)/ruff check streams tests
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check streams tests
+	$(BIN)/ruff format --check streams tests
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[embedded,rocksdb,dev]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) .parcours .pytest_cache .ruff_cache .hypothesis

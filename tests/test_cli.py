@@ -1,0 +1,54 @@
+"""The command line: helpful errors before anything starts."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from streams.cli import main
+
+
+def run(*args, env=None):
+    return CliRunner().invoke(
+        main, list(args), env={"KAFKA_BROKER": "", "CLICKHOUSE_URL": "", **(env or {})}
+    )
+
+
+def test_worker_without_a_broker_says_how_to_start_the_local_stack():
+    result = run("worker")
+    assert result.exit_code == 2
+    assert "No broker given" in result.output
+    assert "parcours demo" in result.output
+
+
+def test_worker_without_clickhouse_names_what_is_missing():
+    result = run("worker", "--broker", "kafka://localhost:9092")
+    assert result.exit_code == 2
+    assert "No ClickHouse URL given" in result.output
+
+
+def test_worker_rejects_an_unknown_clickhouse_url_before_starting():
+    result = run("worker", "--broker", "localhost:9092", "--clickhouse", "mysql://x")
+    assert result.exit_code == 1
+    assert "chdb://path/to/dir" in result.output
+
+
+def test_worker_reports_a_broken_config_with_its_line(tmp_path):
+    bad = tmp_path / "journeys.yaml"
+    bad.write_text("touchpoint_types:\n  a: {phase: sometime}\n")
+    result = run(
+        "worker", "--broker", "localhost:9092", "--clickhouse", "chdb://x", "--config", str(bad)
+    )
+    assert result.exit_code == 1
+    assert f"{bad}:2:" in result.output
+
+
+def test_check_config_accepts_the_default():
+    result = run("check-config")
+    assert result.exit_code == 0, result.output
+    assert "OK" in result.output
+
+
+def test_help_lists_every_command():
+    result = run("--help")
+    for command in ("worker", "demo", "check-config", "local-broker"):
+        assert command in result.output
