@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from functools import partial
 
 import faust
 import orjson
+from faust.streams import _current_event
 
 from streams import metrics
 from streams.config import Config
@@ -84,20 +88,12 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
     async def ingest(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_seconds):
             started = time.perf_counter()
+            event_of_partition = {e.message.partition: e for e in events}
             outcome = ingest_batch(
-                [
-                    RawMessage(
-                        e.message.key,
-                        e.value,
-                        e.message.topic,
-                        e.message.partition,
-                        e.message.offset,
-                    )
-                    for e in events
-                ],
+                [_raw_message(e) for e in events],
                 parser,
                 phases,
-                seen.get,
+                partial(_read_in_partition, seen, event_of_partition),
                 now_ms=int(time.time() * 1000),
                 dedupe_window_ms=int(settings.dedupe_window_seconds * 1000),
                 dedupe_max_ids=settings.dedupe_max_ids_per_key,
@@ -114,10 +110,11 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
             ]
             await asyncio.gather(*acks)  # forwarded before remembered: a crash re-sends
             for key, (partition, ids) in outcome.seen_updates.items():
-                # Written to the partition the key's messages come from, as Table.__setitem__
-                # would inside a single-event stream; a batch has no single "current event".
-                seen.data[key] = ids
-                seen.send_changelog(partition, key, ids)
+                with _current(event_of_partition[partition]):
+                    seen[key] = ids
+            # Changelog writes are buffered: make them durable before this batch's offsets
+            # can be committed, or a restart would forget these ids and forward them again.
+            await app.producer.flush()
 
             metrics.MESSAGES_CONSUMED.labels(touchpoints.get_topic_name()).inc(len(events))
             for result, count in outcome.counts.items():
@@ -153,6 +150,32 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
             )
 
     return app
+
+
+@contextmanager
+def _current(event: faust.EventT) -> Iterator[None]:
+    """Make `event` Faust's current event, as in a one-event-at-a-time stream.
+
+    Tables take the partition of a key (its RocksDB folder and its changelog partition)
+    from the current event; a batch from `take_events` has none, so we set it.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def _read_in_partition(
+    table: faust.TableT, event_of_partition: dict[int, faust.EventT], key: str, partition: int
+) -> object:
+    with _current(event_of_partition[partition]):
+        return table.get(key)
+
+
+def _raw_message(event: faust.EventT) -> RawMessage:
+    m = event.message
+    return RawMessage(m.key, event.value, m.topic, m.partition, m.offset)
 
 
 def _offsets(events: Iterable[faust.EventT]) -> Iterable[tuple[str, int, int]]:

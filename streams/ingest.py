@@ -1,6 +1,7 @@
 """The ingest step: raw `touchpoints` messages in; events to forward and dead letters out.
 
-Pure: the caller supplies the remembered ids per key and the clock, and applies
+Pure: the caller supplies the remembered ids per key (looked up by key and the
+source partition its messages arrive on) and the clock, and applies
 the returned updates. The Faust agent, the benchmark and the tests run the same
 function. Order of effects the caller must keep, so nothing is lost on a crash:
 forward events and dead letters (and wait for the broker's ack), then store the
@@ -76,7 +77,7 @@ def ingest_batch(
     messages: Sequence[RawMessage],
     parser: EventParser,
     phases: dict[str, str],
-    seen_lookup: Callable[[str], SeenIds | None],
+    seen_lookup: Callable[[str, int], SeenIds | None],
     *,
     now_ms: int,
     dedupe_window_ms: int,
@@ -101,7 +102,10 @@ def ingest_batch(
 
     for key, candidates in by_key.items():
         fresh, duplicates, remembered = drop_duplicates(
-            seen_lookup(key), candidates, window_ms=dedupe_window_ms, max_ids=dedupe_max_ids
+            seen_lookup(key, partition_of_key[key]),
+            candidates,
+            window_ms=dedupe_window_ms,
+            max_ids=dedupe_max_ids,
         )
         outcome.counts["duplicate"] += duplicates
         outcome.counts["valid"] += len(fresh)

@@ -29,7 +29,7 @@ def broker(tmp_path_factory):
         yield running
 
 
-def start_worker(broker, tmp_path, app_id):
+def start_worker(broker, tmp_path, app_id, store="memory://"):
     return WorkerProcess(
         broker.bootstrap,
         f"chdb://{tmp_path / 'clickhouse'}",
@@ -162,15 +162,17 @@ def test_events_land_once_and_bad_input_lands_in_dead_letters(broker, tmp_path):
     assert member == [("$.channel", 1)]
 
 
-def test_dedupe_memory_survives_a_worker_restart(broker, tmp_path):
-    topic = "restart.touchpoints"
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_dedupe_memory_survives_a_worker_restart(broker, tmp_path, store):
+    app_id = f"restart-{store[:-3]}"
+    topic = f"{app_id}.touchpoints"
     first = as_messages(valid_events(100))
-    with start_worker(broker, tmp_path, "restart") as worker:
+    with start_worker(broker, tmp_path, app_id, store) as worker:
         produce(broker.bootstrap, topic, first)
         worker.wait_for_rows({"touchpoints": 100}, timeout=120)
 
     fresh = as_messages([make_event(900 + i, customer_id=f"c-{i}") for i in range(10)])
-    with start_worker(broker, tmp_path, "restart") as worker:
+    with start_worker(broker, tmp_path, app_id, store) as worker:
         # The new worker restores the seen ids from the changelog before it ingests.
         produce(broker.bootstrap, topic, first[:50] + fresh)
         worker.wait_for_rows({"touchpoints": 10}, timeout=120)
