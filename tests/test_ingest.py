@@ -21,7 +21,7 @@ def run(parser, config, messages, store=None):
         messages,
         parser,
         phases,
-        store.get,
+        lambda key, _partition: store.get(key),
         now_ms=NOW_MS,
         dedupe_window_ms=86_400_000,
         dedupe_max_ids=100,
