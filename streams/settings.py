@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS_DIR = Path(os.environ.get("PARCOURS_SCHEMAS_DIR", PROJECT_ROOT / "schemas"))
@@ -18,27 +19,20 @@ TOUCHPOINTS = "touchpoints"
 TOUCHPOINTS_RESOLVED = "touchpoints-resolved"
 TOUCHPOINTS_DLQ = "touchpoints-dlq"
 
+N = TypeVar("N", int, float)
 
-def _env_int(name: str, default: int) -> int:
+
+def _env_number(name: str, default: N) -> N:
+    """The number in environment variable `name`, of the type of `default`."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
+    kind = type(default)
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError:
-        raise SystemExit(
-            f"{name}={raw!r} is not a whole number; set it to e.g. {default}"
-        ) from None
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not a number; set it to e.g. {default}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise SystemExit(f"{name}={raw!r} is not {what}; set it to e.g. {default}") from None
 
 
 @dataclass(frozen=True)
@@ -48,7 +42,7 @@ class Settings:
     app_id: str = field(default_factory=lambda: os.environ.get("PARCOURS_APP_ID", "parcours"))
     topic_prefix: str = field(default_factory=lambda: os.environ.get("PARCOURS_TOPIC_PREFIX", ""))
     # Must equal the partition count of the input topic (tansu auto-creates 4).
-    partitions: int = field(default_factory=lambda: _env_int("PARCOURS_PARTITIONS", 4))
+    partitions: int = field(default_factory=lambda: _env_number("PARCOURS_PARTITIONS", 4))
     config_path: Path = field(
         default_factory=lambda: Path(
             os.environ.get("PARCOURS_CONFIG", SCHEMAS_DIR / "journeys.yaml")
@@ -59,35 +53,37 @@ class Settings:
     )
     # Faust table store: memory:// (state rebuilt from changelogs) or rocksdb://.
     store: str = field(default_factory=lambda: os.environ.get("PARCOURS_STORE", "memory://"))
-    metrics_port: int = field(default_factory=lambda: _env_int("PARCOURS_METRICS_PORT", 9108))
+    metrics_port: int = field(default_factory=lambda: _env_number("PARCOURS_METRICS_PORT", 9108))
     # Ingest limits.
     max_message_bytes: int = field(
-        default_factory=lambda: _env_int("PARCOURS_MAX_MESSAGE_BYTES", 1_048_576)
+        default_factory=lambda: _env_number("PARCOURS_MAX_MESSAGE_BYTES", 1_048_576)
     )
     max_future_seconds: float = field(
-        default_factory=lambda: _env_float("PARCOURS_MAX_FUTURE_SECONDS", 3600.0)
+        default_factory=lambda: _env_number("PARCOURS_MAX_FUTURE_SECONDS", 3600.0)
     )
     # Older events are dead-lettered as too_old; 0 turns the check off (historical replays).
     max_age_seconds: float = field(
-        default_factory=lambda: _env_float("PARCOURS_MAX_AGE_SECONDS", 90 * 86400.0)
+        default_factory=lambda: _env_number("PARCOURS_MAX_AGE_SECONDS", 90 * 86400.0)
     )
     dedupe_window_seconds: float = field(
-        default_factory=lambda: _env_float("PARCOURS_DEDUPE_WINDOW_SECONDS", 7 * 86400.0)
+        default_factory=lambda: _env_number("PARCOURS_DEDUPE_WINDOW_SECONDS", 7 * 86400.0)
     )
     dedupe_max_ids_per_key: int = field(
-        default_factory=lambda: _env_int("PARCOURS_DEDUPE_MAX_IDS_PER_KEY", 1000)
+        default_factory=lambda: _env_number("PARCOURS_DEDUPE_MAX_IDS_PER_KEY", 1000)
     )
     # Batching of the agents: up to N messages, or whatever arrived within S seconds.
-    batch_max: int = field(default_factory=lambda: _env_int("PARCOURS_BATCH_MAX", 2000))
-    batch_seconds: float = field(default_factory=lambda: _env_float("PARCOURS_BATCH_SECONDS", 0.5))
+    batch_max: int = field(default_factory=lambda: _env_number("PARCOURS_BATCH_MAX", 2000))
+    batch_seconds: float = field(default_factory=lambda: _env_number("PARCOURS_BATCH_SECONDS", 0.5))
     # Producer batch size in bytes, 0 for Faust's default. The local broker needs 1 (one
     # record per batch): see LocalBroker.WORKER_ENV.
     producer_max_batch_bytes: int = field(
-        default_factory=lambda: _env_int("PARCOURS_PRODUCER_MAX_BATCH_BYTES", 0)
+        default_factory=lambda: _env_number("PARCOURS_PRODUCER_MAX_BATCH_BYTES", 0)
     )
-    sink_batch_max: int = field(default_factory=lambda: _env_int("PARCOURS_SINK_BATCH_MAX", 5000))
+    sink_batch_max: int = field(
+        default_factory=lambda: _env_number("PARCOURS_SINK_BATCH_MAX", 5000)
+    )
     sink_batch_seconds: float = field(
-        default_factory=lambda: _env_float("PARCOURS_SINK_BATCH_SECONDS", 1.0)
+        default_factory=lambda: _env_number("PARCOURS_SINK_BATCH_SECONDS", 1.0)
     )
 
     def topic(self, name: str) -> str:
