@@ -29,12 +29,36 @@ class TouchpointType:
     name: str
     phase: str
     channel: str | None
+    signal: bool = False
+
+
+@dataclass(frozen=True)
+class Journey:
+    """A configured journey: ordered stages, what opens it, what completes it."""
+
+    name: str
+    stages: tuple[str, ...]
+    stage_of: dict[str, int]  # touchpoint type -> index of the stage it reaches
+    entry: frozenset[str]
+    goal: frozenset[str]
+    expiry_ms: int
 
 
 @dataclass(frozen=True)
 class Config:
     path: Path
     touchpoint_types: dict[str, TouchpointType]
+    journeys: dict[str, Journey]
+    allowed_lateness_ms: int = 60_000
+    idle_timeout_ms: int = 30_000
+
+
+_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def duration_ms(text: str) -> int:
+    """'90s', '30m', '2h', '7d' in milliseconds (the schema has checked the form)."""
+    return int(float(text[:-1]) * _UNIT_MS[text[-1]])
 
 
 def load_config(path: Path | str) -> Config:
@@ -62,10 +86,84 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(_explain(path, root_node, error))
 
     types = {
-        name: TouchpointType(name=name, phase=spec["phase"], channel=spec.get("channel"))
+        name: TouchpointType(name, spec["phase"], spec.get("channel"), spec.get("signal", False))
         for name, spec in data["touchpoint_types"].items()
     }
-    return Config(path=path, touchpoint_types=types)
+    journeys = {name: _journey(name, spec) for name, spec in data["journeys"].items()}
+    problem = _first_semantic_problem(types, data["journeys"])
+    if problem:
+        keys, message = problem
+        raise ConfigError(
+            f"{path}:{_line_of(root_node, keys)}: {'.'.join(map(str, keys))}: {message}"
+        )
+    event_time = data.get("event_time", {})
+    return Config(
+        path=path,
+        touchpoint_types=types,
+        journeys=journeys,
+        allowed_lateness_ms=duration_ms(event_time.get("allowed_lateness", "60s")),
+        idle_timeout_ms=duration_ms(event_time.get("idle_timeout", "30s")),
+    )
+
+
+def _journey(name: str, spec: dict) -> Journey:
+    stage_of = {
+        touchpoint: index
+        for index, stage in enumerate(spec["stages"])
+        for touchpoint in stage["touchpoints"]
+    }
+    return Journey(
+        name=name,
+        stages=tuple(stage["name"] for stage in spec["stages"]),
+        stage_of=stage_of,
+        entry=frozenset(spec["entry"]),
+        goal=frozenset(spec["goal"]),
+        expiry_ms=duration_ms(spec["expiry"]),
+    )
+
+
+def _first_semantic_problem(
+    types: dict[str, TouchpointType], journeys: dict[str, dict]
+) -> tuple[list, str] | None:
+    """What the schema cannot say: references between sections. (keys, message) or None."""
+    used: set[str] = set()
+    for name, spec in journeys.items():
+        seen_stages: dict[str, int] = {}
+        placed: dict[str, str] = {}
+        for i, stage in enumerate(spec["stages"]):
+            if stage["name"] in seen_stages:
+                return ["journeys", name, "stages", i, "name"], (
+                    f"stage {stage['name']!r} appears twice; stage names are unique per journey"
+                )
+            seen_stages[stage["name"]] = i
+            for j, touchpoint in enumerate(stage["touchpoints"]):
+                where = ["journeys", name, "stages", i, "touchpoints", j]
+                if touchpoint not in types:
+                    return where, (
+                        f"touchpoint {touchpoint!r} is not declared; add it under "
+                        "touchpoint_types or fix the name"
+                    )
+                if touchpoint in placed:
+                    return where, (
+                        f"touchpoint {touchpoint!r} is already in stage {placed[touchpoint]!r}; "
+                        "a touchpoint reaches one stage per journey"
+                    )
+                placed[touchpoint] = stage["name"]
+        for role in ("entry", "goal"):
+            for j, touchpoint in enumerate(spec[role]):
+                if touchpoint not in placed:
+                    return ["journeys", name, role, j], (
+                        f"{role} touchpoint {touchpoint!r} is in no stage of journey {name!r}; "
+                        "add it to a stage's touchpoints"
+                    )
+        used |= set(placed)
+    for name, spec in types.items():
+        if name not in used and not spec.signal:
+            return ["touchpoint_types", name], (
+                "touchpoint is in no journey; add it to a stage, or mark it `signal: true` "
+                "if rules use it outside journeys"
+            )
+    return None
 
 
 def _explain(path: Path, root_node: yaml.Node | None, error: jsonschema.ValidationError) -> str:
@@ -73,7 +171,9 @@ def _explain(path: Path, root_node: yaml.Node | None, error: jsonschema.Validati
     line = _line_of(root_node, keys)
     where = ".".join(str(k) for k in keys) or "(top level)"
     fix = _FIXES.get(error.validator, "")
-    if error.validator == "enum":
+    if error.validator == "pattern" and str(error.validator_value).endswith("(s|m|h|d)$"):
+        fix = "use a duration like 90s, 30m, 2h or 7d"
+    elif error.validator == "enum":
         fix = "use one of: " + ", ".join(map(str, error.validator_value))
     elif error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
@@ -87,6 +187,8 @@ _FIXES = {
     "pattern": "names are lower_snake_case, starting with a letter",
     "type": "check the value's type",
     "minProperties": "declare at least one entry",
+    "minItems": "list at least one",
+    "uniqueItems": "remove the repeated name",
 }
 
 

@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from streams.config import ConfigError, load_config
+from streams.config import ConfigError, duration_ms, load_config
 from streams.settings import SCHEMAS_DIR
 from streams.synth import generate
+
+BASE = """\
+touchpoint_types:
+  visit: {phase: before}
+  buy: {phase: during}
+journeys:
+  shop:
+    stages:
+      - {name: browse, touchpoints: [visit]}
+      - {name: bought, touchpoints: [buy]}
+    entry: [visit]
+    goal: [buy]
+    expiry: 2h
+"""
 
 
 def write(tmp_path, text):
@@ -23,29 +37,92 @@ def test_the_default_config_declares_every_type_the_demo_emits():
     assert types["purchase"].phase == "during"
 
 
+def test_the_default_journeys_have_the_stages_cx_teams_map():
+    journeys = load_config(SCHEMAS_DIR / "journeys.yaml").journeys
+    assert journeys["purchase"].stages == (
+        "awareness",
+        "consideration",
+        "checkout",
+        "purchase",
+        "delivery",
+        "post_purchase",
+    )
+    assert journeys["support_resolution"].stages == ("contact", "follow_up", "resolved")
+    assert journeys["onboarding"].stages == ("signup", "first_use", "activated")
+
+
+def test_a_minimal_config_loads_with_its_durations(tmp_path):
+    config = load_config(write(tmp_path, BASE))
+    shop = config.journeys["shop"]
+    assert shop.stage_of == {"visit": 0, "buy": 1}
+    assert shop.expiry_ms == 7_200_000
+    assert config.allowed_lateness_ms == 60_000
+
+
+@pytest.mark.parametrize(("text", "ms"), [("90s", 90_000), ("1.5m", 90_000), ("7d", 604_800_000)])
+def test_durations(text, ms):
+    assert duration_ms(text) == ms
+
+
 @pytest.mark.parametrize(
-    ("text", "expected"),
+    ("old", "new", "expected"),
     [
         (
-            "touchpoint_types:\n  a: {phase: before}\n  b:\n    phase: later\n",
-            [":4:", "touchpoint_types.b.phase", "use one of: before, during, after"],
+            "  buy: {phase: during}",
+            "  buy: {phase: later}",
+            [":3:", "touchpoint_types.buy.phase", "use one of: before, during, after"],
         ),
         (
-            "touchpoint_types:\n  a: {phase: before, colour: red}\n",
-            [":2:", "'colour' was unexpected", "allowed keys here: channel, phase"],
+            "  buy: {phase: during}",
+            "  buy: {phase: during, colour: red}",
+            [":3:", "'colour' was unexpected", "allowed keys here: channel, phase, signal"],
         ),
-        ("touchpoint_types:\n  Bad-Name: {phase: before}\n", [":1:", "lower_snake_case"]),
-        ("touchpoints:\n  a: {phase: before}\n", ["touchpoint_types", "required"]),
-        ("touchpoint_types: [oops\n", ["not valid YAML"]),
+        ("  visit: {phase: before}", "  Bad-Name: {phase: before}", [":1:", "lower_snake_case"]),
+        ("journeys:", "trips:", ["'journeys' is a required property", "add the missing key"]),
+        ("expiry: 2h", "expiry: -2h", [":11:", "journeys.shop.expiry", "like 90s, 30m, 2h"]),
+        (
+            "touchpoints: [buy]}",
+            "touchpoints: [buy, refund]}",
+            [":8:", "journeys.shop.stages.1.touchpoints.1", "'refund' is not declared"],
+        ),
+        (
+            "goal: [buy]",
+            "goal: [visit2]",
+            [":10:", "journeys.shop.goal.0", "'visit2' is in no stage", "add it to a stage"],
+        ),
+        (
+            "  buy: {phase: during}",
+            "  buy: {phase: during}\n  wave: {phase: after}",
+            [":4:", "touchpoint_types.wave", "in no journey", "signal: true"],
+        ),
+        (
+            "{name: bought, touchpoints: [buy]}",
+            "{name: browse, touchpoints: [buy]}",
+            [":8:", "stage 'browse' appears twice"],
+        ),
+        (
+            "{name: bought, touchpoints: [buy]}",
+            "{name: bought, touchpoints: [visit]}",
+            [":8:", "already in stage 'browse'"],
+        ),
+        ("expiry: 2h", "expiry: 2h\n  [oops", ["not valid YAML"]),
     ],
 )
-def test_errors_point_at_the_line_and_say_how_to_fix(tmp_path, text, expected):
+def test_errors_point_at_the_line_and_say_how_to_fix(tmp_path, old, new, expected):
+    assert old in BASE
     with pytest.raises(ConfigError) as error:
-        load_config(write(tmp_path, text))
+        load_config(write(tmp_path, BASE.replace(old, new)))
     message = str(error.value)
     assert message.startswith(str(tmp_path / "journeys.yaml"))
     for part in expected:
-        assert part in message
+        assert part in message, message
+
+
+def test_signal_types_may_stay_out_of_journeys(tmp_path):
+    text = BASE.replace(
+        "  buy: {phase: during}", "  buy: {phase: during}\n  wave: {phase: after, signal: true}"
+    )
+    assert load_config(write(tmp_path, text)).touchpoint_types["wave"].signal
 
 
 def test_a_missing_file_says_how_to_point_at_one(tmp_path):

@@ -1,0 +1,39 @@
+"""The event-time watermark of one partition. Pure.
+
+The watermark is the largest event time seen minus the allowed lateness: an event older
+than it is late. It only moves forward. When a partition has been idle for longer than
+the idle timeout, it follows the wall clock from where it stood, so journeys still
+expire (and leaks still fire) when traffic stops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NEVER = -(2**62)  # before any event
+
+
+@dataclass
+class Watermark:
+    lateness_ms: int
+    idle_timeout_ms: int
+    value: int = NEVER
+    max_event_ms: int = NEVER
+    last_arrival_wall_ms: int | None = None
+
+    def observe(self, event_ms: int, wall_ms: int) -> bool:
+        """Record an arriving event; return False if it is late."""
+        on_time = event_ms >= self.value
+        self.max_event_ms = max(self.max_event_ms, event_ms)
+        self.value = max(self.value, self.max_event_ms - self.lateness_ms)
+        self.last_arrival_wall_ms = wall_ms
+        return on_time
+
+    def on_idle(self, wall_ms: int) -> int:
+        """Let the watermark follow the wall clock after the idle timeout; return it."""
+        if self.last_arrival_wall_ms is None or self.max_event_ms == NEVER:
+            return self.value
+        idle_for = wall_ms - self.last_arrival_wall_ms - self.idle_timeout_ms
+        if idle_for > 0:
+            self.value = max(self.value, self.max_event_ms - self.lateness_ms + idle_for)
+        return self.value

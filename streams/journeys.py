@@ -1,0 +1,279 @@
+"""Journeys of one customer, computed from their touchpoints in event time. Pure.
+
+A journey instance opens on an entry touchpoint, advances through stages, completes on
+a goal touchpoint (later stages such as delivery still attach), and closes after
+`expiry` without any of its touchpoints, or when a new entry starts the next instance.
+
+Journeys are a function of the customer's retained events sorted by (ts, event_id):
+any arrival order within the allowed lateness gives the same journeys, and merging two
+customers is the union of their events. The watermark (event time minus lateness)
+decides what is final: an instance closed before it is *sealed* (emitted one last time,
+then forgotten), and events before it that belong to no unsealed instance are evicted,
+which keeps state bounded. `floors` remember, per journey, the last event of the last
+sealed instance, so a recompute never reopens what was sealed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from streams.config import Config, Journey
+
+MAX_PATH = 100  # touchpoints kept in a journey's path; longer paths say so
+MAX_EVENTS = 1000  # retained events per customer; beyond, the oldest go first
+
+# State layout (a JSON-friendly dict, stored in a Faust table per customer key):
+#   events:  [[ts_ms, event_id, type, channel], ...] sorted, not yet evicted
+#   floors:  {journey: [ts_ms, event_id]} last event of the last sealed instance
+#   emitted: {journey_id: [version, journey, entry_event_id]} last version sent
+#   alias:   customer key this key was merged into (then it holds nothing else)
+Event = list  # [ts_ms, event_id, type, channel]
+
+_RANK = {"open": 0, "completed": 1, "closed": 2, "expired": 2, "superseded": 3}
+
+
+def new_state() -> dict:
+    return {"events": [], "floors": {}, "emitted": {}, "alias": None}
+
+
+def journey_id(journey: str, entry_event_id: str) -> str:
+    """Stable across merges and replays: the journey and the event that opened it."""
+    return hashlib.blake2b(f"{journey}/{entry_event_id}".encode(), digest_size=12).hexdigest()
+
+
+@dataclass
+class Instance:
+    journey: Journey
+    entry: Event
+    events: list[Event] = field(default_factory=list)
+    stage: int = 0
+    stage_reached: dict[int, int] = field(default_factory=dict)  # stage -> first ts
+    completed_ms: int | None = None
+    closed_ms: int | None = None
+    expired: bool = False
+
+    @property
+    def id(self) -> str:
+        return journey_id(self.journey.name, self.entry[1])
+
+    @property
+    def last_ms(self) -> int:
+        return self.events[-1][0]
+
+    @property
+    def deadline_ms(self) -> int:
+        return self.last_ms + self.journey.expiry_ms
+
+    @property
+    def goal_stage(self) -> int:
+        return max(self.journey.stage_of[t] for t in self.journey.goal)
+
+    def add(self, event: Event) -> None:
+        stage = self.journey.stage_of[event[2]]
+        self.events.append(event)
+        self.stage = max(self.stage, stage)
+        self.stage_reached.setdefault(stage, event[0])
+        if event[2] in self.journey.goal and self.completed_ms is None:
+            self.completed_ms = event[0]
+
+    def close(self, at_ms: int, expired: bool) -> None:
+        self.closed_ms = at_ms
+        self.expired = expired and self.completed_ms is None
+
+    @property
+    def status(self) -> str:
+        if self.expired:
+            return "expired"
+        if self.completed_ms is not None:
+            return "closed" if self.closed_ms is not None else "completed"
+        return "open"
+
+    @property
+    def version(self) -> int:
+        """Grows with every change, so the newest row wins in ClickHouse."""
+        return len(self.events) * 4 + _RANK[self.status]
+
+
+def run_journey(
+    journey: Journey, events: Iterable[Event], floor: Event | None, watermark_ms: int
+) -> list[Instance]:
+    """The instances of one journey over sorted events (see module docstring)."""
+    instances: list[Instance] = []
+    current: Instance | None = None
+    for event in events:
+        if floor is not None and event[:2] <= floor[:2]:
+            continue
+        if current is not None and current.deadline_ms <= event[0]:
+            current.close(current.deadline_ms, expired=True)
+            current = None
+        stage = journey.stage_of.get(event[2])
+        if stage is None:
+            continue
+        if current is not None and current.completed_ms is not None and stage <= current.goal_stage:
+            current.close(event[0], expired=False)  # the next instance starts here
+            current = None
+        if current is None:
+            if event[2] not in journey.entry:
+                continue
+            current = Instance(journey, entry=event)
+            instances.append(current)
+        current.add(event)
+    if current is not None and current.deadline_ms <= watermark_ms:
+        current.close(current.deadline_ms, expired=True)
+    return instances
+
+
+def compute(config: Config, state: dict, watermark_ms: int) -> list[Instance]:
+    return [
+        instance
+        for journey in config.journeys.values()
+        for instance in run_journey(
+            journey, state["events"], state["floors"].get(journey.name), watermark_ms
+        )
+    ]
+
+
+def sealed(instance: Instance, watermark_ms: int) -> bool:
+    return instance.closed_ms is not None and instance.closed_ms <= watermark_ms
+
+
+@dataclass
+class Outcome:
+    state: dict
+    updates: list[dict]  # journey rows to emit, in a stable order
+
+
+def add_events(state: dict, events: Iterable[Event]) -> dict:
+    """State with `events` merged in, kept sorted and free of repeated event ids."""
+    known = {e[1] for e in state["events"]}
+    fresh = [list(e) for e in events if e[1] not in known]
+    if not fresh:
+        return state
+    merged = sorted(state["events"] + fresh, key=lambda e: (e[0], e[1]))
+    return {**state, "events": merged}
+
+
+def advance(
+    config: Config, state: dict, customer_key: str, watermark_ms: int, now_ms: int = 0
+) -> Outcome:
+    """Recompute journeys at `watermark_ms`; emit what changed; seal and evict what is final."""
+    instances = compute(config, state, watermark_ms)
+    emitted = dict(state["emitted"])
+    floors = dict(state["floors"])
+    updates: list[dict] = []
+    live_ids: set[str] = set()
+
+    for instance in instances:
+        jid = instance.id
+        live_ids.add(jid)
+        if emitted.get(jid, [None])[0] != instance.version:
+            updates.append(journey_row(instance, customer_key, now_ms))
+        if sealed(instance, watermark_ms):
+            emitted.pop(jid, None)
+            floor = floors.get(instance.journey.name)
+            if floor is None or instance.events[-1][:2] > floor[:2]:
+                floors[instance.journey.name] = instance.events[-1][:2]
+        else:
+            emitted[jid] = [instance.version, instance.journey.name, instance.entry[1]]
+
+    # Emitted journeys that no longer exist were provisional: an earlier event arrived
+    # (within the lateness) or an identity merge brought one. Point them to their successor.
+    for jid in sorted(set(emitted) - live_ids):
+        version, journey, entry_id = emitted.pop(jid)
+        successor = next(
+            (
+                i.id
+                for i in instances
+                if i.journey.name == journey and any(e[1] == entry_id for e in i.events)
+            ),
+            "",
+        )
+        updates.append(superseded_row(jid, journey, customer_key, version + 4, successor, now_ms))
+
+    keep = _retained(state["events"], instances, watermark_ms)
+    return Outcome({**state, "events": keep, "floors": floors, "emitted": emitted}, updates)
+
+
+def _retained(events: list[Event], instances: list[Instance], watermark_ms: int) -> list[Event]:
+    """Events still needed: at or after the watermark, or in an unsealed instance."""
+    needed = {e[1] for i in instances if not sealed(i, watermark_ms) for e in i.events}
+    keep = [e for e in events if e[0] >= watermark_ms or e[1] in needed]
+    return keep[-MAX_EVENTS:]
+
+
+def merge_states(into: dict, other: dict) -> dict:
+    """The state of a customer after absorbing another key's (identity stitching)."""
+    merged = add_events(into, other["events"])
+    floors = dict(merged["floors"])
+    for journey, floor in other["floors"].items():
+        if journey not in floors or floor[:2] > floors[journey][:2]:
+            floors[journey] = floor
+    return {**merged, "floors": floors, "emitted": {**other["emitted"], **merged["emitted"]}}
+
+
+def assignments(config: Config, state: dict, watermark_ms: int) -> dict[str, list[tuple]]:
+    """event_id -> [(journey_id, journey, stage)] for the customer's retained events."""
+    out: dict[str, list[tuple]] = {}
+    for instance in compute(config, state, watermark_ms):
+        for event in instance.events:
+            stage = instance.journey.stages[instance.journey.stage_of[event[2]]]
+            out.setdefault(event[1], []).append((instance.id, instance.journey.name, stage))
+    return out
+
+
+def journey_row(instance: Instance, customer_key: str, now_ms: int) -> dict:
+    journey = instance.journey
+    path = instance.events[:MAX_PATH]
+    return {
+        "journey_id": instance.id,
+        "journey": journey.name,
+        "customer_key": customer_key,
+        "status": instance.status,
+        "stage": journey.stages[instance.stage],
+        "stage_index": instance.stage,
+        "stages_reached": [journey.stages[i] for i in sorted(instance.stage_reached)],
+        "stages_reached_ms": [instance.stage_reached[i] for i in sorted(instance.stage_reached)],
+        "path": [e[2] for e in path],
+        "path_event_ids": [e[1] for e in path],
+        "path_stages": [journey.stages[journey.stage_of[e[2]]] for e in path],
+        "path_truncated": len(instance.events) > MAX_PATH,
+        "touchpoints": len(instance.events),
+        "entry_event_id": instance.entry[1],
+        "opened_ms": instance.entry[0],
+        "last_event_ms": instance.last_ms,
+        "completed_ms": instance.completed_ms,
+        "closed_ms": instance.closed_ms,
+        "superseded_by": "",
+        "version": instance.version,
+        "updated_ms": now_ms,
+    }
+
+
+def superseded_row(
+    jid: str, journey: str, customer_key: str, version: int, successor: str, now_ms: int
+) -> dict:
+    return {
+        "journey_id": jid,
+        "journey": journey,
+        "customer_key": customer_key,
+        "status": "superseded",
+        "stage": "",
+        "stage_index": 0,
+        "stages_reached": [],
+        "stages_reached_ms": [],
+        "path": [],
+        "path_event_ids": [],
+        "path_stages": [],
+        "path_truncated": False,
+        "touchpoints": 0,
+        "entry_event_id": "",
+        "opened_ms": 0,
+        "last_event_ms": 0,
+        "completed_ms": None,
+        "closed_ms": None,
+        "superseded_by": successor,
+        "version": version,
+        "updated_ms": now_ms,
+    }
