@@ -1,11 +1,14 @@
-"""The Faust application: topics, tables and three thin agents.
+"""The Faust application: topics, tables and thin agents.
 
-    touchpoints ──ingest──► touchpoints-resolved ──sink──► ClickHouse touchpoints
-                     └────► touchpoints-dlq      ──sink──► ClickHouse dead_letters
+    touchpoints ──ingest──► touchpoints-resolved ──sink──────► ClickHouse touchpoints
+                     │            │   └──journeys──► journey-updates ──sink──► journeys
+                     │            └─(late)─┐
+                     └────► touchpoints-dlq ◄┘ ──sink──► ClickHouse dead_letters
 
-Agents only move data: the logic lives in `streams.ingest` (pure) and
-`streams.sink`. Every agent works on batches (`take_events`) because Faust's
-per-message overhead, not the logic, is the cost to design around.
+Agents only move data: the logic lives in `streams.ingest`, `streams.stitching` and
+`streams.journeys` (pure) and `streams.sink`. Every agent works on batches
+(`take_events`) because Faust's per-message overhead, not the logic, is the cost to
+design around.
 """
 
 from __future__ import annotations
@@ -23,11 +26,25 @@ from faust.streams import _current_event
 
 from streams import metrics
 from streams.config import Config
-from streams.events import EventParser
-from streams.ingest import RawMessage, ingest_batch
-from streams.rows import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, dead_letter_row, touchpoint_row
-from streams.settings import TOUCHPOINTS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RESOLVED, Settings
+from streams.events import LATE, EventParser, Rejection
+from streams.ingest import DeadLetter, RawMessage, ingest_batch
+from streams.rows import (
+    DEAD_LETTER_COLUMNS,
+    JOURNEY_COLUMNS,
+    TOUCHPOINT_COLUMNS,
+    dead_letter_row,
+    journey_ch_row,
+    touchpoint_row,
+)
+from streams.settings import (
+    JOURNEY_UPDATES,
+    TOUCHPOINTS,
+    TOUCHPOINTS_DLQ,
+    TOUCHPOINTS_RESOLVED,
+    Settings,
+)
 from streams.sink import ClickHouseSink, batch_token
+from streams.stitching import DueIndex, Message, journey_step
 
 
 def kafka_url(broker: str) -> str:
@@ -74,7 +91,10 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
     dead_letter_topic = raw_topic(TOUCHPOINTS_DLQ)
 
     # Event ids seen recently, per customer key (see streams.dedupe).
+    journey_updates = raw_topic(JOURNEY_UPDATES)
     seen = app.Table("ingest-seen", default=None, partitions=settings.partitions)
+    # Journey state per customer key (see streams.journeys for its layout).
+    journey_state = app.Table("journey-state", default=None, partitions=settings.partitions)
 
     parser = EventParser(
         config.touchpoint_types,
@@ -128,12 +148,77 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
         async for events in stream.take_events(
             settings.sink_batch_max, within=settings.sink_batch_seconds
         ):
-            rows = [touchpoint_row(ev) for e in events for ev in orjson.loads(e.value)["events"]]
+            docs = [orjson.loads(e.value) for e in events]
+            # Control messages and forwarded events of the journey step were stored already.
+            rows = [touchpoint_row(ev) for d in docs if "control" not in d for ev in d["events"]]
             await sink.write(
                 "touchpoints",
                 TOUCHPOINT_COLUMNS,
                 rows,
                 batch_token("touchpoints", _offsets(events)),
+            )
+
+    watermarks: dict = {}  # partition -> Watermark, of this process's partitions
+    due = DueIndex()
+    indexed: set[int] = set()  # partitions whose due customers were loaded from the table
+
+    @app.agent(resolved)
+    async def journeys(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_seconds):
+            event_of_partition = {e.message.partition: e for e in events}
+            for partition in event_of_partition.keys() - indexed:  # after a (re)start
+                _index_due(journey_state, partition, due)
+                indexed.add(partition)
+            result = journey_step(
+                config,
+                [_journey_message(e) for e in events],
+                partial(_read_in_partition, journey_state, event_of_partition),
+                watermarks,
+                due,
+                wall_ms=int(time.time() * 1000),
+            )
+            acks = [
+                await resolved.send(key=key.encode(), value=orjson.dumps(doc))
+                for key, doc in result.sends
+            ]
+            acks += [
+                await journey_updates.send(key=key.encode(), value=orjson.dumps({"journeys": rows}))
+                for key, rows in result.journey_updates.items()
+            ]
+            for message, event in result.late:
+                letter = _late_letter(message, event, resolved.get_topic_name(), watermarks)
+                acks.append(
+                    await dead_letter_topic.send(
+                        key=None, value=letter.rejection.payload, headers=letter.headers("journeys")
+                    )
+                )
+            await asyncio.gather(*acks)
+            for key, (partition, state) in result.states.items():
+                with _current(event_of_partition[partition]):
+                    journey_state[key] = {**state, "partition": partition}
+            await app.producer.flush()  # state durable before offsets are committed
+            metrics.LATE_EVENTS.inc(len(result.late))
+            metrics.DEAD_LETTERS.labels(LATE).inc(len(result.late))
+            metrics.IDENTITY_MERGES.inc(result.merged)
+            for rows in result.journey_updates.values():
+                for row in rows:
+                    metrics.JOURNEY_UPDATES.labels(row["journey"], row["status"]).inc()
+
+    @app.timer(interval=settings.tick_seconds)
+    async def tick() -> None:
+        """Let idle partitions' watermarks follow the clock (see streams.eventtime)."""
+        value = orjson.dumps({"control": "tick", "wall_ms": int(time.time() * 1000)})
+        for partition in range(settings.partitions):
+            await resolved.send(key=None, value=value, partition=partition)
+
+    @app.agent(journey_updates)
+    async def sink_journeys(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(
+            settings.sink_batch_max, within=settings.sink_batch_seconds
+        ):
+            rows = [journey_ch_row(r) for e in events for r in orjson.loads(e.value)["journeys"]]
+            await sink.write(
+                "journeys", JOURNEY_COLUMNS, rows, batch_token("journeys", _offsets(events))
             )
 
     @app.agent(dead_letter_topic)
@@ -171,6 +256,26 @@ def _read_in_partition(
 ) -> object:
     with _current(event_of_partition[partition]):
         return table.get(key)
+
+
+def _journey_message(event: faust.EventT) -> Message:
+    m = event.message
+    key = m.key.decode() if m.key is not None else None
+    return Message(key, m.partition, m.offset, orjson.loads(event.value))
+
+
+def _index_due(table: faust.TableT, partition: int, due: DueIndex) -> None:
+    """Re-find the customers of `partition` with journeys to close (the index is in memory)."""
+    for key, state in table.items():
+        if state and state.get("partition") == partition and not state.get("alias"):
+            due.push(partition, min((e[0] for e in state["events"]), default=None), key)
+
+
+def _late_letter(message: Message, event: dict, topic: str, watermarks: dict) -> DeadLetter:
+    index = next(i for i, e in enumerate(message.doc["events"]) if e is event)
+    detail = f"ts {event['ts']} is behind the watermark of partition {message.partition}"
+    rejection = Rejection(LATE, detail, "$.ts", index, orjson.dumps(event))
+    return DeadLetter(rejection, topic, message.partition, message.offset, int(time.time() * 1000))
 
 
 def _raw_message(event: faust.EventT) -> RawMessage:

@@ -51,6 +51,7 @@ class Config:
     journeys: dict[str, Journey]
     allowed_lateness_ms: int = 60_000
     idle_timeout_ms: int = 30_000
+    identity_window_ms: int = 86_400_000
 
 
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -103,6 +104,7 @@ def load_config(path: Path | str) -> Config:
         journeys=journeys,
         allowed_lateness_ms=duration_ms(event_time.get("allowed_lateness", "60s")),
         idle_timeout_ms=duration_ms(event_time.get("idle_timeout", "30s")),
+        identity_window_ms=duration_ms(event_time.get("identity_window", "1d")),
     )
 
 

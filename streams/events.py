@@ -30,6 +30,7 @@ UNKNOWN_TYPE = "unknown_type"
 TS_IN_FUTURE = "ts_in_future"
 TS_TOO_OLD = "ts_too_old"
 OVERSIZE = "oversize"
+LATE = "late"  # behind the watermark: stored as a touchpoint, kept out of journeys
 REASONS = (
     INVALID_JSON,
     INVALID_ENVELOPE,
@@ -38,6 +39,7 @@ REASONS = (
     TS_IN_FUTURE,
     TS_TOO_OLD,
     OVERSIZE,
+    LATE,
 )
 
 WHOLE_MESSAGE = -1  # Rejection.index when the message itself, not one event, is bad

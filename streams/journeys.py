@@ -29,6 +29,8 @@ MAX_EVENTS = 1000  # retained events per customer; beyond, the oldest go first
 #   floors:  {journey: [ts_ms, event_id]} last event of the last sealed instance
 #   emitted: {journey_id: [version, journey, entry_event_id]} last version sent
 #   alias:   customer key this key was merged into (then it holds nothing else)
+#   generation: merges absorbed so far; part of row versions, so that rows re-sent
+#            under the merged customer's key replace the earlier ones
 Event = list  # [ts_ms, event_id, type, channel]
 
 _RANK = {"open": 0, "completed": 1, "closed": 2, "expired": 2, "superseded": 3}
@@ -90,10 +92,9 @@ class Instance:
             return "closed" if self.closed_ms is not None else "completed"
         return "open"
 
-    @property
-    def version(self) -> int:
-        """Grows with every change, so the newest row wins in ClickHouse."""
-        return len(self.events) * 4 + _RANK[self.status]
+    def version(self, generation: int) -> int:
+        """Grows with every change and every merge, so the newest row wins in ClickHouse."""
+        return (len(self.events) * 4 + _RANK[self.status]) * 1024 + min(generation, 1023)
 
 
 def run_journey(
@@ -165,18 +166,20 @@ def advance(
     updates: list[dict] = []
     live_ids: set[str] = set()
 
+    generation = state.get("generation", 0)
     for instance in instances:
         jid = instance.id
         live_ids.add(jid)
-        if emitted.get(jid, [None])[0] != instance.version:
-            updates.append(journey_row(instance, customer_key, now_ms))
+        version = instance.version(generation)
+        if emitted.get(jid, [None])[0] != version:
+            updates.append(journey_row(instance, customer_key, version, now_ms))
         if sealed(instance, watermark_ms):
             emitted.pop(jid, None)
             floor = floors.get(instance.journey.name)
             if floor is None or instance.events[-1][:2] > floor[:2]:
                 floors[instance.journey.name] = instance.events[-1][:2]
         else:
-            emitted[jid] = [instance.version, instance.journey.name, instance.entry[1]]
+            emitted[jid] = [version, instance.journey.name, instance.entry[1]]
 
     # Emitted journeys that no longer exist were provisional: an earlier event arrived
     # (within the lateness) or an identity merge brought one. Point them to their successor.
@@ -190,16 +193,26 @@ def advance(
             ),
             "",
         )
-        updates.append(superseded_row(jid, journey, customer_key, version + 4, successor, now_ms))
+        updates.append(
+            superseded_row(jid, journey, customer_key, version + 4 * 1024, successor, now_ms)
+        )
 
-    keep = _retained(state["events"], instances, watermark_ms)
+    keep = _retained(state["events"], instances, watermark_ms, config.identity_window_ms)
     return Outcome({**state, "events": keep, "floors": floors, "emitted": emitted}, updates)
 
 
-def _retained(events: list[Event], instances: list[Instance], watermark_ms: int) -> list[Event]:
-    """Events still needed: at or after the watermark, or in an unsealed instance."""
+def _retained(
+    events: list[Event], instances: list[Instance], watermark_ms: int, identity_window_ms: int
+) -> list[Event]:
+    """Events still needed: in an unsealed instance, or in none and within the identity window.
+
+    An identity merge may bring older history that a stray event (in no journey yet)
+    belongs to; events of sealed instances are covered by the floors.
+    """
+    in_sealed = {e[1] for i in instances if sealed(i, watermark_ms) for e in i.events}
     needed = {e[1] for i in instances if not sealed(i, watermark_ms) for e in i.events}
-    keep = [e for e in events if e[0] >= watermark_ms or e[1] in needed]
+    horizon_ms = watermark_ms - identity_window_ms
+    keep = [e for e in events if e[1] in needed or (e[1] not in in_sealed and e[0] >= horizon_ms)]
     return keep[-MAX_EVENTS:]
 
 
@@ -223,7 +236,22 @@ def assignments(config: Config, state: dict, watermark_ms: int) -> dict[str, lis
     return out
 
 
-def journey_row(instance: Instance, customer_key: str, now_ms: int) -> dict:
+def next_due_ms(config: Config, state: dict, watermark_ms: int) -> int | None:
+    """The watermark at which this state changes without new events, or None."""
+    instances = compute(config, state, watermark_ms)
+    times = [
+        i.closed_ms if i.closed_ms is not None else i.deadline_ms
+        for i in instances
+        if not sealed(i, watermark_ms)
+    ]
+    in_instances = {e[1] for i in instances for e in i.events}
+    times += [  # to evict stray events once the identity window has passed them
+        e[0] + config.identity_window_ms + 1 for e in state["events"] if e[1] not in in_instances
+    ]
+    return min(times, default=None)
+
+
+def journey_row(instance: Instance, customer_key: str, version: int, now_ms: int) -> dict:
     journey = instance.journey
     path = instance.events[:MAX_PATH]
     return {
@@ -246,7 +274,7 @@ def journey_row(instance: Instance, customer_key: str, now_ms: int) -> dict:
         "completed_ms": instance.completed_ms,
         "closed_ms": instance.closed_ms,
         "superseded_by": "",
-        "version": instance.version,
+        "version": version,
         "updated_ms": now_ms,
     }
 

@@ -15,6 +15,17 @@ EVENTS = Counter(
 DEAD_LETTERS = Counter(
     "parcours_dead_letters_total", "Messages or events sent to the dead-letter topic", ["reason"]
 )
+LATE_EVENTS = Counter(
+    "parcours_late_events_total", "Events behind their partition's watermark, kept out of journeys"
+)
+IDENTITY_MERGES = Counter(
+    "parcours_identity_merges_total", "Anonymous journey states merged into a customer's"
+)
+JOURNEY_UPDATES = Counter(
+    "parcours_journey_updates_total",
+    "Journey rows emitted, by journey and status",
+    ["journey", "status"],
+)
 SINK_ROWS = Counter("parcours_sink_rows_total", "Rows accepted by ClickHouse", ["table"])
 SINK_BATCHES = Counter("parcours_sink_batches_total", "Batches accepted by ClickHouse", ["table"])
 SINK_FAILURES = Counter(

@@ -70,6 +70,62 @@ def touchpoint_row(event: dict) -> list:
     ]
 
 
+JOURNEY_COLUMNS = [
+    "journey_id",
+    "journey",
+    "customer_key",
+    "status",
+    "stage",
+    "stage_index",
+    "stages_reached",
+    "stages_reached_at",
+    "path",
+    "path_event_ids",
+    "path_stages",
+    "path_truncated",
+    "touchpoints",
+    "entry_event_id",
+    "opened_at",
+    "last_event_at",
+    "completed_at",
+    "closed_at",
+    "superseded_by",
+    "version",
+    "updated_at",
+]
+
+
+def journey_ch_row(row: dict) -> list:
+    """A journey row of `journey-updates` (see journeys.journey_row) as a `journeys` row."""
+
+    def maybe(ms: int | None) -> datetime | None:
+        return None if ms is None else _utc(ms)
+
+    return [
+        row["journey_id"],
+        row["journey"],
+        row["customer_key"],
+        row["status"],
+        row["stage"],
+        row["stage_index"],
+        row["stages_reached"],
+        [_utc(ms) for ms in row["stages_reached_ms"]],
+        row["path"],
+        row["path_event_ids"],
+        row["path_stages"],
+        row["path_truncated"],
+        row["touchpoints"],
+        row["entry_event_id"],
+        _utc(row["opened_ms"]),
+        _utc(row["last_event_ms"]),
+        maybe(row["completed_ms"]),
+        maybe(row["closed_ms"]),
+        row["superseded_by"],
+        row["version"],
+        _utc(row["updated_ms"]),
+    ]
+
+
 def dead_letter_row(payload: bytes, headers: dict[str, bytes]) -> list:
     """A `touchpoints-dlq` message (original bytes + parcours.* headers) as a row."""
 

@@ -18,6 +18,7 @@ SCHEMAS_DIR = Path(os.environ.get("PARCOURS_SCHEMAS_DIR", PROJECT_ROOT / "schema
 TOUCHPOINTS = "touchpoints"
 TOUCHPOINTS_RESOLVED = "touchpoints-resolved"
 TOUCHPOINTS_DLQ = "touchpoints-dlq"
+JOURNEY_UPDATES = "journey-updates"
 
 N = TypeVar("N", int, float)
 
@@ -79,6 +80,8 @@ class Settings:
     producer_max_batch_bytes: int = field(
         default_factory=lambda: _env_number("PARCOURS_PRODUCER_MAX_BATCH_BYTES", 0)
     )
+    # How often workers send the wall clock to each partition (idle watermarks).
+    tick_seconds: float = field(default_factory=lambda: _env_number("PARCOURS_TICK_SECONDS", 5.0))
     sink_batch_max: int = field(
         default_factory=lambda: _env_number("PARCOURS_SINK_BATCH_MAX", 5000)
     )

@@ -39,7 +39,8 @@ def test_worker_reports_a_broken_config_with_its_line(tmp_path):
         "worker", "--broker", "localhost:9092", "--clickhouse", "chdb://x", "--config", str(bad)
     )
     assert result.exit_code == 1
-    assert f"{bad}:2:" in result.output
+    assert f"{bad}:1:" in result.output
+    assert "'journeys' is a required property" in result.output
 
 
 def test_check_config_accepts_the_default():

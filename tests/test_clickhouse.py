@@ -8,7 +8,13 @@ from datetime import UTC, datetime
 import pytest
 
 from streams import metrics
-from streams.clickhouse import ClickHouseUrlError, client_args, migrate, split_statements
+from streams.clickhouse import (
+    MIGRATIONS_DIR,
+    ClickHouseUrlError,
+    client_args,
+    migrate,
+    split_statements,
+)
 from streams.rows import TOUCHPOINT_COLUMNS
 from streams.sink import ClickHouseSink, batch_token
 from tests.conftest import clickhouse
@@ -19,9 +25,16 @@ def test_migrations_apply_once_and_are_idempotent(tmp_path):
         first = migrate(client)
         second = migrate(client)
         tables = {row[0] for row in client.query("SHOW TABLES").result_rows}
-    assert first == ["0001_touchpoints.sql", "0002_dead_letters.sql"]
+    assert first == sorted(p.name for p in MIGRATIONS_DIR.glob("*.sql"))
+    assert first[:2] == ["0001_touchpoints.sql", "0002_dead_letters.sql"]
     assert second == []
-    assert {"touchpoints", "dead_letters", "schema_migrations"} <= tables
+    assert {
+        "touchpoints",
+        "dead_letters",
+        "journeys",
+        "touchpoint_journeys",
+        "schema_migrations",
+    } <= tables
 
 
 def test_split_statements_ignores_comments_and_trailing_semicolons():
