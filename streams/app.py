@@ -27,7 +27,7 @@ from faust.streams import _current_event
 from streams import metrics
 from streams.config import Config
 from streams.events import LATE, EventParser, Rejection
-from streams.ingest import DeadLetter, RawMessage, ingest_batch
+from streams.ingest import DeadLetter, RawMessage, ingest_batch, kafka_partition
 from streams.rows import (
     DEAD_LETTER_COLUMNS,
     JOURNEY_COLUMNS,
@@ -114,13 +114,16 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
                 parser,
                 phases,
                 partial(_read_in_partition, seen, event_of_partition),
+                partial(kafka_partition, partitions=settings.partitions),
                 now_ms=int(time.time() * 1000),
                 dedupe_window_ms=int(settings.dedupe_window_seconds * 1000),
                 dedupe_max_ids=settings.dedupe_max_ids_per_key,
             )
             acks = [
-                await resolved.send(key=key.encode(), value=orjson.dumps({"events": batch}))
-                for key, batch in outcome.forward.items()
+                await resolved.send(
+                    key=None, value=orjson.dumps({"events": batch}), partition=partition
+                )
+                for partition, batch in outcome.forward.items()
             ]
             acks += [
                 await dead_letter_topic.send(

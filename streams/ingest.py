@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from aiokafka.partitioner import DefaultPartitioner
+
 from streams.dedupe import SeenIds, drop_duplicates
 from streams.events import EventParser, Rejection, ValidEvent
 
@@ -60,12 +62,21 @@ class DeadLetter:
 
 @dataclass
 class IngestOutcome:
-    # customer key -> resolved events for it, in arrival order
-    forward: dict[str, list[dict]] = field(default_factory=dict)
+    # partition of `touchpoints-resolved` -> resolved events for it, in arrival order
+    forward: dict[int, list[dict]] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # dedupe key -> (source partition, remembered ids) to store after forwarding
     seen_updates: dict[str, tuple[int, SeenIds]] = field(default_factory=dict)
     counts: Counter = field(default_factory=Counter)  # valid / invalid / duplicate
+
+
+def kafka_partition(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2) picks for `key`."""
+    all_partitions = list(range(partitions))
+    return _PARTITIONER(key.encode(), all_partitions, all_partitions)
+
+
+_PARTITIONER = DefaultPartitioner()
 
 
 def customer_key(event: dict) -> str:
@@ -78,6 +89,7 @@ def ingest_batch(
     parser: EventParser,
     phases: dict[str, str],
     seen_lookup: Callable[[str, int], SeenIds | None],
+    partition_for: Callable[[str], int],
     *,
     now_ms: int,
     dedupe_window_ms: int,
@@ -87,6 +99,8 @@ def ingest_batch(
     outcome = IngestOutcome()
     by_key: dict[str, list[tuple[str, int, tuple[RawMessage, ValidEvent]]]] = {}
     partition_of_key: dict[str, int] = {}
+    arrived: list[tuple[RawMessage, ValidEvent]] = []
+    fresh_arrivals: list[int] = []
 
     for message in messages:
         valid, rejected = parser.parse(message.value, now_ms)
@@ -96,7 +110,9 @@ def ingest_batch(
             )
         for item in valid:
             key = customer_key(item.event)
-            by_key.setdefault(key, []).append((item.event["event_id"], item.ts_ms, (message, item)))
+            arrival = len(arrived)
+            arrived.append((message, item))
+            by_key.setdefault(key, []).append((item.event["event_id"], item.ts_ms, arrival))
             partition_of_key.setdefault(key, message.partition)
     outcome.counts["invalid"] = len(outcome.dead_letters)
 
@@ -110,10 +126,16 @@ def ingest_batch(
         outcome.counts["duplicate"] += duplicates
         outcome.counts["valid"] += len(fresh)
         outcome.seen_updates[key] = (partition_of_key[key], remembered)
-        if fresh:
-            outcome.forward[key] = [
-                resolved_event(item, message, phases, key, now_ms) for message, item in fresh
-            ]
+        fresh_arrivals += fresh
+
+    # Forward in arrival order, grouped by the partition each customer's journeys live on:
+    # grouping by key would reorder events across keys and push the watermark ahead.
+    for arrival in sorted(fresh_arrivals):
+        message, item = arrived[arrival]
+        key = customer_key(item.event)
+        outcome.forward.setdefault(partition_for(key), []).append(
+            resolved_event(item, message, phases, key, now_ms)
+        )
     return outcome
 
 

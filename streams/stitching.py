@@ -2,7 +2,8 @@
 
 Runs on `touchpoints-resolved`, where every message is keyed by a customer key and is one
 of:
-    {"events": [...]}                        touchpoints from ingest
+    {"events": [...]}                        touchpoints from ingest, in arrival order
+                                             (unkeyed: customers of one partition)
     {"control": "forward", "events": [...]}  touchpoints re-sent to the key they belong to
     {"control": "link", "customer_key": C}   key (an anonymous id) belongs to customer C
     {"control": "handoff", "state": {...}}   another key's journey state, to merge in
@@ -96,6 +97,16 @@ def journey_step(
         if control == "tick":
             mark.on_idle(wall_ms)
             continue
+        if control is None:  # touchpoints from ingest: several customers of this partition
+            on_time: dict[str, list[dict]] = {}
+            for event in doc.get("events", []):
+                if mark.observe(event["ts_ms"], wall_ms):
+                    on_time.setdefault(event["customer_key"], []).append(event)
+                else:
+                    result.late.append((message, event))
+            for owner, events in on_time.items():
+                _add(owner, events, state_of(owner, partition), put, result)
+            continue
         if key is None:
             continue
         state = state_of(key, partition)
@@ -104,14 +115,8 @@ def journey_step(
         elif control == "handoff":
             put(key, {**merge_states(state, doc["state"]), "generation": _generation(state) + 1})
             result.merged += 1
-        else:
-            on_time = []
-            for event in doc.get("events", []):
-                if mark.observe(event["ts_ms"], wall_ms):
-                    on_time.append(event)
-                else:
-                    result.late.append((message, event))
-            _add(key, on_time, state_of(key, partition), put, result)
+        elif control == "forward":  # judged on time where it arrived; not judged again
+            _add(key, doc["events"], state, put, result)
 
     for partition, mark in watermarks.items():  # customers whose deadlines the watermark passed
         for key in due.pop_due(partition, mark.value):

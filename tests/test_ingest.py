@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from streams.ingest import RawMessage, dead_letter_id, ingest_batch
+from streams.ingest import RawMessage, dead_letter_id, ingest_batch, kafka_partition
 from streams.rows import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, dead_letter_row, touchpoint_row
 from tests.conftest import NOW_MS, make_event
 
@@ -22,6 +22,7 @@ def run(parser, config, messages, store=None):
         parser,
         phases,
         lambda key, _partition: store.get(key),
+        lambda key: kafka_partition(key, 4),
         now_ms=NOW_MS,
         dedupe_window_ms=86_400_000,
         dedupe_max_ids=100,
@@ -29,6 +30,16 @@ def run(parser, config, messages, store=None):
     for key, (_, ids) in outcome.seen_updates.items():
         store[key] = ids
     return outcome
+
+
+def by_key(outcome):
+    """Forwarded event ids per customer key, checking each went to its key's partition."""
+    out = {}
+    for partition, events in outcome.forward.items():
+        for event in events:
+            assert kafka_partition(event["customer_key"], 4) == partition
+            out.setdefault(event["customer_key"], []).append(event["event_id"])
+    return out
 
 
 def test_a_mixed_batch_forwards_good_events_per_key_and_dead_letters_the_rest(parser, config):
@@ -51,7 +62,7 @@ def test_a_mixed_batch_forwards_good_events_per_key_and_dead_letters_the_rest(pa
             message(make_event(1), offset=3),  # re-sent
         ],
     )
-    assert {k: [e["event_id"] for e in v] for k, v in outcome.forward.items()} == {
+    assert by_key(outcome) == {
         "c-1": ["e-1", "e-2"],
         "a-9": ["e-4"],
     }
@@ -66,8 +77,8 @@ def test_duplicates_are_dropped_across_batches_through_the_remembered_ids(parser
     store = {}
     first = run(parser, config, [message(make_event(1))], store)
     second = run(parser, config, [message(make_event(1), offset=5), message(make_event(2))], store)
-    assert [e["event_id"] for e in first.forward["c-1"]] == ["e-1"]
-    assert [e["event_id"] for e in second.forward["c-1"]] == ["e-2"]
+    assert by_key(first) == {"c-1": ["e-1"]}
+    assert by_key(second) == {"c-1": ["e-2"]}
     assert second.counts["duplicate"] == 1
 
 
@@ -80,7 +91,11 @@ def test_resolved_events_become_touchpoint_rows(parser, config):
     outcome = run(
         parser, config, [message(make_event(1, segment="gold", properties={"n": 2, "ok": True}))]
     )
-    row = dict(zip(TOUCHPOINT_COLUMNS, touchpoint_row(outcome.forward["c-1"][0]), strict=True))
+    row = dict(
+        zip(
+            TOUCHPOINT_COLUMNS, touchpoint_row(next(iter(outcome.forward.values()))[0]), strict=True
+        )
+    )
     assert row["event_id"] == "e-1"
     assert row["phase"] == "before"
     assert row["segment"] == "gold"
@@ -101,3 +116,18 @@ def test_dead_letters_round_trip_through_kafka_headers(parser, config):
 def test_dead_letter_ids_are_deterministic_and_distinct():
     assert dead_letter_id("t", 0, 1, -1) == dead_letter_id("t", 0, 1, -1)
     assert len({dead_letter_id("t", 0, 1, i) for i in range(-1, 50)}) == 51
+
+
+def test_events_are_forwarded_in_arrival_order_across_customers(parser, config):
+    """Grouping by customer would reorder event time within a partition (late events)."""
+    keys = [f"c-{i}" for i in range(40)]
+    messages = [
+        message(make_event(i, customer_id=keys[i % 40]), offset=i, key=keys[i % 40].encode())
+        for i in range(200)
+    ]
+    outcome = run(parser, config, messages)
+    for events in outcome.forward.values():
+        offsets = [e["src_offset"] for e in events]
+        assert offsets == sorted(offsets)
+    assert sum(len(v) for v in outcome.forward.values()) == 200
+    assert len(outcome.forward) == 4  # 40 customers spread over the 4 partitions

@@ -31,6 +31,7 @@ def event(n, kind, customer_id=None, anonymous_id=None, minute=0):
         e["customer_id"] = customer_id
     if anonymous_id:
         e["anonymous_id"] = anonymous_id
+    e["customer_key"] = customer_id or anonymous_id
     return e
 
 

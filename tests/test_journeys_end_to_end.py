@@ -1,0 +1,158 @@
+"""Journeys end to end: scripted customers through the real broker, worker and ClickHouse.
+
+Each archetype states the journey it must produce. Some customers start anonymous and
+log in at checkout, some use two devices, some send their events out of order (within
+the allowed lateness); the `journeys` table must hold exactly the scripted journeys.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from streams.local_stack import LocalBroker, WorkerProcess
+from streams.produce import produce
+from tests.conftest import clickhouse
+
+pytestmark = pytest.mark.e2e
+
+STEP_MS = 20_000
+
+
+def touch(n, kind, t_ms, customer_id=None, anonymous_id=None):
+    event = {
+        "event_id": f"{customer_id or anonymous_id}-{n}",
+        "type": kind,
+        "ts": datetime.fromtimestamp(t_ms / 1000, UTC).isoformat(timespec="milliseconds"),
+        "channel": "web",
+        "source": "site",
+    }
+    if customer_id:
+        event["customer_id"] = customer_id
+    if anonymous_id:
+        event["anonymous_id"] = anonymous_id
+    return event
+
+
+def script(i, t0):
+    """(events, jitter_ms, expected journeys) of customer number i."""
+    c = f"cust-{i:04d}"
+    kind = i % 7
+    t = [t0 + k * STEP_MS for k in range(8)]
+    if kind == 0:  # a known customer buys
+        path = ["ad_click", "site_visit", "add_to_cart", "checkout_started", "purchase"]
+        events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
+        return events, 0, {("purchase", c, "completed", "purchase", tuple(path))}
+    if kind == 1:  # anonymous until checkout, then delivered
+        a = f"anon-{i:04d}"
+        events = [
+            touch(0, "ad_click", t[0], anonymous_id=a),
+            touch(1, "product_view", t[1], anonymous_id=a),
+            touch(2, "checkout_started", t[2], customer_id=c, anonymous_id=a),
+            touch(3, "purchase", t[3], customer_id=c),
+            touch(4, "delivery", t[4], customer_id=c),
+        ]
+        path = ("ad_click", "product_view", "checkout_started", "purchase", "delivery")
+        return events, 0, {("purchase", c, "completed", "delivery", path)}
+    if kind == 2:  # two devices, and the phone browses anonymously after logging in
+        phone, laptop = f"phone-{i:04d}", f"laptop-{i:04d}"
+        events = [
+            touch(0, "site_visit", t[0], anonymous_id=phone),
+            touch(1, "product_view", t[1], anonymous_id=laptop),
+            touch(2, "add_to_cart", t[2], customer_id=c, anonymous_id=phone),
+            touch(3, "checkout_started", t[3], customer_id=c, anonymous_id=laptop),
+            touch(4, "site_visit", t[4], anonymous_id=phone),
+        ]
+        path = ("site_visit", "product_view", "add_to_cart", "checkout_started", "site_visit")
+        return events, 0, {("purchase", c, "open", "checkout", path)}
+    if kind == 3:  # sent out of order, within the allowed lateness
+        path = ["site_visit", "product_view", "add_to_cart", "purchase"]
+        events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
+        return events, 45_000, {("purchase", c, "completed", "purchase", tuple(path))}
+    if kind == 4:  # a support case, resolved
+        path = ["support_call", "ticket_updated", "ticket_resolved"]
+        events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
+        return events, 0, {("support_resolution", c, "completed", "resolved", tuple(path))}
+    if kind == 5:  # abandons at checkout
+        path = ["site_visit", "add_to_cart"]
+        events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
+        return events, 0, {("purchase", c, "open", "checkout", tuple(path))}
+    path = ["signup", "first_use"]  # onboarding under way, plus a signal outside journeys
+    events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
+    events.append(touch(2, "login", t[2], customer_id=c))
+    return events, 0, {("onboarding", c, "open", "first_use", tuple(path))}
+
+
+def arrival_order(customers, seed=11):
+    """Globally in time order, each event delayed by at most its customer's jitter."""
+    rng = random.Random(seed)
+    timed = []
+    for events, jitter, _ in customers:
+        for event in events:
+            ts = datetime.fromisoformat(event["ts"]).timestamp() * 1000
+            timed.append((ts + rng.randint(0, jitter), event["event_id"], event))
+    return [event for _, _, event in sorted(timed)]
+
+
+def wait_until_quiet(worker, table, quiet_seconds=4.0, timeout=120.0):
+    """Wait until the worker stops writing to `table` (merges and forwards settle)."""
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now = worker.sink_rows(table)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_seconds:
+            return
+        time.sleep(0.25)
+    raise TimeoutError(f"{table} kept changing for {timeout}s:\n{worker.log_tail()}")
+
+
+def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
+    now_ms = int(time.time() * 1000)
+    customers = [script(i, now_ms - 50 * 60_000 + i * 7_000) for i in range(300)]
+    expected = set().union(*(journeys for _, _, journeys in customers))
+    events = arrival_order(customers)
+    messages = [
+        ((e.get("customer_id") or e["anonymous_id"]).encode(), orjson.dumps(e)) for e in events
+    ]
+
+    with (
+        LocalBroker(log_path=tmp_path / "broker.log") as broker,
+        WorkerProcess(
+            broker.bootstrap,
+            f"chdb://{tmp_path / 'clickhouse'}",
+            data_dir=tmp_path,
+            log_path=tmp_path / "worker.log",
+            extra_env=broker.WORKER_ENV,
+        ) as worker,
+    ):
+        produce(broker.bootstrap, "touchpoints", messages)
+        worker.wait_for_rows({"touchpoints": len(events)}, timeout=120)
+        wait_until_quiet(worker, "journeys")
+
+    with clickhouse(tmp_path / "clickhouse") as client:
+        rows = client.query(
+            "SELECT journey, customer_key, status, stage, path FROM journeys FINAL "
+            "WHERE status != 'superseded'"
+        ).result_rows
+        dangling = client.query(
+            "SELECT count() FROM journeys FINAL WHERE status = 'superseded' AND superseded_by "
+            "NOT IN (SELECT journey_id FROM journeys FINAL)"
+        ).result_rows[0][0]
+        late = client.query("SELECT count() FROM dead_letters WHERE reason = 'late'").result_rows[
+            0
+        ][0]
+        linked = client.query(
+            "SELECT count() FROM touchpoint_journeys WHERE event_id LIKE 'anon-%'"
+        ).result_rows[0][0]
+    got = {(j, c, s, st, tuple(p)) for j, c, s, st, p in rows}
+    assert got == expected
+    assert len(rows) == len(expected) == 300
+    assert dangling == 0
+    assert late == 0
+    assert linked == 43 * 2  # every anonymous touchpoint of the kind-1 customers is placed
