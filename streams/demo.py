@@ -61,11 +61,19 @@ def run_demo(customers: int, seed: int, data_dir: Path, timeout: float) -> dict:
 
     events = generate(customers, seed=seed)
     half = len(events) // 2
-    messages = as_messages(events[:half]) + as_messages(events[half:], envelope_size=20)
-    duplicates = rng.sample(messages, k=min(50, len(messages)))
+    # A live stream, in time order: producers flush a customer's events every 30 s at most.
+    messages = as_messages(events[:half]) + as_messages(
+        events[half:], envelope_size=20, window_ms=30_000
+    )
+    duplicates = set(rng.sample(range(len(messages)), k=min(50, len(messages))))
     bad = malformed_messages(events, 40, rng)
-    all_messages = messages + duplicates + [(None, value) for value in bad]
-    rng.shuffle(all_messages)
+    all_messages: list[tuple[bytes | None, bytes]] = []
+    for index, message in enumerate(messages):
+        all_messages.append(message)
+        if index in duplicates:  # a producer's retry follows its original
+            all_messages.append(message)
+    for value in bad:
+        all_messages.insert(rng.randrange(len(all_messages) + 1), (None, value))
     print(
         f"parcours demo: {len(events):,} touchpoints of {customers:,} customers in "
         f"{len(all_messages):,} messages ({len(duplicates)} re-sent, {len(bad)} malformed)"
@@ -90,6 +98,9 @@ def run_demo(customers: int, seed: int, data_dir: Path, timeout: float) -> dict:
                 {"touchpoints": len(events), "dead_letters": len(bad)}, timeout, progress=True
             )
             print(f"  done in {time.perf_counter() - t:.1f}s")
+            t = step("waiting for journeys to settle (identity merges, watermarks)")
+            journey_rows = worker.wait_until_quiet("journeys", timeout=timeout)
+            print(f"  {journey_rows:,} journey updates written in {time.perf_counter() - t:.1f}s")
             step("stopping the worker and the broker")
     return summarize(clickhouse_url)
 
@@ -117,6 +128,15 @@ def summarize(clickhouse_url: str) -> dict:
                 "GROUP BY reason ORDER BY count() DESC"
             ),
             "customers": rows("SELECT uniqExact(customer_key) FROM touchpoints")[0][0],
+            "journeys": rows(
+                "SELECT journey, stage, countIf(status = 'open'), "
+                "countIf(status IN ('completed', 'closed')), countIf(status = 'expired') "
+                "FROM journeys FINAL WHERE status != 'superseded' "
+                "GROUP BY journey, stage_index, stage ORDER BY journey, stage_index"
+            ),
+            "journey_customers": rows(
+                "SELECT uniqExact(customer_key) FROM journeys FINAL WHERE status != 'superseded'"
+            )[0][0],
         }
     finally:
         client.close()
@@ -129,6 +149,13 @@ def print_summary(summary: dict) -> None:
     for kind, channel, n in summary["by_type"]:
         print(f"  {kind:<18} {channel:<9} {n:>7,}")
     print(f"  distinct customer keys: {summary['customers']:,}")
+    print("\nJourneys by furthest stage reached      open  completed  expired")
+    for journey, stage, open_, completed, expired in summary["journeys"]:
+        print(f"  {journey:<19} {stage:<15} {open_:>7,} {completed:>10,} {expired:>8,}")
+    print(
+        f"  customers with journeys: {summary['journey_customers']:,} "
+        "(anonymous visitors merged into the customer they logged in as)"
+    )
     print("\nDead letters by reason")
     for reason, n in summary["dead_letters"]:
         print(f"  {reason:<18} {n:>7,}")

@@ -1,7 +1,7 @@
 """Journeys of one customer, computed from their touchpoints in event time. Pure.
 
 A journey instance opens on an entry touchpoint, advances through stages, completes on
-a goal touchpoint (later stages such as delivery still attach), and closes after
+a goal touchpoint (then, and only then, later stages such as delivery attach), closes after
 `expiry` without any of its touchpoints, or when a new entry starts the next instance.
 
 Journeys are a function of the customer's retained events sorted by (ts, event_id):
@@ -27,13 +27,14 @@ MAX_EVENTS = 1000  # retained events per customer; beyond, the oldest go first
 # State layout (a JSON-friendly dict, stored in a Faust table per customer key):
 #   events:  [[ts_ms, event_id, type, channel], ...] sorted, not yet evicted
 #   floors:  {journey: [ts_ms, event_id]} last event of the last sealed instance
-#   emitted: {journey_id: [version, journey, entry_event_id]} last version sent
+#   emitted: {journey_id: [signature, journey, entry_event_id]} what was last sent
+#   seq:     rows emitted so far; a row's version, so the latest row wins in ClickHouse
+#            (a journey id can come back after being superseded: content-based versions
+#            could not order that)
 #   alias:   customer key this key was merged into (then it holds nothing else)
-#   generation: merges absorbed so far; part of row versions, so that rows re-sent
-#            under the merged customer's key replace the earlier ones
+#   generation: merges absorbed so far; part of signatures, so that every journey is
+#            re-sent under the merged customer's key
 Event = list  # [ts_ms, event_id, type, channel]
-
-_RANK = {"open": 0, "completed": 1, "closed": 2, "expired": 2, "superseded": 3}
 
 
 def new_state() -> dict:
@@ -92,9 +93,10 @@ class Instance:
             return "closed" if self.closed_ms is not None else "completed"
         return "open"
 
-    def version(self, generation: int) -> int:
-        """Grows with every change and every merge, so the newest row wins in ClickHouse."""
-        return (len(self.events) * 4 + _RANK[self.status]) * 1024 + min(generation, 1023)
+    def signature(self, generation: int) -> tuple[str, str, int]:
+        """Changes whenever the journey's row would (events, status) or a merge happens."""
+        ids = hashlib.blake2b("\n".join(e[1] for e in self.events).encode(), digest_size=8)
+        return (ids.hexdigest(), self.status, generation)
 
 
 def run_journey(
@@ -120,6 +122,8 @@ def run_journey(
                 continue
             current = Instance(journey, entry=event)
             instances.append(current)
+        elif current.completed_ms is None and stage > current.goal_stage:
+            continue  # after-goal stages (delivery) belong to completed journeys only
         current.add(event)
     if current is not None and current.deadline_ms <= watermark_ms:
         current.close(current.deadline_ms, expired=True)
@@ -167,24 +171,26 @@ def advance(
     live_ids: set[str] = set()
 
     generation = state.get("generation", 0)
+    seq = state.get("seq", 0)
     for instance in instances:
         jid = instance.id
         live_ids.add(jid)
-        version = instance.version(generation)
-        if emitted.get(jid, [None])[0] != version:
-            updates.append(journey_row(instance, customer_key, version, now_ms))
+        signature = list(instance.signature(generation))  # a list, as it reads back from JSON
+        if emitted.get(jid, [None])[0] != signature:
+            seq += 1
+            updates.append(journey_row(instance, customer_key, seq, now_ms))
         if sealed(instance, watermark_ms):
             emitted.pop(jid, None)
             floor = floors.get(instance.journey.name)
             if floor is None or instance.events[-1][:2] > floor[:2]:
                 floors[instance.journey.name] = instance.events[-1][:2]
         else:
-            emitted[jid] = [version, instance.journey.name, instance.entry[1]]
+            emitted[jid] = [signature, instance.journey.name, instance.entry[1]]
 
     # Emitted journeys that no longer exist were provisional: an earlier event arrived
     # (within the lateness) or an identity merge brought one. Point them to their successor.
     for jid in sorted(set(emitted) - live_ids):
-        version, journey, entry_id = emitted.pop(jid)
+        _, journey, entry_id = emitted.pop(jid)
         successor = next(
             (
                 i.id
@@ -193,12 +199,12 @@ def advance(
             ),
             "",
         )
-        updates.append(
-            superseded_row(jid, journey, customer_key, version + 4 * 1024, successor, now_ms)
-        )
+        seq += 1
+        updates.append(superseded_row(jid, journey, customer_key, seq, successor, now_ms))
 
     keep = _retained(state["events"], instances, watermark_ms, config.identity_window_ms)
-    return Outcome({**state, "events": keep, "floors": floors, "emitted": emitted}, updates)
+    updated = {**state, "events": keep, "floors": floors, "emitted": emitted, "seq": seq}
+    return Outcome(updated, updates)
 
 
 def _retained(
@@ -223,17 +229,12 @@ def merge_states(into: dict, other: dict) -> dict:
     for journey, floor in other["floors"].items():
         if journey not in floors or floor[:2] > floors[journey][:2]:
             floors[journey] = floor
-    return {**merged, "floors": floors, "emitted": {**other["emitted"], **merged["emitted"]}}
-
-
-def assignments(config: Config, state: dict, watermark_ms: int) -> dict[str, list[tuple]]:
-    """event_id -> [(journey_id, journey, stage)] for the customer's retained events."""
-    out: dict[str, list[tuple]] = {}
-    for instance in compute(config, state, watermark_ms):
-        for event in instance.events:
-            stage = instance.journey.stages[instance.journey.stage_of[event[2]]]
-            out.setdefault(event[1], []).append((instance.id, instance.journey.name, stage))
-    return out
+    return {
+        **merged,
+        "floors": floors,
+        "emitted": {**other["emitted"], **merged["emitted"]},
+        "seq": max(into.get("seq", 0), other.get("seq", 0)),
+    }
 
 
 def next_due_ms(config: Config, state: dict, watermark_ms: int) -> int | None:

@@ -174,6 +174,21 @@ class WorkerProcess(_Process):
     def sink_rows(self, table: str) -> int:
         return int(self.metrics().get(("parcours_sink_rows_total", (("table", table),)), 0))
 
+    def wait_until_quiet(
+        self, table: str, quiet_seconds: float = 4.0, timeout: float = 120.0
+    ) -> int:
+        """Wait until the worker stops writing to `table` (identity merges, ticks settle)."""
+        deadline = time.monotonic() + timeout
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            rows = self.sink_rows(table)
+            if rows != last:
+                last, since = rows, time.monotonic()
+            elif time.monotonic() - since >= quiet_seconds:
+                return rows
+            time.sleep(0.25)
+        raise TimeoutError(f"{table} kept changing for {timeout:.0f}s:\n{self.log_tail()}")
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

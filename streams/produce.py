@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import datetime
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -11,19 +12,40 @@ from aiokafka import AIOKafkaProducer
 from streams.ingest import customer_key
 
 
-def as_messages(events: Sequence[dict], envelope_size: int = 1) -> list[tuple[bytes, bytes]]:
-    """(key, value) pairs: each event alone, or up to `envelope_size` events of a key together."""
+def as_messages(
+    events: Sequence[dict], envelope_size: int = 1, window_ms: int | None = None
+) -> list[tuple[bytes, bytes]]:
+    """(key, value) pairs in the order of `events`: each event alone, or envelopes of up to
+    `envelope_size` events of one key.
+
+    With `window_ms` (events in time order), an envelope closes once the stream is more
+    than `window_ms` past its first event, as a producer that flushes every few seconds
+    would; keep it below the allowed lateness, since an envelope goes out when it closes.
+    """
     if envelope_size <= 1:
         return [(customer_key(e).encode(), orjson.dumps(e)) for e in events]
-    by_key: dict[str, list[dict]] = {}
+    open_envelopes: dict[str, list[dict]] = {}
+    messages: list[tuple[bytes, bytes]] = []
+
+    def close(key: str) -> None:
+        messages.append((key.encode(), orjson.dumps({"events": open_envelopes.pop(key)})))
+
     for event in events:
-        by_key.setdefault(customer_key(event), []).append(event)
-    messages = []
-    for key, batch in by_key.items():
-        for i in range(0, len(batch), envelope_size):
-            chunk = batch[i : i + envelope_size]
-            messages.append((key.encode(), orjson.dumps({"events": chunk})))
+        if window_ms is not None:
+            now = _ts_ms(event)
+            for key in [k for k, env in open_envelopes.items() if now - _ts_ms(env[0]) > window_ms]:
+                close(key)
+        key = customer_key(event)
+        open_envelopes.setdefault(key, []).append(event)
+        if len(open_envelopes[key]) >= envelope_size:
+            close(key)
+    for key in list(open_envelopes):
+        close(key)
     return messages
+
+
+def _ts_ms(event: dict) -> int:
+    return int(datetime.fromisoformat(event["ts"]).timestamp() * 1000)
 
 
 async def send_messages(

@@ -29,6 +29,10 @@ CHANNEL = {
     "support_call": "phone",
     "email_open": "email",
     "unsubscribe": "email",
+    "ticket_updated": "email",
+    "ticket_resolved": "email",
+    "first_use": "app",
+    "activated": "app",
 }
 SEGMENTS = ["silver"] * 6 + ["gold"] * 3 + ["platinum"]
 
@@ -60,6 +64,12 @@ def journey_events(customer: Customer, start: datetime, rng: random.Random) -> l
             break
     if rng.random() < 0.15:
         types += ["support_call"] * rng.randint(1, 3)
+        if rng.random() < 0.5:
+            types.append("ticket_updated")
+        if rng.random() < 0.6:
+            types.append("ticket_resolved")
+    if rng.random() < 0.2:
+        types += ["signup", "first_use", "activated"][: rng.randint(1, 3)]
     if rng.random() < 0.4:
         types.append("email_open")
     if rng.random() < 0.05:
@@ -76,7 +86,9 @@ def journey_events(customer: Customer, start: datetime, rng: random.Random) -> l
             "type": kind,
             "ts": ts.isoformat(timespec="milliseconds"),
             "channel": CHANNEL.get(kind, "web"),
-            "source": "crm" if kind in ("support_call", "delivery") else "site",
+            "source": "crm"
+            if kind in ("support_call", "delivery", "ticket_updated", "ticket_resolved")
+            else "site",
             "segment": customer.segment,
             "properties": {"step": n},
         }

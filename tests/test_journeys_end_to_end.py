@@ -98,20 +98,6 @@ def arrival_order(customers, seed=11):
     return [event for _, _, event in sorted(timed)]
 
 
-def wait_until_quiet(worker, table, quiet_seconds=4.0, timeout=120.0):
-    """Wait until the worker stops writing to `table` (merges and forwards settle)."""
-    deadline = time.monotonic() + timeout
-    last, since = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        now = worker.sink_rows(table)
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet_seconds:
-            return
-        time.sleep(0.25)
-    raise TimeoutError(f"{table} kept changing for {timeout}s:\n{worker.log_tail()}")
-
-
 def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
     now_ms = int(time.time() * 1000)
     customers = [script(i, now_ms - 50 * 60_000 + i * 7_000) for i in range(300)]
@@ -133,7 +119,7 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
     ):
         produce(broker.bootstrap, "touchpoints", messages)
         worker.wait_for_rows({"touchpoints": len(events)}, timeout=120)
-        wait_until_quiet(worker, "journeys")
+        worker.wait_until_quiet("journeys")
 
     with clickhouse(tmp_path / "clickhouse") as client:
         rows = client.query(
