@@ -99,6 +99,28 @@ def demo(customers: int, seed: int, data_dir: Path, timeout: float) -> None:
     run_demo(customers, seed, data_dir, timeout)
 
 
+@main.command()
+@click.option("--customers", default=10_000, show_default=True, help="synthetic customers")
+@click.option("--envelope", default=50, show_default=True, help="events per batch envelope")
+@click.option("--seed", default=7, show_default=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".parcours"),
+    show_default=True,
+    help="the runs write under DATA_DIR/bench (wiped first)",
+)
+@click.option("--timeout", default=600.0, show_default=True, help="seconds per run")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable figures")
+def bench(
+    customers: int, envelope: int, seed: int, data_dir: Path, timeout: float, as_json: bool
+) -> None:
+    """Measure events/s of the pipeline (journeys on) against the pure core, and memory."""
+    from streams.bench import run_bench
+
+    run_bench(customers, envelope, seed, data_dir, timeout, as_json)
+
+
 @main.command("check-config")
 @click.argument("path", type=click.Path(path_type=Path), required=False)
 def check_config(path: Path | None) -> None:
@@ -110,7 +132,12 @@ def check_config(path: Path | None) -> None:
         config = load_config(path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{path}: OK, {len(config.touchpoint_types)} touchpoint types")
+    click.echo(
+        f"{path}: OK, {len(config.touchpoint_types)} touchpoint types, "
+        f"{len(config.journeys)} journeys"
+    )
+    for journey in config.journeys.values():
+        click.echo(f"  {journey.name}: {' → '.join(journey.stages)}")
 
 
 @main.command("local-broker")

@@ -55,7 +55,9 @@ def population(n: int, rng: random.Random) -> list[Customer]:
     ]
 
 
-def journey_events(customer: Customer, start: datetime, rng: random.Random) -> list[dict]:
+def journey_events(
+    customer: Customer, start: datetime, rng: random.Random, max_gap_seconds: int = 900
+) -> list[dict]:
     """The touchpoints of one customer, in event-time order."""
     types: list[str] = []
     for step, chance in zip(FUNNEL, CONTINUE, strict=True):
@@ -78,7 +80,7 @@ def journey_events(customer: Customer, start: datetime, rng: random.Random) -> l
     events, ts = [], start
     logged_in = customer.anonymous_id is None
     for n, kind in enumerate(types):
-        ts += timedelta(seconds=rng.randint(5, 900))
+        ts += timedelta(seconds=rng.randint(5, max(5, max_gap_seconds)))
         if kind == "checkout_started":
             logged_in = True  # customers identify themselves at checkout
         event = {
@@ -102,14 +104,24 @@ def journey_events(customer: Customer, start: datetime, rng: random.Random) -> l
     return events
 
 
-def generate(customers: int, seed: int = 7, now: datetime | None = None) -> list[dict]:
-    """Events of `customers` customers over the day before `now`, sorted by time."""
+def generate(
+    customers: int,
+    seed: int = 7,
+    now: datetime | None = None,
+    arrivals_seconds: int = 12 * 3600,
+    max_gap_seconds: int = 900,
+) -> list[dict]:
+    """Events of `customers` customers, sorted by time, all before `now`.
+
+    Customers arrive over `arrivals_seconds`, starting a day before `now`; a customer's
+    touchpoints are 5 s to `max_gap_seconds` apart.
+    """
     rng = random.Random(seed)
     now = now or datetime.now(UTC)
     day_start = now - timedelta(days=1)
     events = []
     for customer in population(customers, rng):
-        start = day_start + timedelta(seconds=rng.randint(0, 12 * 3600))
-        events.extend(journey_events(customer, start, rng))
+        start = day_start + timedelta(seconds=rng.randint(0, arrivals_seconds))
+        events.extend(journey_events(customer, start, rng, max_gap_seconds))
     events.sort(key=lambda e: e["ts"])
     return events

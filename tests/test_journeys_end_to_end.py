@@ -103,6 +103,9 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
     customers = [script(i, now_ms - 50 * 60_000 + i * 7_000) for i in range(300)]
     expected = set().union(*(journeys for _, _, journeys in customers))
     events = arrival_order(customers)
+    # About 15 minutes behind the stream when it arrives last: late (lateness is 60 s).
+    late_event = touch(0, "site_visit", now_ms - 30 * 60_000, customer_id="cust-late")
+    events.append(late_event)
     messages = [
         ((e.get("customer_id") or e["anonymous_id"]).encode(), orjson.dumps(e)) for e in events
     ]
@@ -130,9 +133,12 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
             "SELECT count() FROM journeys FINAL WHERE status = 'superseded' AND superseded_by "
             "NOT IN (SELECT journey_id FROM journeys FINAL)"
         ).result_rows[0][0]
-        late = client.query("SELECT count() FROM dead_letters WHERE reason = 'late'").result_rows[
-            0
-        ][0]
+        late = client.query(
+            "SELECT path, origin_topic FROM dead_letters WHERE reason = 'late'"
+        ).result_rows
+        stored = client.query(
+            "SELECT count() FROM touchpoints WHERE customer_key = 'cust-late'"
+        ).result_rows[0][0]
         linked = client.query(
             "SELECT count() FROM touchpoint_journeys WHERE event_id LIKE 'anon-%'"
         ).result_rows[0][0]
@@ -140,5 +146,6 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
     assert got == expected
     assert len(rows) == len(expected) == 300
     assert dangling == 0
-    assert late == 0
+    assert late == [("$.ts", "touchpoints-resolved")]  # only the deliberately late one
+    assert stored == 1  # kept as a touchpoint, out of journeys
     assert linked == 43 * 2  # every anonymous touchpoint of the kind-1 customers is placed
