@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -16,6 +17,16 @@ No {what} given. Point the worker at your services:
   parcours demo                      # broker + embedded ClickHouse + worker, then a summary
   parcours local-broker --port 9092  # a local Kafka-compatible broker in this terminal
   parcours worker --broker kafka://127.0.0.1:9092 --clickhouse chdb://.parcours/clickhouse"""
+
+
+def _work_dir_option(folder: str) -> Callable:
+    return click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path),
+        default=Path(".parcours"),
+        show_default=True,
+        help=f"writes under DATA_DIR/{folder}, wiped first",
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -82,13 +93,7 @@ def worker(loglevel: str, **overrides: object) -> None:
 @main.command()
 @click.option("--customers", default=400, show_default=True, help="synthetic customers")
 @click.option("--seed", default=7, show_default=True, help="random seed of the population")
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=Path(".parcours"),
-    show_default=True,
-    help="the demo writes under DATA_DIR/demo (wiped first)",
-)
+@_work_dir_option("demo")
 @click.option(
     "--timeout", default=300.0, show_default=True, help="seconds to wait for every event to land"
 )
@@ -103,13 +108,7 @@ def demo(customers: int, seed: int, data_dir: Path, timeout: float) -> None:
 @click.option("--customers", default=10_000, show_default=True, help="synthetic customers")
 @click.option("--envelope", default=50, show_default=True, help="events per batch envelope")
 @click.option("--seed", default=7, show_default=True)
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=Path(".parcours"),
-    show_default=True,
-    help="the runs write under DATA_DIR/bench (wiped first)",
-)
+@_work_dir_option("bench")
 @click.option("--timeout", default=600.0, show_default=True, help="seconds per run")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable figures")
 def bench(

@@ -154,20 +154,7 @@ def test_state_is_bounded_once_journeys_are_sealed():
 
 # --- properties ---------------------------------------------------------------------
 
-KINDS = [
-    "ad_click",
-    "site_visit",
-    "product_view",
-    "add_to_cart",
-    "checkout_started",
-    "purchase",
-    "delivery",
-    "email_open",
-    "support_call",
-    "ticket_updated",
-    "ticket_resolved",
-    "login",
-]
+KINDS = sorted(CONFIG.touchpoint_types)  # every configured type, signals included
 
 histories = st.lists(
     st.tuples(st.integers(0, 30 * DAY // 60_000), st.sampled_from(KINDS)), max_size=40
