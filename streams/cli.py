@@ -120,6 +120,73 @@ def bench(
     run_bench(customers, envelope, seed, data_dir, timeout, as_json)
 
 
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--mapping",
+    type=click.Path(path_type=Path),
+    help="column mapping (YAML) for a CSV, e.g. schemas/mappings/helpdesk.yaml",
+)
+@click.option("--broker", help="Kafka bootstrap [env KAFKA_BROKER]")
+@click.option(
+    "--speed",
+    type=float,
+    help="N times real time by the event timestamps; default: as fast as possible",
+)
+@click.option(
+    "--envelope",
+    default=50,
+    show_default=True,
+    help="events of one customer per message, within 30 s of event time",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="journeys.yaml whose touchpoint types are accepted [env PARCOURS_CONFIG]",
+)
+def replay(
+    file: Path,
+    mapping: Path | None,
+    broker: str | None,
+    speed: float | None,
+    envelope: int,
+    config_path: Path | None,
+) -> None:
+    """Load a JSONL file or a CSV export (with --mapping) into the touchpoints topic.
+
+    Rows are checked with the worker's parser and sent in event-time order; rejected
+    rows are counted by reason. Historical data: run the worker with
+    PARCOURS_MAX_AGE_SECONDS=0, or it dead-letters old events as ts_too_old.
+    """
+    from streams.config import ConfigError, load_config
+    from streams.events import EventParser
+    from streams.replay import MappingError, print_summary
+    from streams.replay import replay as run_replay
+    from streams.settings import TOUCHPOINTS
+
+    settings = Settings().with_overrides(broker=broker, config_path=config_path)
+    if not settings.broker:
+        raise click.UsageError(LOCAL_STACK_HINT.format(what="broker"))
+    try:
+        config = load_config(settings.config_path)
+        parser = EventParser(
+            config.touchpoint_types, max_age_seconds=0, max_message_bytes=settings.max_message_bytes
+        )
+        summary = run_replay(
+            file,
+            mapping,
+            settings.broker.removeprefix("kafka://"),
+            settings.topic(TOUCHPOINTS),
+            parser,
+            speed,
+            envelope,
+        )
+    except (ConfigError, MappingError) as exc:
+        raise click.ClickException(str(exc)) from None
+    print_summary(summary, settings.topic(TOUCHPOINTS))
+
+
 @main.command("check-config")
 @click.argument("path", type=click.Path(path_type=Path), required=False)
 def check_config(path: Path | None) -> None:
