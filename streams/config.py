@@ -7,7 +7,7 @@ because the person reading it is editing YAML, not JSON Schema.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,29 @@ class Journey:
 
 
 @dataclass(frozen=True)
+class LeakRule:
+    """Where a journey leaks (see the `leaks` section of journeys.yaml)."""
+
+    name: str
+    kind: str  # absence, repeat, stall
+    journey: str
+    category: str
+    severity: str
+    after: str | None = None  # absence: the touchpoint that starts the wait
+    expect: frozenset[str] = frozenset()  # absence: any of these ends it
+    touchpoint: str | None = None  # repeat: the touchpoint counted
+    count: int = 0  # repeat: how many make a leak
+    unless: frozenset[str] = frozenset()  # repeat: any of these resets the count
+    within_ms: int = 0
+    stage_limits_ms: tuple[tuple[int, int], ...] = ()  # stall: (stage index, time allowed)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     touchpoint_types: dict[str, TouchpointType]
     journeys: dict[str, Journey]
+    leaks: dict[str, LeakRule] = field(default_factory=dict)
     allowed_lateness_ms: int = 60_000
     idle_timeout_ms: int = 30_000
     identity_window_ms: int = 86_400_000
@@ -91,7 +110,9 @@ def load_config(path: Path | str) -> Config:
         for name, spec in data["touchpoint_types"].items()
     }
     journeys = {name: _journey(name, spec) for name, spec in data["journeys"].items()}
-    problem = _first_semantic_problem(types, data["journeys"])
+    problem = _first_semantic_problem(types, data["journeys"]) or _first_leak_problem(
+        journeys, data.get("leaks", {})
+    )
     if problem:
         keys, message = problem
         raise ConfigError(
@@ -102,6 +123,7 @@ def load_config(path: Path | str) -> Config:
         path=path,
         touchpoint_types=types,
         journeys=journeys,
+        leaks={name: _leak(name, spec, journeys) for name, spec in data.get("leaks", {}).items()},
         allowed_lateness_ms=duration_ms(event_time.get("allowed_lateness", "60s")),
         idle_timeout_ms=duration_ms(event_time.get("idle_timeout", "30s")),
         identity_window_ms=duration_ms(event_time.get("identity_window", "1d")),
@@ -121,6 +143,69 @@ def _journey(name: str, spec: dict) -> Journey:
         entry=frozenset(spec["entry"]),
         goal=frozenset(spec["goal"]),
         expiry_ms=duration_ms(spec["expiry"]),
+    )
+
+
+def _leak(name: str, spec: dict, journeys: dict[str, Journey]) -> LeakRule:
+    journey = journeys[spec["journey"]]
+    return LeakRule(
+        name=name,
+        kind=spec["kind"],
+        journey=spec["journey"],
+        category=spec["category"],
+        severity=spec["severity"],
+        after=spec.get("after"),
+        expect=frozenset(spec.get("expect", [])),
+        touchpoint=spec.get("touchpoint"),
+        count=spec.get("count", 0),
+        unless=frozenset(spec.get("unless", [])),
+        within_ms=duration_ms(spec["within"]) if "within" in spec else 0,
+        stage_limits_ms=tuple(
+            (journey.stages.index(stage), duration_ms(limit))
+            for stage, limit in spec.get("stages", {}).items()
+        ),
+    )
+
+
+def _first_leak_problem(journeys: dict[str, Journey], leaks: dict[str, dict]) -> tuple | None:
+    for name, spec in leaks.items():
+        where = ["leaks", name]
+        journey = journeys.get(spec["journey"])
+        if journey is None:
+            return [*where, "journey"], (
+                f"journey {spec['journey']!r} is not declared; use one of: {', '.join(journeys)}"
+            )
+        for key in ("after", "touchpoint"):
+            if key in spec and spec[key] not in journey.stage_of:
+                return [*where, key], _not_in_journey(spec[key], journey)
+        for key in ("expect", "unless"):
+            for i, touchpoint in enumerate(spec.get(key, [])):
+                if touchpoint not in journey.stage_of:
+                    return [*where, key, i], _not_in_journey(touchpoint, journey)
+        for stage, limit in spec.get("stages", {}).items():
+            if stage not in journey.stages:
+                return [*where, "stages", stage], (
+                    f"stage {stage!r} is not a stage of {journey.name!r}; its stages are: "
+                    f"{', '.join(journey.stages)}"
+                )
+            if duration_ms(limit) > journey.expiry_ms:
+                return [*where, "stages", stage], _longer_than_expiry(limit, journey)
+        if "within" in spec and duration_ms(spec["within"]) > journey.expiry_ms:
+            return [*where, "within"], _longer_than_expiry(spec["within"], journey)
+    return None
+
+
+def _not_in_journey(touchpoint: str, journey: Journey) -> str:
+    return (
+        f"touchpoint {touchpoint!r} is in no stage of journey {journey.name!r}; leak rules "
+        "watch the touchpoints of their journey"
+    )
+
+
+def _longer_than_expiry(text: str, journey: Journey) -> str:
+    return (
+        f"{text} is longer than the expiry of journey {journey.name!r}, which closes first; "
+        "shorten it or lengthen the journey's expiry"
     )
 
 

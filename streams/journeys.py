@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from streams.config import Config, Journey
+from streams.leaks import Leak, find, leak_id, leak_row
 
 MAX_PATH = 100  # touchpoints kept in a journey's path; longer paths say so
 MAX_EVENTS = 1000  # retained events per customer; beyond, the oldest go first
@@ -56,6 +57,8 @@ class Instance:
     completed_ms: int | None = None
     closed_ms: int | None = None
     expired: bool = False
+    closed_by: Event | None = None  # the touchpoint that closed it, if one did
+    leaks: list[Leak] = field(default_factory=list)  # what the leak rules find in it
 
     @property
     def id(self) -> str:
@@ -81,8 +84,9 @@ class Instance:
         if event[2] in self.journey.goal and self.completed_ms is None:
             self.completed_ms = event[0]
 
-    def close(self, at_ms: int, expired: bool) -> None:
+    def close(self, at_ms: int, expired: bool, by: Event | None = None) -> None:
         self.closed_ms = at_ms
+        self.closed_by = by
         self.expired = expired and self.completed_ms is None
 
     @property
@@ -115,7 +119,7 @@ def run_journey(
         if stage is None:
             continue
         if current is not None and current.completed_ms is not None and stage <= current.goal_stage:
-            current.close(event[0], expired=False)  # the next instance starts here
+            current.close(event[0], expired=False, by=event)  # the next instance starts here
             current = None
         if current is None:
             if event[2] not in journey.entry:
@@ -131,23 +135,30 @@ def run_journey(
 
 
 def compute(config: Config, state: dict, watermark_ms: int) -> list[Instance]:
-    return [
+    instances = [
         instance
         for journey in config.journeys.values()
         for instance in run_journey(
             journey, state["events"], state["floors"].get(journey.name), watermark_ms
         )
     ]
+    for instance in instances:
+        instance.leaks = _leaks(config, instance)
+    return instances
 
 
 def sealed(instance: Instance, watermark_ms: int) -> bool:
-    return instance.closed_ms is not None and instance.closed_ms <= watermark_ms
+    """Final: closed, and every leak it may hold decided, before the watermark."""
+    if instance.closed_ms is None:
+        return False
+    return max([instance.closed_ms, *(leak.due_ms for leak in instance.leaks)]) <= watermark_ms
 
 
 @dataclass
 class Outcome:
     state: dict
     updates: list[dict]  # journey rows to emit, in a stable order
+    leaks: list[dict] = field(default_factory=list)  # leak rows, each reported once
 
 
 def add_events(state: dict, events: Iterable[Event]) -> dict:
@@ -172,7 +183,21 @@ def advance(
 
     generation = state.get("generation", 0)
     seq = state.get("seq", 0)
+    reported = {jid: list(ids) for jid, ids in state.get("leaks", {}).items()}
+    leak_rows = []
     for instance in instances:
+        for leak in instance.leaks:
+            lid = leak_id(leak.rule.name, instance.id)
+            if leak.due_ms <= watermark_ms and lid not in reported.get(instance.id, []):
+                reported.setdefault(instance.id, []).append(lid)
+                journey = instance.journey
+                leak_rows.append(
+                    leak_row(
+                        leak, customer_key, journey.name, journey.stages, journey.stage_of, now_ms
+                    )
+                )
+        if sealed(instance, watermark_ms):
+            reported.pop(instance.id, None)
         jid = instance.id
         live_ids.add(jid)
         signature = list(instance.signature(generation))  # a list, as it reads back from JSON
@@ -203,8 +228,28 @@ def advance(
         updates.append(superseded_row(jid, journey, customer_key, seq, successor, now_ms))
 
     keep = _retained(state["events"], instances, watermark_ms, config.identity_window_ms)
-    updated = {**state, "events": keep, "floors": floors, "emitted": emitted, "seq": seq}
-    return Outcome(updated, updates)
+    updated = {
+        **state,
+        "events": keep,
+        "floors": floors,
+        "emitted": emitted,
+        "seq": seq,
+        "leaks": reported,
+    }
+    return Outcome(updated, updates, leak_rows)
+
+
+def _leaks(config: Config, instance: Instance) -> list[Leak]:
+    """The leaks (decided or pending) the configured rules find in one instance."""
+    found = []
+    for rule in config.leaks.values():
+        if rule.journey == instance.journey.name:
+            leak = find(
+                rule, instance.id, instance.events, instance.journey.stage_of, instance.completed_ms
+            )
+            if leak is not None:
+                found.append(leak)
+    return found
 
 
 def _retained(
@@ -216,7 +261,9 @@ def _retained(
     belongs to; events of sealed instances are covered by the floors.
     """
     in_sealed = {e[1] for i in instances if sealed(i, watermark_ms) for e in i.events}
-    needed = {e[1] for i in instances if not sealed(i, watermark_ms) for e in i.events}
+    unsealed = [i for i in instances if not sealed(i, watermark_ms)]
+    needed = {e[1] for i in unsealed for e in i.events}
+    needed |= {i.closed_by[1] for i in unsealed if i.closed_by is not None}
     horizon_ms = watermark_ms - identity_window_ms
     keep = [e for e in events if e[1] in needed or (e[1] not in in_sealed and e[0] >= horizon_ms)]
     return keep[-MAX_EVENTS:]
@@ -234,16 +281,30 @@ def merge_states(into: dict, other: dict) -> dict:
         "floors": floors,
         "emitted": {**other["emitted"], **merged["emitted"]},
         "seq": max(into.get("seq", 0), other.get("seq", 0)),
+        "leaks": {
+            jid: sorted(set(other.get("leaks", {}).get(jid, [])) | set(ids))
+            for jid, ids in {**other.get("leaks", {}), **into.get("leaks", {})}.items()
+        },
     }
 
 
 def next_due_ms(config: Config, state: dict, watermark_ms: int) -> int | None:
     """The watermark at which this state changes without new events, or None."""
     instances = compute(config, state, watermark_ms)
-    times = [
-        i.closed_ms if i.closed_ms is not None else i.deadline_ms
+    times = [  # closing, then sealing
+        max([i.closed_ms, *(leak.due_ms for leak in i.leaks)])
+        if i.closed_ms is not None
+        else i.deadline_ms
         for i in instances
         if not sealed(i, watermark_ms)
+    ]
+    reported = state.get("leaks", {})
+    times += [  # leaks to report once the watermark reaches them
+        leak.due_ms
+        for i in instances
+        if not sealed(i, watermark_ms)
+        for leak in i.leaks
+        if leak_id(leak.rule.name, i.id) not in reported.get(i.id, [])
     ]
     in_instances = {e[1] for i in instances for e in i.events}
     times += [  # to evict stray events once the identity window has passed them

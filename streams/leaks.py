@@ -1,0 +1,116 @@
+"""Leaks: where a journey loses its customer, decided in event time. Pure.
+
+Each rule looks at one journey instance's events and finds the first leak it describes,
+with the event time at which that leak is decided (`due_ms`): a leak is reported once
+the watermark reaches it, when no touchpoint that could still arrive on time can change
+the answer. A leak's id is its rule and its journey, so it is reported at most once per
+journey and rule, whatever the order of arrival, the batch sizes or restarts.
+
+    absence  after an `after` touchpoint at t, none of `expect` in [t, t + within):
+             due at t + within
+    repeat   `count` of `touchpoint` within `within`, no `unless` since the first:
+             due just after the last of them
+    stall    the journey reaches a stage at t and no later stage in [t, t + limit),
+             while not completed: due at t + limit
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from streams.config import LeakRule
+
+
+@dataclass(frozen=True)
+class Leak:
+    rule: LeakRule
+    journey_id: str
+    due_ms: int
+    anchor: list  # the touchpoint the leak is about: [ts_ms, event_id, type, channel]
+
+
+def leak_id(rule: str, journey_id: str) -> str:
+    return hashlib.blake2b(f"{rule}/{journey_id}".encode(), digest_size=12).hexdigest()
+
+
+def find(
+    rule: LeakRule,
+    journey_id: str,
+    events: list[list],
+    stage_of: dict[str, int],
+    completed_ms: int | None,
+) -> Leak | None:
+    """The first leak of `rule` in one journey's sorted events, decided or not yet."""
+    found = {"absence": _absence, "repeat": _repeat, "stall": _stall}[rule.kind](
+        rule, events, stage_of, completed_ms
+    )
+    return None if found is None else Leak(rule, journey_id, found[0], found[1])
+
+
+def _absence(rule, events, _stage_of, _completed_ms):
+    for i, event in enumerate(events):
+        if event[2] != rule.after:
+            continue
+        end = event[0] + rule.within_ms
+        if not any(e[2] in rule.expect and e[0] < end for e in events[i + 1 :]):
+            return end, event
+    return None
+
+
+def _repeat(rule, events, _stage_of, _completed_ms):
+    counted: list[list] = []
+    for event in events:
+        if event[2] in rule.unless:
+            counted = []
+        elif event[2] == rule.touchpoint:
+            counted = [e for e in counted if event[0] - e[0] < rule.within_ms] + [event]
+            if len(counted) >= rule.count:
+                return event[0] + 1, counted[0]  # +1: a touchpoint at the same time still counts
+    return None
+
+
+def _stall(rule, events, stage_of, completed_ms):
+    limits = dict(rule.stage_limits_ms)
+    furthest, since = -1, None
+    for event in events:
+        stage = stage_of[event[2]]
+        if stage > furthest:
+            if since is not None and furthest in limits and event[0] >= since[0] + limits[furthest]:
+                break  # progress came too late: stalled at `furthest`
+            furthest, since = stage, event
+            if completed_ms is not None and event[0] >= completed_ms:
+                return None
+    else:
+        if since is None or furthest not in limits:
+            return None
+        if completed_ms is not None and completed_ms < since[0] + limits[furthest]:
+            return None
+    return since[0] + limits[furthest], since
+
+
+def leak_row(
+    leak: Leak,
+    customer_key: str,
+    journey: str,
+    stages: tuple[str, ...],
+    stage_of: dict[str, int],
+    now_ms: int,
+) -> dict:
+    rule = leak.rule
+    return {
+        "leak_id": leak_id(rule.name, leak.journey_id),
+        "rule": rule.name,
+        "kind": rule.kind,
+        "category": rule.category,
+        "severity": rule.severity,
+        "customer_key": customer_key,
+        "journey_id": leak.journey_id,
+        "journey": journey,
+        "stage": stages[stage_of[leak.anchor[2]]],
+        "anchor_event_id": leak.anchor[1],
+        "anchor_type": leak.anchor[2],
+        "anchor_ms": leak.anchor[0],
+        "due_ms": leak.due_ms,
+        "detected_ms": now_ms,
+    }
