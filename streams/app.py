@@ -3,6 +3,7 @@
     touchpoints ──ingest──► touchpoints-resolved ──sink──────► ClickHouse touchpoints
                      │            │   └──journeys──► journey-updates ──sink──► journeys
                      │            └─(late)─┐
+                     │            │   └──journeys──► leaks           ──sink──► leaks
                      └────► touchpoints-dlq ◄┘ ──sink──► ClickHouse dead_letters
 
 Agents only move data: the logic lives in `streams.ingest`, `streams.stitching` and
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
 
@@ -31,13 +32,16 @@ from streams.ingest import DeadLetter, RawMessage, ingest_batch, kafka_partition
 from streams.rows import (
     DEAD_LETTER_COLUMNS,
     JOURNEY_COLUMNS,
+    LEAK_COLUMNS,
     TOUCHPOINT_COLUMNS,
     dead_letter_row,
     journey_ch_row,
+    leak_ch_row,
     touchpoint_row,
 )
 from streams.settings import (
     JOURNEY_UPDATES,
+    LEAKS,
     TOUCHPOINTS,
     TOUCHPOINTS_DLQ,
     TOUCHPOINTS_RESOLVED,
@@ -92,6 +96,7 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
 
     # Event ids seen recently, per customer key (see streams.dedupe).
     journey_updates = raw_topic(JOURNEY_UPDATES)
+    leaks_topic = raw_topic(LEAKS)
     seen = app.Table("ingest-seen", default=None, partitions=settings.partitions)
     # Journey state per customer key (see streams.journeys for its layout).
     journey_state = app.Table("journey-state", default=None, partitions=settings.partitions)
@@ -146,20 +151,29 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
                 metrics.DEAD_LETTERS.labels(letter.rejection.reason).inc()
             metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
 
-    @app.agent(resolved)
-    async def sink_touchpoints(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(
-            settings.sink_batch_max, within=settings.sink_batch_seconds
-        ):
-            docs = [orjson.loads(e.value) for e in events]
-            # Control messages and forwarded events of the journey step were stored already.
-            rows = [touchpoint_row(ev) for d in docs if "control" not in d for ev in d["events"]]
-            await sink.write(
-                "touchpoints",
-                TOUCHPOINT_COLUMNS,
-                rows,
-                batch_token("touchpoints", _offsets(events)),
-            )
+    def sink_to(
+        topic: faust.TopicT,
+        table: str,
+        columns: list[str],
+        rows_of: Callable[[list[faust.EventT]], list],
+    ) -> None:
+        """An agent writing `topic` to `table` in batches (see streams.sink)."""
+
+        async def write(stream: faust.StreamT) -> None:
+            async for events in stream.take_events(
+                settings.sink_batch_max, within=settings.sink_batch_seconds
+            ):
+                token = batch_token(table, _offsets(events))
+                await sink.write(table, columns, rows_of(events), token)
+
+        app.agent(topic, name=f"sink_{table}")(write)
+
+    sink_to(resolved, "touchpoints", TOUCHPOINT_COLUMNS, _touchpoint_rows)
+    sink_to(dead_letter_topic, "dead_letters", DEAD_LETTER_COLUMNS, _dead_letter_rows)
+    sink_to(
+        journey_updates, "journeys", JOURNEY_COLUMNS, partial(_rows_in, "journeys", journey_ch_row)
+    )
+    sink_to(leaks_topic, "leaks", LEAK_COLUMNS, partial(_rows_in, "leaks", leak_ch_row))
 
     watermarks: dict = {}  # partition -> Watermark, of this process's partitions
     due = DueIndex()
@@ -188,6 +202,10 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
                 await journey_updates.send(key=key.encode(), value=orjson.dumps({"journeys": rows}))
                 for key, rows in result.journey_updates.items()
             ]
+            acks += [
+                await leaks_topic.send(key=key.encode(), value=orjson.dumps({"leaks": rows}))
+                for key, rows in result.leaks.items()
+            ]
             for message, event in result.late:
                 letter = _late_letter(message, event, resolved.get_topic_name(), watermarks)
                 acks.append(
@@ -206,6 +224,9 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
             for rows in result.journey_updates.values():
                 for row in rows:
                     metrics.JOURNEY_UPDATES.labels(row["journey"], row["status"]).inc()
+            for rows in result.leaks.values():
+                for row in rows:
+                    metrics.LEAKS.labels(row["rule"], row["category"]).inc()
 
     @app.timer(interval=settings.tick_seconds)
     async def tick() -> None:
@@ -213,29 +234,6 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
         value = orjson.dumps({"control": "tick", "wall_ms": int(time.time() * 1000)})
         for partition in range(settings.partitions):
             await resolved.send(key=None, value=value, partition=partition)
-
-    @app.agent(journey_updates)
-    async def sink_journeys(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(
-            settings.sink_batch_max, within=settings.sink_batch_seconds
-        ):
-            rows = [journey_ch_row(r) for e in events for r in orjson.loads(e.value)["journeys"]]
-            await sink.write(
-                "journeys", JOURNEY_COLUMNS, rows, batch_token("journeys", _offsets(events))
-            )
-
-    @app.agent(dead_letter_topic)
-    async def sink_dead_letters(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(
-            settings.sink_batch_max, within=settings.sink_batch_seconds
-        ):
-            rows = [dead_letter_row(e.value or b"", _headers(e.message.headers)) for e in events]
-            await sink.write(
-                "dead_letters",
-                DEAD_LETTER_COLUMNS,
-                rows,
-                batch_token("dead_letters", _offsets(events)),
-            )
 
     return app
 
@@ -284,6 +282,20 @@ def _late_letter(message: Message, event: dict, topic: str, watermarks: dict) ->
 def _raw_message(event: faust.EventT) -> RawMessage:
     m = event.message
     return RawMessage(m.key, event.value, m.topic, m.partition, m.offset)
+
+
+def _touchpoint_rows(events: list[faust.EventT]) -> list:
+    docs = [orjson.loads(e.value) for e in events]
+    # Control messages and forwarded events of the journey step were stored already.
+    return [touchpoint_row(ev) for d in docs if "control" not in d for ev in d["events"]]
+
+
+def _dead_letter_rows(events: list[faust.EventT]) -> list:
+    return [dead_letter_row(e.value or b"", _headers(e.message.headers)) for e in events]
+
+
+def _rows_in(field: str, to_row: Callable[[dict], list], events: list[faust.EventT]) -> list:
+    return [to_row(r) for e in events for r in orjson.loads(e.value)[field]]
 
 
 def _offsets(events: Iterable[faust.EventT]) -> Iterable[tuple[str, int, int]]:

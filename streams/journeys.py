@@ -184,11 +184,13 @@ def advance(
     generation = state.get("generation", 0)
     seq = state.get("seq", 0)
     reported = {jid: list(ids) for jid, ids in state.get("leaks", {}).items()}
+    already = {lid for ids in reported.values() for lid in ids}
     leak_rows = []
     for instance in instances:
         for leak in instance.leaks:
-            lid = leak_id(leak.rule.name, instance.id)
-            if leak.due_ms <= watermark_ms and lid not in reported.get(instance.id, []):
+            lid = leak_id(leak.rule.name, leak.anchor[1])
+            if leak.due_ms <= watermark_ms and lid not in already:
+                already.add(lid)
                 reported.setdefault(instance.id, []).append(lid)
                 journey = instance.journey
                 leak_rows.append(
@@ -298,13 +300,13 @@ def next_due_ms(config: Config, state: dict, watermark_ms: int) -> int | None:
         for i in instances
         if not sealed(i, watermark_ms)
     ]
-    reported = state.get("leaks", {})
+    already = {lid for ids in state.get("leaks", {}).values() for lid in ids}
     times += [  # leaks to report once the watermark reaches them
         leak.due_ms
         for i in instances
         if not sealed(i, watermark_ms)
         for leak in i.leaks
-        if leak_id(leak.rule.name, i.id) not in reported.get(i.id, [])
+        if leak_id(leak.rule.name, leak.anchor[1]) not in already
     ]
     in_instances = {e[1] for i in instances for e in i.events}
     times += [  # to evict stray events once the identity window has passed them

@@ -3,8 +3,9 @@
 Each rule looks at one journey instance's events and finds the first leak it describes,
 with the event time at which that leak is decided (`due_ms`): a leak is reported once
 the watermark reaches it, when no touchpoint that could still arrive on time can change
-the answer. A leak's id is its rule and its journey, so it is reported at most once per
-journey and rule, whatever the order of arrival, the batch sizes or restarts.
+the answer. A rule finds at most one leak per journey, and a leak's id is its rule and
+the touchpoint it is about (not the journey, whose id an identity merge may change), so
+it is reported once whatever the order of arrival, the batch sizes, merges or restarts.
 
     absence  after an `after` touchpoint at t, none of `expect` in [t, t + within):
              due at t + within
@@ -30,8 +31,8 @@ class Leak:
     anchor: list  # the touchpoint the leak is about: [ts_ms, event_id, type, channel]
 
 
-def leak_id(rule: str, journey_id: str) -> str:
-    return hashlib.blake2b(f"{rule}/{journey_id}".encode(), digest_size=12).hexdigest()
+def leak_id(rule: str, anchor_event_id: str) -> str:
+    return hashlib.blake2b(f"{rule}/{anchor_event_id}".encode(), digest_size=12).hexdigest()
 
 
 def find(
@@ -99,7 +100,7 @@ def leak_row(
 ) -> dict:
     rule = leak.rule
     return {
-        "leak_id": leak_id(rule.name, leak.journey_id),
+        "leak_id": leak_id(rule.name, leak.anchor[1]),
         "rule": rule.name,
         "kind": rule.kind,
         "category": rule.category,

@@ -26,6 +26,9 @@ JOURNEY_UPDATES = Counter(
     "Journey rows emitted, by journey and status",
     ["journey", "status"],
 )
+LEAKS = Counter(
+    "parcours_leaks_total", "Leaks detected, by rule and pain-point category", ["rule", "category"]
+)
 SINK_ROWS = Counter("parcours_sink_rows_total", "Rows accepted by ClickHouse", ["table"])
 SINK_BATCHES = Counter("parcours_sink_batches_total", "Batches accepted by ClickHouse", ["table"])
 SINK_FAILURES = Counter(

@@ -126,6 +126,44 @@ def journey_ch_row(row: dict) -> list:
     ]
 
 
+LEAK_COLUMNS = [
+    "leak_id",
+    "rule",
+    "kind",
+    "category",
+    "severity",
+    "customer_key",
+    "journey_id",
+    "journey",
+    "stage",
+    "anchor_event_id",
+    "anchor_type",
+    "anchor_at",
+    "due_at",
+    "detected_at",
+]
+
+
+def leak_ch_row(row: dict) -> list:
+    """A leak row of the `leaks` topic (see leaks.leak_row) as a `leaks` row."""
+    return [
+        row["leak_id"],
+        row["rule"],
+        row["kind"],
+        row["category"],
+        row["severity"],
+        row["customer_key"],
+        row["journey_id"],
+        row["journey"],
+        row["stage"],
+        row["anchor_event_id"],
+        row["anchor_type"],
+        _utc(row["anchor_ms"]),
+        _utc(row["due_ms"]),
+        _utc(row["detected_ms"]),
+    ]
+
+
 def dead_letter_row(payload: bytes, headers: dict[str, bytes]) -> list:
     """A `touchpoints-dlq` message (original bytes + parcours.* headers) as a row."""
 

@@ -19,6 +19,7 @@ TOUCHPOINTS = "touchpoints"
 TOUCHPOINTS_RESOLVED = "touchpoints-resolved"
 TOUCHPOINTS_DLQ = "touchpoints-dlq"
 JOURNEY_UPDATES = "journey-updates"
+LEAKS = "leaks"
 
 N = TypeVar("N", int, float)
 

@@ -60,6 +60,7 @@ class DueIndex:
 class StepResult:
     states: dict[str, tuple[int, dict]] = field(default_factory=dict)  # key -> (partition, state)
     journey_updates: dict[str, list[dict]] = field(default_factory=dict)  # key -> rows
+    leaks: dict[str, list[dict]] = field(default_factory=dict)  # key -> leak rows
     sends: list[tuple[str, dict]] = field(default_factory=list)  # (key, control doc)
     late: list[tuple[Message, dict]] = field(default_factory=list)  # (message, event)
     forwarded: int = 0
@@ -133,6 +134,8 @@ def journey_step(
         due.push(partition, next_due_ms(config, outcome.state, watermark), key)
         if outcome.updates:
             result.journey_updates[key] = outcome.updates
+        if outcome.leaks:
+            result.leaks[key] = outcome.leaks
     result.states = {key: states[key] for key in touched}
     return result
 

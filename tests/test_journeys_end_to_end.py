@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
+from streams.ingest import kafka_partition
 from streams.local_stack import LocalBroker, WorkerProcess
 from streams.produce import produce
 from tests.conftest import clickhouse
@@ -39,14 +40,14 @@ def touch(n, kind, t_ms, customer_id=None, anonymous_id=None):
 
 
 def script(i, t0):
-    """(events, jitter_ms, expected journeys) of customer number i."""
+    """(events, jitter_ms, expected journeys, expected leaks) of customer number i."""
     c = f"cust-{i:04d}"
-    kind = i % 7
+    kind = i % 8
     t = [t0 + k * STEP_MS for k in range(8)]
     if kind == 0:  # a known customer buys
         path = ["ad_click", "site_visit", "add_to_cart", "checkout_started", "purchase"]
         events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
-        return events, 0, {("purchase", c, "completed", "purchase", tuple(path))}
+        return events, 0, {("purchase", c, "completed", "purchase", tuple(path))}, set()
     if kind == 1:  # anonymous until checkout, then delivered
         a = f"anon-{i:04d}"
         events = [
@@ -57,7 +58,7 @@ def script(i, t0):
             touch(4, "delivery", t[4], customer_id=c),
         ]
         path = ("ad_click", "product_view", "checkout_started", "purchase", "delivery")
-        return events, 0, {("purchase", c, "completed", "delivery", path)}
+        return events, 0, {("purchase", c, "completed", "delivery", path)}, set()
     if kind == 2:  # two devices, and the phone browses anonymously after logging in
         phone, laptop = f"phone-{i:04d}", f"laptop-{i:04d}"
         events = [
@@ -68,30 +69,44 @@ def script(i, t0):
             touch(4, "site_visit", t[4], anonymous_id=phone),
         ]
         path = ("site_visit", "product_view", "add_to_cart", "checkout_started", "site_visit")
-        return events, 0, {("purchase", c, "open", "checkout", path)}
+        return (
+            events,
+            0,
+            {("purchase", c, "open", "checkout", path)},
+            {("abandoned_checkout", c, f"{c}-3")},
+        )  # checkout started, no purchase within 1 h
     if kind == 3:  # sent out of order, within the allowed lateness
         path = ["site_visit", "product_view", "add_to_cart", "purchase"]
         events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
-        return events, 45_000, {("purchase", c, "completed", "purchase", tuple(path))}
+        return events, 45_000, {("purchase", c, "completed", "purchase", tuple(path))}, set()
     if kind == 4:  # a support case, resolved
         path = ["support_call", "ticket_updated", "ticket_resolved"]
         events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
-        return events, 0, {("support_resolution", c, "completed", "resolved", tuple(path))}
+        return events, 0, {("support_resolution", c, "completed", "resolved", tuple(path))}, set()
     if kind == 5:  # abandons at checkout
         path = ["site_visit", "add_to_cart"]
         events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
-        return events, 0, {("purchase", c, "open", "checkout", tuple(path))}
+        return events, 0, {("purchase", c, "open", "checkout", tuple(path))}, set()
+    if kind == 6:  # calls support three times within a week, unresolved
+        path = ["support_call"] * 3
+        events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
+        return (
+            events,
+            0,
+            {("support_resolution", c, "open", "contact", tuple(path))},
+            {("repeated_support_contact", c, f"{c}-0")},
+        )
     path = ["signup", "first_use"]  # onboarding under way, plus a signal outside journeys
     events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
     events.append(touch(2, "login", t[2], customer_id=c))
-    return events, 0, {("onboarding", c, "open", "first_use", tuple(path))}
+    return events, 0, {("onboarding", c, "open", "first_use", tuple(path))}, set()
 
 
 def arrival_order(customers, seed=11):
     """Globally in time order, each event delayed by at most its customer's jitter."""
     rng = random.Random(seed)
     timed = []
-    for events, jitter, _ in customers:
+    for events, jitter, *_ in customers:
         for event in events:
             ts = datetime.fromisoformat(event["ts"]).timestamp() * 1000
             timed.append((ts + rng.randint(0, jitter), event["event_id"], event))
@@ -100,12 +115,17 @@ def arrival_order(customers, seed=11):
 
 def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
     now_ms = int(time.time() * 1000)
-    customers = [script(i, now_ms - 50 * 60_000 + i * 7_000) for i in range(300)]
-    expected = set().union(*(journeys for _, _, journeys in customers))
+    # Customers start 4 to 3.4 hours ago; then a clock touchpoint (a signal in no journey)
+    # on every partition brings each watermark to the present, deciding every leak due.
+    customers = [script(i, now_ms - 4 * 3_600_000 + i * 7_000) for i in range(300)]
+    expected = set().union(*(journeys for _, _, journeys, _ in customers))
+    expected_leaks = set().union(*(leaks for *_, leaks in customers))
     events = arrival_order(customers)
-    # About 15 minutes behind the stream when it arrives last: late (lateness is 60 s).
-    late_event = touch(0, "site_visit", now_ms - 30 * 60_000, customer_id="cust-late")
-    events.append(late_event)
+    clocks = {kafka_partition(f"clock-{n}", 4): f"clock-{n}" for n in range(50)}
+    assert len(clocks) == 4
+    events += [touch(0, "login", now_ms - 120_000, customer_id=key) for key in clocks.values()]
+    # Half an hour behind the watermark when it arrives last: late (lateness is 60 s).
+    events.append(touch(0, "site_visit", now_ms - 30 * 60_000, customer_id="cust-late"))
     messages = [
         ((e.get("customer_id") or e["anonymous_id"]).encode(), orjson.dumps(e)) for e in events
     ]
@@ -123,6 +143,7 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
         produce(broker.bootstrap, "touchpoints", messages)
         worker.wait_for_rows({"touchpoints": len(events)}, timeout=120)
         worker.wait_until_quiet("journeys")
+        worker.wait_until_quiet("leaks")
 
     with clickhouse(tmp_path / "clickhouse") as client:
         rows = client.query(
@@ -139,6 +160,9 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
         stored = client.query(
             "SELECT count() FROM touchpoints WHERE customer_key = 'cust-late'"
         ).result_rows[0][0]
+        leaks = client.query(
+            "SELECT rule, customer_key, anchor_event_id FROM leaks FINAL"
+        ).result_rows
         linked = client.query(
             "SELECT count() FROM touchpoint_journeys WHERE event_id LIKE 'anon-%'"
         ).result_rows[0][0]
@@ -148,4 +172,7 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
     assert dangling == 0
     assert late == [("$.ts", "touchpoints-resolved")]  # only the deliberately late one
     assert stored == 1  # kept as a touchpoint, out of journeys
-    assert linked == 43 * 2  # every anonymous touchpoint of the kind-1 customers is placed
+    assert set(leaks) == expected_leaks
+    assert len(leaks) == len(expected_leaks) == 75  # 38 checkouts, 37 callers; each once
+    # every anonymous touchpoint of the customers who log in at checkout is placed
+    assert linked == 2 * sum(1 for i in range(300) if i % 8 == 1)
