@@ -100,6 +100,7 @@ def run_demo(customers: int, seed: int, data_dir: Path, timeout: float) -> dict:
             print(f"  done in {time.perf_counter() - t:.1f}s")
             t = step("waiting for journeys to settle (identity merges, watermarks)")
             journey_rows = worker.wait_until_quiet("journeys", timeout=timeout)
+            worker.wait_until_quiet("leaks", timeout=timeout)
             print(f"  {journey_rows:,} journey updates written in {time.perf_counter() - t:.1f}s")
             step("stopping the worker and the broker")
     return summarize(clickhouse_url)
@@ -134,6 +135,10 @@ def summarize(clickhouse_url: str) -> dict:
                 "FROM journeys FINAL WHERE status != 'superseded' "
                 "GROUP BY journey, stage_index, stage ORDER BY journey, stage_index"
             ),
+            "leaks": rows(
+                "SELECT rule, category, severity, count() FROM leaks FINAL "
+                "GROUP BY rule, category, severity ORDER BY count() DESC"
+            ),
             "journey_customers": rows(
                 "SELECT uniqExact(customer_key) FROM journeys FINAL WHERE status != 'superseded'"
             )[0][0],
@@ -156,6 +161,9 @@ def print_summary(summary: dict) -> None:
         f"  customers with journeys: {summary['journey_customers']:,} "
         "(anonymous visitors merged into the customer they logged in as)"
     )
+    print("\nLeaks by rule                   category      severity   leaks")
+    for rule, category, severity, n in summary["leaks"]:
+        print(f"  {rule:<29} {category:<13} {severity:<8} {n:>6,}")
     print("\nDead letters by reason")
     for reason, n in summary["dead_letters"]:
         print(f"  {reason:<18} {n:>7,}")
