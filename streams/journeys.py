@@ -159,6 +159,7 @@ class Outcome:
     state: dict
     updates: list[dict]  # journey rows to emit, in a stable order
     leaks: list[dict] = field(default_factory=list)  # leak rows, each reported once
+    due_ms: int | None = None  # the watermark at which this state changes by itself
 
 
 def add_events(state: dict, events: Iterable[Event]) -> dict:
@@ -238,7 +239,9 @@ def advance(
         "seq": seq,
         "leaks": reported,
     }
-    return Outcome(updated, updates, leak_rows)
+    return Outcome(
+        updated, updates, leak_rows, _next_due_ms(config, instances, updated, watermark_ms)
+    )
 
 
 def _leaks(config: Config, instance: Instance) -> list[Leak]:
@@ -290,9 +293,10 @@ def merge_states(into: dict, other: dict) -> dict:
     }
 
 
-def next_due_ms(config: Config, state: dict, watermark_ms: int) -> int | None:
-    """The watermark at which this state changes without new events, or None."""
-    instances = compute(config, state, watermark_ms)
+def _next_due_ms(
+    config: Config, instances: list[Instance], state: dict, watermark_ms: int
+) -> int | None:
+    """The watermark at which `state` (with these journeys) changes without new events."""
     times = [  # closing, then sealing
         max([i.closed_ms, *(leak.due_ms for leak in i.leaks)])
         if i.closed_ms is not None

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from streams.config import Config
 from streams.eventtime import Watermark
-from streams.journeys import add_events, advance, merge_states, new_state, next_due_ms
+from streams.journeys import add_events, advance, merge_states, new_state
 
 MAX_LINKED = 50  # anonymous ids remembered per customer, to send each link once
 
@@ -131,7 +131,7 @@ def journey_step(
         watermark = watermarks[partition].value
         outcome = advance(config, state, key, watermark, now_ms=wall_ms)
         states[key] = (partition, outcome.state)
-        due.push(partition, next_due_ms(config, outcome.state, watermark), key)
+        due.push(partition, outcome.due_ms, key)
         if outcome.updates:
             result.journey_updates[key] = outcome.updates
         if outcome.leaks:
