@@ -94,9 +94,9 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
     resolved = raw_topic(TOUCHPOINTS_RESOLVED)
     dead_letter_topic = raw_topic(TOUCHPOINTS_DLQ)
 
-    # Event ids seen recently, per customer key (see streams.dedupe).
     journey_updates = raw_topic(JOURNEY_UPDATES)
     leaks_topic = raw_topic(LEAKS)
+    # Event ids seen recently, per customer key (see streams.dedupe).
     seen = app.Table("ingest-seen", default=None, partitions=settings.partitions)
     # Journey state per customer key (see streams.journeys for its layout).
     journey_state = app.Table("journey-state", default=None, partitions=settings.partitions)
@@ -108,6 +108,22 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
         max_age_seconds=settings.max_age_seconds,
     )
     phases = {name: t.phase for name, t in config.touchpoint_types.items()}
+
+    async def remember(
+        table: faust.TableT,
+        event_of_partition: dict[int, faust.EventT],
+        updates: Iterable[tuple[str, tuple[int, object]]],
+    ) -> None:
+        """Write (key, (partition, value)) to `table`, durably, before offsets are committed.
+
+        Each key is written in the partition its messages come from, with an event of that
+        partition current (see _current). Changelog writes are buffered: flushing makes
+        them durable first, or a restart would forget this batch's state and redo it.
+        """
+        for key, (partition, value) in updates:
+            with _current(event_of_partition[partition]):
+                table[key] = value
+        await app.producer.flush()
 
     @app.agent(touchpoints)
     async def ingest(stream: faust.StreamT) -> None:
@@ -137,12 +153,7 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
                 for letter in outcome.dead_letters
             ]
             await asyncio.gather(*acks)  # forwarded before remembered: a crash re-sends
-            for key, (partition, ids) in outcome.seen_updates.items():
-                with _current(event_of_partition[partition]):
-                    seen[key] = ids
-            # Changelog writes are buffered: make them durable before this batch's offsets
-            # can be committed, or a restart would forget these ids and forward them again.
-            await app.producer.flush()
+            await remember(seen, event_of_partition, outcome.seen_updates.items())
 
             metrics.MESSAGES_CONSUMED.labels(touchpoints.get_topic_name()).inc(len(events))
             for result, count in outcome.counts.items():
@@ -214,10 +225,14 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
                     )
                 )
             await asyncio.gather(*acks)
-            for key, (partition, state) in result.states.items():
-                with _current(event_of_partition[partition]):
-                    journey_state[key] = {**state, "partition": partition}
-            await app.producer.flush()  # state durable before offsets are committed
+            await remember(
+                journey_state,
+                event_of_partition,
+                (
+                    (key, (partition, {**state, "partition": partition}))
+                    for key, (partition, state) in result.states.items()
+                ),
+            )
             metrics.LATE_EVENTS.inc(len(result.late))
             metrics.DEAD_LETTERS.labels(LATE).inc(len(result.late))
             metrics.IDENTITY_MERGES.inc(result.merged)
