@@ -218,7 +218,7 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
                 for key, rows in result.leaks.items()
             ]
             for message, event in result.late:
-                letter = _late_letter(message, event, resolved.get_topic_name(), watermarks)
+                letter = _late_letter(message, event, resolved.get_topic_name())
                 acks.append(
                     await dead_letter_topic.send(
                         key=None, value=letter.rejection.payload, headers=letter.headers("journeys")
@@ -287,7 +287,7 @@ def _index_due(table: faust.TableT, partition: int, due: DueIndex) -> None:
             due.push(partition, min((e[0] for e in state["events"]), default=None), key)
 
 
-def _late_letter(message: Message, event: dict, topic: str, watermarks: dict) -> DeadLetter:
+def _late_letter(message: Message, event: dict, topic: str) -> DeadLetter:
     index = next(i for i, e in enumerate(message.doc["events"]) if e is event)
     detail = f"ts {event['ts']} is behind the watermark of partition {message.partition}"
     rejection = Rejection(LATE, detail, "$.ts", index, orjson.dumps(event))
