@@ -60,6 +60,7 @@ class LeakRule:
     unless: frozenset[str] = frozenset()  # repeat: any of these resets the count
     within_ms: int = 0
     stage_limits_ms: tuple[tuple[int, int], ...] = ()  # stall: (stage index, time allowed)
+    scores: tuple[tuple[str, str, float], ...] = ()  # score: (metric, "<=" or ">=", bound)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,10 @@ def _leak(name: str, spec: dict, journeys: dict[str, Journey]) -> LeakRule:
         stage_limits_ms=tuple(
             (journey.stages.index(stage), duration_ms(limit))
             for stage, limit in spec.get("stages", {}).items()
+        ),
+        scores=tuple(
+            (metric, bound[:2], float(bound[2:]))
+            for metric, bound in spec.get("scores", {}).items()
         ),
     )
 

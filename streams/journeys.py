@@ -35,7 +35,7 @@ MAX_EVENTS = 1000  # retained events per customer; beyond, the oldest go first
 #   alias:   customer key this key was merged into (then it holds nothing else)
 #   generation: merges absorbed so far; part of signatures, so that every journey is
 #            re-sent under the merged customer's key
-Event = list  # [ts_ms, event_id, type, channel]
+Event = list  # [ts_ms, event_id, type, channel] + [{"metric", "score"}] for survey answers
 
 
 def new_state() -> dict:

@@ -13,6 +13,8 @@ it is reported once whatever the order of arrival, the batch sizes, merges or re
              due just after the last of them
     stall    the journey reaches a stage at t and no later stage in [t, t + limit),
              while not completed: due at t + limit
+    score    a `touchpoint` carrying a metric and a score that meet `scores` (a
+             detractor's survey response): due just after it
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def find(
     completed_ms: int | None,
 ) -> Leak | None:
     """The first leak of `rule` in one journey's sorted events, decided or not yet."""
-    found = {"absence": _absence, "repeat": _repeat, "stall": _stall}[rule.kind](
+    found = {"absence": _absence, "repeat": _repeat, "stall": _stall, "score": _score}[rule.kind](
         rule, events, stage_of, completed_ms
     )
     return None if found is None else Leak(rule, journey_id, found[0], found[1])
@@ -88,6 +90,21 @@ def _stall(rule, events, stage_of, completed_ms):
         if completed_ms is not None and completed_ms < since[0] + limits[furthest]:
             return None
     return since[0] + limits[furthest], since
+
+
+def _score(rule, events, _stage_of, _completed_ms):
+    for event in events:
+        if event[2] != rule.touchpoint or len(event) < 5:
+            continue
+        metric, score = event[4].get("metric"), event[4].get("score")
+        for name, op, bound in rule.scores:
+            if (
+                metric == name
+                and isinstance(score, int | float)
+                and (score <= bound if op == "<=" else score >= bound)
+            ):
+                return event[0] + 1, event
+    return None
 
 
 def leak_row(

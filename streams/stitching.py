@@ -169,5 +169,20 @@ def _add(key: str, events: list[dict], state: dict, put, result: StepResult) -> 
         if anonymous_id and anonymous_id != key and anonymous_id not in linked:
             result.sends.append((anonymous_id, {"control": "link", "customer_key": key}))
             linked = [*linked, anonymous_id][-MAX_LINKED:]
-    compact = [[e["ts_ms"], e["event_id"], e["type"], e["channel"]] for e in events]
+    compact = [_compact(e) for e in events]
     put(key, {**add_events(state, compact), "linked": linked})
+
+
+def _compact(event: dict) -> list:
+    """What journeys and leak rules need of an event (see streams.journeys)."""
+    compact = [event["ts_ms"], event["event_id"], event["type"], event["channel"]]
+    props = event.get("properties") or {}
+    if "score" in props:  # a survey answer: score leaks read it
+        metric = props.get("metric")
+        compact.append(
+            {
+                "metric": metric.lower() if isinstance(metric, str) else metric,
+                "score": props["score"],
+            }
+        )
+    return compact

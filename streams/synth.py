@@ -35,6 +35,7 @@ CHANNEL = {
     "activated": "app",
 }
 SEGMENTS = ["silver"] * 6 + ["gold"] * 3 + ["platinum"]
+NPS_SCORES = [0, 2, 4, 5, 6, 6, 7, 7, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10]
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ def journey_events(
         types.append(step)
         if rng.random() > chance:
             break
+    if types[-1] == "delivery" and rng.random() < 0.5:
+        types.append("survey_response")  # asked after delivery, half answer
     if rng.random() < 0.15:
         types += ["support_call"] * rng.randint(1, 3)
         if rng.random() < 0.5:
@@ -100,6 +103,8 @@ def journey_events(
             event["anonymous_id"] = customer.anonymous_id
         if kind == "purchase":
             event["properties"]["amount"] = round(rng.uniform(10, 400), 2)
+        if kind == "survey_response":  # NPS, leaning positive as real answers do
+            event["properties"].update(metric="nps", score=rng.choice(NPS_SCORES))
         events.append(event)
     return events
 

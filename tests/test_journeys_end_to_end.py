@@ -48,7 +48,7 @@ def script(i, t0):
         path = ["ad_click", "site_visit", "add_to_cart", "checkout_started", "purchase"]
         events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
         return events, 0, {("purchase", c, "completed", "purchase", tuple(path))}, set()
-    if kind == 1:  # anonymous until checkout, then delivered
+    if kind == 1:  # anonymous until checkout, delivered, then every other one a detractor
         a = f"anon-{i:04d}"
         events = [
             touch(0, "ad_click", t[0], anonymous_id=a),
@@ -58,7 +58,12 @@ def script(i, t0):
             touch(4, "delivery", t[4], customer_id=c),
         ]
         path = ("ad_click", "product_view", "checkout_started", "purchase", "delivery")
-        return events, 0, {("purchase", c, "completed", "delivery", path)}, set()
+        if i % 16 == 1:
+            return events, 0, {("purchase", c, "completed", "delivery", path)}, set()
+        answer = touch(5, "survey_response", t[5], customer_id=c)
+        answer["properties"] = {"metric": "NPS", "score": 3}
+        journey = ("purchase", c, "completed", "post_purchase", (*path, "survey_response"))
+        return [*events, answer], 0, {journey}, {("detractor_feedback", c, f"{c}-5")}
     if kind == 2:  # two devices, and the phone browses anonymously after logging in
         phone, laptop = f"phone-{i:04d}", f"laptop-{i:04d}"
         events = [
@@ -173,6 +178,7 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
     assert late == [("$.ts", "touchpoints-resolved")]  # only the deliberately late one
     assert stored == 1  # kept as a touchpoint, out of journeys
     assert set(leaks) == expected_leaks
-    assert len(leaks) == len(expected_leaks) == 75  # 38 checkouts, 37 callers; each once
+    # 38 abandoned checkouts, 37 repeat callers, 19 detractors: each once
+    assert len(leaks) == len(expected_leaks) == 94
     # every anonymous touchpoint of the customers who log in at checkout is placed
     assert linked == 2 * sum(1 for i in range(300) if i % 8 == 1)

@@ -116,6 +116,34 @@ def test_each_leak_is_reported_once_however_often_the_watermark_moves():
     assert sorted(reported) == ["abandoned_checkout", "stalled_consideration"]
 
 
+def answer(ts, eid, metric, score):
+    return [ts, eid, "survey_response", "email", {"metric": metric, "score": score}]
+
+
+BOUGHT = [ev(0, "a", "site_visit"), ev(1, "b", "purchase"), ev(2, "c", "delivery")]
+
+
+def test_a_detractor_answer_is_a_leak_of_the_journey_it_closes_the_loop_on():
+    for metric, score, leaks in [
+        ("nps", 6, True),
+        ("nps", 7, False),
+        ("csat", 2, True),
+        ("csat", 3, False),
+        ("ces", 5, True),
+        ("ces", 4.5, False),
+    ]:
+        found = leaks_of([*BOUGHT, answer(10, "s", metric, score)], final_watermark=11)
+        assert (("detractor_feedback", "s", 11, "process") in found) is leaks, (metric, score)
+
+
+def test_answers_without_a_score_or_before_the_purchase_completes_are_not_leaks():
+    not_scored = [*BOUGHT, [10, "s", "survey_response", "email"]]
+    assert leaks_of(not_scored, final_watermark=11) == set()
+    # A survey answer belongs to the purchase journey after its goal only.
+    early = [ev(0, "a", "site_visit"), answer(5, "s", "nps", 0)]
+    assert "detractor_feedback" not in {r for r, *_ in leaks_of(early, final_watermark=6)}
+
+
 @settings(max_examples=150, deadline=None)
 @given(histories, st.integers(0, 10**6), st.integers(1, 8))
 def test_any_shuffle_within_the_lateness_reports_the_same_leaks(events, seed, batch):
