@@ -139,6 +139,10 @@ def summarize(clickhouse_url: str) -> dict:
                 "SELECT rule, category, severity, count() FROM leaks FINAL "
                 "GROUP BY rule, category, severity ORDER BY count() DESC"
             ),
+            "scores": rows(
+                "SELECT metric, about_touchpoint, responses, score, small_sample "
+                "FROM scores_by_touchpoint ORDER BY metric, about_touchpoint"
+            ),
             "journey_customers": rows(
                 "SELECT uniqExact(customer_key) FROM journeys FINAL WHERE status != 'superseded'"
             )[0][0],
@@ -164,6 +168,10 @@ def print_summary(summary: dict) -> None:
     print("\nLeaks by rule                   category      severity   leaks")
     for rule, category, severity, n in summary["leaks"]:
         print(f"  {rule:<29} {category:<13} {severity:<8} {n:>6,}")
+    print("\nScores by touchpoint            responses    score")
+    for metric, about, responses, score, small in summary["scores"]:
+        flag = "  (small sample)" if small else ""
+        print(f"  {metric.upper():<5} {about or '-':<24} {responses:>7,} {score:>8}{flag}")
     print("\nDead letters by reason")
     for reason, n in summary["dead_letters"]:
         print(f"  {reason:<18} {n:>7,}")

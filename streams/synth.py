@@ -104,7 +104,7 @@ def journey_events(
         if kind == "purchase":
             event["properties"]["amount"] = round(rng.uniform(10, 400), 2)
         if kind == "survey_response":  # NPS, leaning positive as real answers do
-            event["properties"].update(metric="nps", score=rng.choice(NPS_SCORES))
+            event["properties"].update(metric="nps", score=rng.choice(NPS_SCORES), about="delivery")
         events.append(event)
     return events
 
