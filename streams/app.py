@@ -28,6 +28,7 @@ from faust.streams import _current_event
 from streams import metrics
 from streams.config import Config
 from streams.events import LATE, EventParser, Rejection
+from streams.eventtime import NEVER
 from streams.ingest import DeadLetter, RawMessage, ingest_batch, kafka_partition
 from streams.rows import (
     DEAD_LETTER_COLUMNS,
@@ -233,6 +234,9 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
                     for key, (partition, state) in result.states.items()
                 ),
             )
+            for partition, mark in watermarks.items():
+                if mark.value > NEVER:
+                    metrics.WATERMARK.labels(str(partition)).set(mark.value / 1000)
             metrics.LATE_EVENTS.inc(len(result.late))
             metrics.DEAD_LETTERS.labels(LATE).inc(len(result.late))
             metrics.IDENTITY_MERGES.inc(result.merged)

@@ -26,6 +26,12 @@ JOURNEY_UPDATES = Counter(
     "Journey rows emitted, by journey and status",
     ["journey", "status"],
 )
+WATERMARK = Gauge(
+    "parcours_watermark_seconds",
+    "Event-time watermark of each partition of touchpoints-resolved this process owns "
+    "(Unix time); one that stops moving means a stuck or idle partition",
+    ["partition"],
+)
 LEAKS = Counter(
     "parcours_leaks_total", "Leaks detected, by rule and pain-point category", ["rule", "category"]
 )

@@ -149,6 +149,11 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
         worker.wait_for_rows({"touchpoints": len(events)}, timeout=120)
         worker.wait_until_quiet("journeys")
         worker.wait_until_quiet("leaks")
+        watermarks = {
+            dict(labels)["partition"]: value
+            for (name, labels), value in worker.metrics().items()
+            if name == "parcours_watermark_seconds"
+        }
 
     with clickhouse(tmp_path / "clickhouse") as client:
         rows = client.query(
@@ -177,6 +182,10 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
     assert dangling == 0
     assert late == [("$.ts", "touchpoints-resolved")]  # only the deliberately late one
     assert stored == 1  # kept as a touchpoint, out of journeys
+    # Every partition's watermark reached the clock touchpoints (2 minutes ago, less the
+    # 60 s lateness) and ticks carry idle partitions on with the wall clock.
+    assert set(watermarks) == {"0", "1", "2", "3"}
+    assert all(value >= (now_ms - 180_000) / 1000 for value in watermarks.values())
     assert set(leaks) == expected_leaks
     # 38 abandoned checkouts, 37 repeat callers, 19 detractors: each once
     assert len(leaks) == len(expected_leaks) == 94
