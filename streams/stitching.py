@@ -63,7 +63,6 @@ class StepResult:
     leaks: dict[str, list[dict]] = field(default_factory=dict)  # key -> leak rows
     sends: list[tuple[str, dict]] = field(default_factory=list)  # (key, control doc)
     late: list[tuple[Message, dict]] = field(default_factory=list)  # (message, event)
-    forwarded: int = 0
     merged: int = 0
 
 
@@ -119,8 +118,11 @@ def journey_step(
         elif control == "forward":  # judged on time where it arrived; not judged again
             _add(key, doc["events"], state, put, result)
 
-    for partition, mark in watermarks.items():  # customers whose deadlines the watermark passed
-        for key in due.pop_due(partition, mark.value):
+    # Customers whose deadlines the watermark passed, on this batch's partitions only: a
+    # watermark moves only with its partition's messages, and the caller can read and
+    # write state only in the partitions it has an event of.
+    for partition in sorted({m.partition for m in messages}):
+        for key in due.pop_due(partition, watermarks[partition].value):
             state_of(key, partition)
             touched.add(key)
 
@@ -161,7 +163,6 @@ def _add(key: str, events: list[dict], state: dict, put, result: StepResult) -> 
         return
     if state.get("alias"):  # this key was merged: its events belong to the customer now
         result.sends.append((state["alias"], {"control": "forward", "events": events}))
-        result.forwarded += len(events)
         return
     linked = list(state.get("linked", []))
     for event in events:
