@@ -188,26 +188,20 @@ def advance(
     already = {lid for ids in reported.values() for lid in ids}
     leak_rows = []
     for instance in instances:
+        jid = instance.id
+        live_ids.add(jid)
         for leak in instance.leaks:
             lid = leak_id(leak.rule.name, leak.anchor[1])
             if leak.due_ms <= watermark_ms and lid not in already:
                 already.add(lid)
-                reported.setdefault(instance.id, []).append(lid)
-                journey = instance.journey
-                leak_rows.append(
-                    leak_row(
-                        leak, customer_key, journey.name, journey.stages, journey.stage_of, now_ms
-                    )
-                )
-        if sealed(instance, watermark_ms):
-            reported.pop(instance.id, None)
-        jid = instance.id
-        live_ids.add(jid)
+                reported.setdefault(jid, []).append(lid)
+                leak_rows.append(leak_row(leak, customer_key, instance.journey, now_ms))
         signature = list(instance.signature(generation))  # a list, as it reads back from JSON
         if emitted.get(jid, [None])[0] != signature:
             seq += 1
             updates.append(journey_row(instance, customer_key, seq, now_ms))
-        if sealed(instance, watermark_ms):
+        if sealed(instance, watermark_ms):  # final: emitted for the last time, then forgotten
+            reported.pop(jid, None)
             emitted.pop(jid, None)
             floor = floors.get(instance.journey.name)
             if floor is None or instance.events[-1][:2] > floor[:2]:

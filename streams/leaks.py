@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from streams.config import LeakRule
+from streams.config import Journey, LeakRule
 
 
 @dataclass(frozen=True)
@@ -107,14 +107,7 @@ def _score(rule, events, _stage_of, _completed_ms):
     return None
 
 
-def leak_row(
-    leak: Leak,
-    customer_key: str,
-    journey: str,
-    stages: tuple[str, ...],
-    stage_of: dict[str, int],
-    now_ms: int,
-) -> dict:
+def leak_row(leak: Leak, customer_key: str, journey: Journey, now_ms: int) -> dict:
     rule = leak.rule
     return {
         "leak_id": leak_id(rule.name, leak.anchor[1]),
@@ -124,8 +117,8 @@ def leak_row(
         "severity": rule.severity,
         "customer_key": customer_key,
         "journey_id": leak.journey_id,
-        "journey": journey,
-        "stage": stages[stage_of[leak.anchor[2]]],
+        "journey": journey.name,
+        "stage": journey.stages[journey.stage_of[leak.anchor[2]]],
         "anchor_event_id": leak.anchor[1],
         "anchor_type": leak.anchor[2],
         "anchor_ms": leak.anchor[0],
