@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import orjson
@@ -49,14 +50,35 @@ def _ts_ms(event: dict) -> int:
 
 
 async def send_messages(
-    bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, bytes]]
+    bootstrap: str,
+    topic: str,
+    messages: Sequence[tuple[bytes | None, bytes]],
+    due_seconds: Sequence[float] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Send and wait until the broker acknowledged every message."""
+    """Send and wait until the broker acknowledged every message.
+
+    With `due_seconds`, message i is not sent before that many seconds after the start
+    (a replay's pace); `on_progress(sent, total)` is called about once a second.
+    """
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     try:
-        acks = [await producer.send(topic, value=value, key=key) for key, value in messages]
-        await asyncio.gather(*acks)
+        started = shown = time.monotonic()
+        pending = []
+        for index, (key, value) in enumerate(messages):
+            if due_seconds is not None:
+                delay = started + due_seconds[index] - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            pending.append(await producer.send(topic, value=value, key=key))
+            if len(pending) >= 5000:  # bound what waits for an ack
+                await asyncio.gather(*pending)
+                pending.clear()
+            if on_progress and time.monotonic() - shown >= 1.0:
+                shown = time.monotonic()
+                on_progress(index + 1, len(messages))
+        await asyncio.gather(*pending)
     finally:
         await producer.stop()
 

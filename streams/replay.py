@@ -25,10 +25,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 import yaml
-from aiokafka import AIOKafkaProducer
 
 from streams.events import EventParser
-from streams.produce import as_messages
+from streams.produce import as_messages, send_messages
 
 REQUIRED = ("event_id", "type", "ts", "channel", "source")
 OPTIONAL = ("customer_id", "anonymous_id", "session_id", "segment", "properties")
@@ -222,29 +221,15 @@ async def send(
 ) -> int:
     """Send in event-time order; with `speed`, N times faster than the events happened."""
     messages = as_messages([e for _, e in events], envelope_size=envelope, window_ms=30_000)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
-    await producer.start()
-    try:
-        first_ts = events[0][0] if events else 0
-        started, shown, pending = time.monotonic(), 0.0, []
-        for index, (key, value) in enumerate(messages):
-            if speed:
-                due = started + (_first_ts(value) - first_ts) / 1000 / speed
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            pending.append(await producer.send(topic, value=value, key=key))
-            if len(pending) >= 5000:
-                await asyncio.gather(*pending)
-                pending.clear()
-            if progress and time.monotonic() - shown >= 1.0:
-                shown = time.monotonic()
-                print(
-                    f"  sent {index + 1:,}/{len(messages):,} messages", file=sys.stderr, flush=True
-                )
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
+    due = None
+    if speed and messages:
+        first_ts = events[0][0]
+        due = [(_first_ts(value) - first_ts) / 1000 / speed for _, value in messages]
+
+    def show(sent: int, total: int) -> None:
+        print(f"  sent {sent:,}/{total:,} messages", file=sys.stderr, flush=True)
+
+    await send_messages(bootstrap, topic, messages, due, show if progress else None)
     return len(messages)
 
 
