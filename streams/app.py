@@ -108,7 +108,7 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
         max_future_seconds=settings.max_future_seconds,
         max_age_seconds=settings.max_age_seconds,
     )
-    phases = {name: t.phase for name, t in config.touchpoint_types.items()}
+    phases = config.phases
 
     async def remember(
         table: faust.TableT,

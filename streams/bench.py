@@ -45,9 +45,9 @@ class Figure:
 
 def run_core(messages: list[tuple[bytes, bytes]], events: int, batch: int = 2000) -> Figure:
     """Ingest and journey steps in-process, batch by batch, as the agents call them."""
-    settings, config = Settings(), load_config(Settings().config_path)
+    settings = Settings()
+    config = load_config(settings.config_path)
     parser = EventParser(config.touchpoint_types, max_age_seconds=0)
-    phases = {n: t.phase for n, t in config.touchpoint_types.items()}
     seen: dict = {}
     states: dict = {}
     watermarks: dict = {}
@@ -62,7 +62,7 @@ def run_core(messages: list[tuple[bytes, bytes]], events: int, batch: int = 2000
         outcome = ingest_batch(
             raw,
             parser,
-            phases,
+            config.phases,
             lambda key, _p: seen.get(key),
             lambda key: kafka_partition(key, PARTITIONS),
             now_ms=int(time.time() * 1000),

@@ -73,6 +73,11 @@ class Config:
     idle_timeout_ms: int = 30_000
     identity_window_ms: int = 86_400_000
 
+    @property
+    def phases(self) -> dict[str, str]:
+        """Touchpoint type -> phase (before / during / after the purchase)."""
+        return {name: t.phase for name, t in self.touchpoint_types.items()}
+
 
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 

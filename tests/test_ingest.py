@@ -16,11 +16,10 @@ def message(value, offset=0, partition=1, key=b"c-1"):
 
 def run(parser, config, messages, store=None):
     store = {} if store is None else store
-    phases = {name: t.phase for name, t in config.touchpoint_types.items()}
     outcome = ingest_batch(
         messages,
         parser,
-        phases,
+        config.phases,
         lambda key, _partition: store.get(key),
         lambda key: kafka_partition(key, 4),
         now_ms=NOW_MS,
