@@ -42,6 +42,7 @@ class Journey:
     entry: frozenset[str]
     goal: frozenset[str]
     expiry_ms: int
+    goal_stage: int  # the furthest stage a goal reaches; later stages come after the goal
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ def _journey(name: str, spec: dict) -> Journey:
         entry=frozenset(spec["entry"]),
         goal=frozenset(spec["goal"]),
         expiry_ms=duration_ms(spec["expiry"]),
+        goal_stage=max(stage_of.get(touchpoint, -1) for touchpoint in spec["goal"]),
     )
 
 

@@ -72,10 +72,6 @@ class Instance:
     def deadline_ms(self) -> int:
         return self.last_ms + self.journey.expiry_ms
 
-    @property
-    def goal_stage(self) -> int:
-        return max(self.journey.stage_of[t] for t in self.journey.goal)
-
     def add(self, event: Event) -> None:
         stage = self.journey.stage_of[event[2]]
         self.events.append(event)
@@ -118,7 +114,11 @@ def run_journey(
         stage = journey.stage_of.get(event[2])
         if stage is None:
             continue
-        if current is not None and current.completed_ms is not None and stage <= current.goal_stage:
+        if (
+            current is not None
+            and current.completed_ms is not None
+            and stage <= current.journey.goal_stage
+        ):
             current.close(event[0], expired=False, by=event)  # the next instance starts here
             current = None
         if current is None:
@@ -126,7 +126,7 @@ def run_journey(
                 continue
             current = Instance(journey, entry=event)
             instances.append(current)
-        elif current.completed_ms is None and stage > current.goal_stage:
+        elif current.completed_ms is None and stage > current.journey.goal_stage:
             continue  # after-goal stages (delivery) belong to completed journeys only
         current.add(event)
     if current is not None and current.deadline_ms <= watermark_ms:
