@@ -1,10 +1,13 @@
 """The Faust application: topics, tables and thin agents.
 
-    touchpoints ──ingest──► touchpoints-resolved ──sink──────► ClickHouse touchpoints
-                     │            │   └──journeys──► journey-updates ──sink──► journeys
-                     │            └─(late)─┐
-                     │            │   └──journeys──► leaks           ──sink──► leaks
-                     └────► touchpoints-dlq ◄┘ ──sink──► ClickHouse dead_letters
+    touchpoints ─ingest─► touchpoints-resolved ─sink─► ClickHouse touchpoints
+         │                  │
+         │                  └─journeys─┬─► journey-updates     ─sink─► journeys
+         │                     │       ├─► leaks               ─sink─► leaks
+         │                   (late)    ├─► survey-invitations  ─sink─► survey_invitations
+         │                     │       ├─► survey-suppressions ─sink─► survey_suppressions
+         │                     │       └─► customer-health     ─sink─► customer_health
+         └────────────► touchpoints-dlq ─sink─► ClickHouse dead_letters
 
 Agents only move data: the logic lives in `streams.ingest`, `streams.stitching` and
 `streams.journeys` (pure) and `streams.sink`. Every agent works on batches
@@ -32,17 +35,13 @@ from streams.eventtime import NEVER
 from streams.ingest import DeadLetter, RawMessage, ingest_batch, kafka_partition
 from streams.rows import (
     DEAD_LETTER_COLUMNS,
-    JOURNEY_COLUMNS,
-    LEAK_COLUMNS,
+    OUTPUT_ROWS,
     TOUCHPOINT_COLUMNS,
     dead_letter_row,
-    journey_ch_row,
-    leak_ch_row,
     touchpoint_row,
 )
 from streams.settings import (
-    JOURNEY_UPDATES,
-    LEAKS,
+    OUTPUT_TOPICS,
     TOUCHPOINTS,
     TOUCHPOINTS_DLQ,
     TOUCHPOINTS_RESOLVED,
@@ -94,9 +93,8 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
     touchpoints = raw_topic(TOUCHPOINTS)
     resolved = raw_topic(TOUCHPOINTS_RESOLVED)
     dead_letter_topic = raw_topic(TOUCHPOINTS_DLQ)
-
-    journey_updates = raw_topic(JOURNEY_UPDATES)
-    leaks_topic = raw_topic(LEAKS)
+    # What the journey step publishes (journeys, leaks, invitations, ...): kind -> topic.
+    outputs = {kind: raw_topic(topic) for kind, (topic, _) in OUTPUT_TOPICS.items()}
     # Event ids seen recently, per customer key (see streams.dedupe).
     seen = app.Table("ingest-seen", default=None, partitions=settings.partitions)
     # Journey state per customer key (see streams.journeys for its layout).
@@ -182,10 +180,9 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
 
     sink_to(resolved, "touchpoints", TOUCHPOINT_COLUMNS, _touchpoint_rows)
     sink_to(dead_letter_topic, "dead_letters", DEAD_LETTER_COLUMNS, _dead_letter_rows)
-    sink_to(
-        journey_updates, "journeys", JOURNEY_COLUMNS, partial(_rows_in, "journeys", journey_ch_row)
-    )
-    sink_to(leaks_topic, "leaks", LEAK_COLUMNS, partial(_rows_in, "leaks", leak_ch_row))
+    for kind, (_, table) in OUTPUT_TOPICS.items():
+        columns, to_row = OUTPUT_ROWS[table]
+        sink_to(outputs[kind], table, columns, partial(_rows_in, kind, to_row))
 
     watermarks: dict = {}  # partition -> Watermark, of this process's partitions
     due = DueIndex()
@@ -211,12 +208,9 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
                 for key, doc in result.sends
             ]
             acks += [
-                await journey_updates.send(key=key.encode(), value=orjson.dumps({"journeys": rows}))
-                for key, rows in result.journey_updates.items()
-            ]
-            acks += [
-                await leaks_topic.send(key=key.encode(), value=orjson.dumps({"leaks": rows}))
-                for key, rows in result.leaks.items()
+                await outputs[kind].send(key=key.encode(), value=orjson.dumps({kind: rows}))
+                for kind, rows_by_key in result.rows.items()
+                for key, rows in rows_by_key.items()
             ]
             for message, event in result.late:
                 letter = _late_letter(message, event, resolved.get_topic_name())
@@ -240,12 +234,7 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
             metrics.LATE_EVENTS.inc(len(result.late))
             metrics.DEAD_LETTERS.labels(LATE).inc(len(result.late))
             metrics.IDENTITY_MERGES.inc(result.merged)
-            for rows in result.journey_updates.values():
-                for row in rows:
-                    metrics.JOURNEY_UPDATES.labels(row["journey"], row["status"]).inc()
-            for rows in result.leaks.values():
-                for row in rows:
-                    metrics.LEAKS.labels(row["rule"], row["category"]).inc()
+            metrics.count_outputs(result.rows)
 
     @app.timer(interval=settings.tick_seconds)
     async def tick() -> None:

@@ -15,7 +15,17 @@ import jsonschema
 import orjson
 import yaml
 
+from streams.durations import duration_ms
 from streams.settings import SCHEMAS_DIR
+from streams.survey_config import (
+    Health,
+    Segments,
+    Surveys,
+    first_survey_problem,
+    health_from,
+    segments_from,
+    surveys_from,
+)
 
 CONFIG_SCHEMA_PATH = SCHEMAS_DIR / "journeys.schema.json"
 
@@ -73,19 +83,14 @@ class Config:
     allowed_lateness_ms: int = 60_000
     idle_timeout_ms: int = 30_000
     identity_window_ms: int = 86_400_000
+    surveys: Surveys = field(default_factory=Surveys)
+    segments: Segments = field(default_factory=Segments)
+    health: Health = field(default_factory=Health)
 
     @property
     def phases(self) -> dict[str, str]:
         """Touchpoint type -> phase (before / during / after the purchase)."""
         return {name: t.phase for name, t in self.touchpoint_types.items()}
-
-
-_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
-def duration_ms(text: str) -> int:
-    """'90s', '30m', '2h', '7d' in milliseconds (the schema has checked the form)."""
-    return int(float(text[:-1]) * _UNIT_MS[text[-1]])
 
 
 def load_config(path: Path | str) -> Config:
@@ -117,8 +122,10 @@ def load_config(path: Path | str) -> Config:
         for name, spec in data["touchpoint_types"].items()
     }
     journeys = {name: _journey(name, spec) for name, spec in data["journeys"].items()}
-    problem = _first_semantic_problem(types, data["journeys"]) or _first_leak_problem(
-        journeys, data.get("leaks", {})
+    problem = (
+        _first_semantic_problem(types, data["journeys"])
+        or _first_leak_problem(journeys, data.get("leaks", {}))
+        or first_survey_problem(data, set(types), journeys, set(data.get("leaks", {})))
     )
     if problem:
         keys, message = problem
@@ -134,6 +141,9 @@ def load_config(path: Path | str) -> Config:
         allowed_lateness_ms=duration_ms(event_time.get("allowed_lateness", "60s")),
         idle_timeout_ms=duration_ms(event_time.get("idle_timeout", "30s")),
         identity_window_ms=duration_ms(event_time.get("identity_window", "1d")),
+        surveys=surveys_from(data.get("surveys", {})),
+        segments=segments_from(data.get("segments", {})),
+        health=health_from(data.get("health", {})),
     )
 
 

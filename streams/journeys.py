@@ -20,7 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from streams.config import Config, Journey
+from streams.health import update_health
 from streams.leaks import Leak, find, leak_id, leak_row
+from streams.surveys import decide, find_triggers, new_contact, segment_of, unseen
 
 MAX_PATH = 100  # touchpoints kept in a journey's path; longer paths say so
 MAX_EVENTS = 1000  # retained events per customer; beyond, the oldest go first
@@ -33,6 +35,10 @@ MAX_EVENTS = 1000  # retained events per customer; beyond, the oldest go first
 #            (a journey id can come back after being superseded: content-based versions
 #            could not order that)
 #   alias:   customer key this key was merged into (then it holds nothing else)
+#   identified: the key is a customer id (not an anonymous id): only those get surveys
+#   profile: {attribute: [ts_ms, value]} latest segment, time_zone, preferred_channel
+#   contact: survey decisions so far (see streams.surveys.new_contact)
+#   health:  the customer's health items (see streams.health)
 #   generation: merges absorbed so far; part of signatures, so that every journey is
 #            re-sent under the merged customer's key
 Event = list  # [ts_ms, event_id, type, channel] + [{"metric", "score"}] for survey answers
@@ -160,6 +166,19 @@ class Outcome:
     updates: list[dict]  # journey rows to emit, in a stable order
     leaks: list[dict] = field(default_factory=list)  # leak rows, each reported once
     due_ms: int | None = None  # the watermark at which this state changes by itself
+    invitations: list[dict] = field(default_factory=list)  # survey invitations decided
+    suppressions: list[dict] = field(default_factory=list)  # ... and those suppressed
+    health: list[dict] = field(default_factory=list)  # the customer's health row, if changed
+
+    def rows(self) -> dict[str, list[dict]]:
+        """What to publish, by kind (see streams.settings.OUTPUT_TOPICS)."""
+        return {
+            "journeys": self.updates,
+            "leaks": self.leaks,
+            "invitations": self.invitations,
+            "suppressions": self.suppressions,
+            "health": self.health,
+        }
 
 
 def add_events(state: dict, events: Iterable[Event]) -> dict:
@@ -224,18 +243,61 @@ def advance(
         seq += 1
         updates.append(superseded_row(jid, journey, customer_key, seq, successor, now_ms))
 
+    # Surveys and health look at the events before eviction forgets them.
+    contact_updates, outcome_extra = {}, {}
+    if state.get("identified"):
+        contact_updates, outcome_extra = _contact(
+            config, state, customer_key, instances, leak_rows, watermark_ms, now_ms
+        )
     keep = _retained(state["events"], instances, watermark_ms, config.identity_window_ms)
     updated = {
         **state,
+        **contact_updates,
         "events": keep,
         "floors": floors,
         "emitted": emitted,
         "seq": seq,
         "leaks": reported,
     }
-    return Outcome(
-        updated, updates, leak_rows, _next_due_ms(config, instances, updated, watermark_ms)
+    due_ms = _next_due_ms(config, instances, updated, watermark_ms)
+    return Outcome(updated, updates, leak_rows, due_ms, **outcome_extra)
+
+
+def _contact(
+    config: Config,
+    state: dict,
+    customer_key: str,
+    instances: list[Instance],
+    leak_rows: list[dict],
+    watermark_ms: int,
+    now_ms: int,
+) -> tuple[dict, dict]:
+    """Survey decisions and health for the touchpoints the watermark has passed."""
+    contact = state.get("contact") or new_contact()
+    fresh = unseen(contact, state["events"], watermark_ms)
+    if not fresh and not leak_rows:
+        return {}, {}
+    profile = state.get("profile", {})
+    triggers = find_triggers(config.surveys, fresh, instances, leak_rows, contact["relational"])
+    decisions = decide(
+        config, contact, profile, customer_key, fresh, triggers, watermark_ms, now_ms
     )
+    segment = segment_of(config.segments, profile, decisions.contact["orders"])
+    health, health_row = update_health(
+        config.health,
+        state.get("health"),
+        customer_key,
+        fresh,
+        leak_rows,
+        segment,
+        watermark_ms,
+        now_ms,
+    )
+    return {"contact": decisions.contact, "health": health}, {
+        "invitations": decisions.invitations,
+        "suppressions": decisions.suppressions,
+        "health": [health_row] if health_row else [],
+    }
 
 
 def _leaks(config: Config, instance: Instance) -> list[Leak]:
@@ -280,6 +342,7 @@ def merge_states(into: dict, other: dict) -> dict:
         "floors": floors,
         "emitted": {**other["emitted"], **merged["emitted"]},
         "seq": max(into.get("seq", 0), other.get("seq", 0)),
+        "profile": merge_profiles(into.get("profile", {}), other.get("profile", {})),
         "leaks": {
             jid: sorted(set(other.get("leaks", {}).get(jid, [])) | set(ids))
             for jid, ids in {**other.get("leaks", {}), **into.get("leaks", {})}.items()
@@ -306,6 +369,8 @@ def _next_due_ms(
         for leak in i.leaks
         if leak_id(leak.rule.name, leak.anchor[1]) not in already
     ]
+    if state.get("identified"):  # touchpoints surveys have not looked at yet
+        times += [e[0] for e in state["events"] if e[0] > watermark_ms][:1]
     in_instances = {e[1] for i in instances for e in i.events}
     times += [  # to evict stray events once the identity window has passed them
         e[0] + config.identity_window_ms + 1 for e in state["events"] if e[1] not in in_instances
@@ -367,3 +432,13 @@ def superseded_row(
         "version": version,
         "updated_ms": now_ms,
     }
+
+
+def merge_profiles(*profiles: dict) -> dict:
+    """Per attribute, the value with the latest event time."""
+    merged: dict = {}
+    for profile in profiles:
+        for attribute, value in profile.items():
+            if attribute not in merged or value[0] > merged[attribute][0]:
+                merged[attribute] = value
+    return merged

@@ -35,6 +35,14 @@ WATERMARK = Gauge(
 LEAKS = Counter(
     "parcours_leaks_total", "Leaks detected, by rule and pain-point category", ["rule", "category"]
 )
+SURVEY_INVITATIONS = Counter(
+    "parcours_survey_invitations_total", "Survey invitations decided, by rule", ["rule", "channel"]
+)
+SURVEY_SUPPRESSIONS = Counter(
+    "parcours_survey_suppressions_total",
+    "Survey invitations a guardrail stopped, by rule and reason",
+    ["rule", "reason"],
+)
 SINK_ROWS = Counter("parcours_sink_rows_total", "Rows accepted by ClickHouse", ["table"])
 SINK_BATCHES = Counter("parcours_sink_batches_total", "Batches accepted by ClickHouse", ["table"])
 SINK_FAILURES = Counter(
@@ -54,6 +62,22 @@ INGEST_BATCH_SECONDS = Histogram(
     "Time to process one ingest batch, forwarding included",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+
+
+def count_outputs(rows: dict[str, dict[str, list[dict]]]) -> None:
+    """Count what the journey step published (kind -> key -> rows)."""
+    for row in _all(rows, "journeys"):
+        JOURNEY_UPDATES.labels(row["journey"], row["status"]).inc()
+    for row in _all(rows, "leaks"):
+        LEAKS.labels(row["rule"], row["category"]).inc()
+    for row in _all(rows, "invitations"):
+        SURVEY_INVITATIONS.labels(row["rule"], row["channel"]).inc()
+    for row in _all(rows, "suppressions"):
+        SURVEY_SUPPRESSIONS.labels(row["rule"], row["reason"]).inc()
+
+
+def _all(rows: dict[str, dict[str, list[dict]]], kind: str) -> list[dict]:
+    return [row for by_key in rows.get(kind, {}).values() for row in by_key]
 
 
 def serve(port: int) -> None:

@@ -189,3 +189,76 @@ def dead_letter_row(payload: bytes, headers: dict[str, bytes]) -> list:
         h("source"),
         _utc(int(h("received_ms") or 0)),
     ]
+
+
+INVITATION_COLUMNS = [
+    "invitation_id",
+    "rule",
+    "trigger",
+    "metric",
+    "customer_key",
+    "journey_id",
+    "journey",
+    "stage",
+    "touchpoint",
+    "anchor_event_id",
+    "channel",
+    "segment",
+    "priority",
+    "trigger_at",
+    "send_at",
+    "decided_at",
+]
+SUPPRESSION_COLUMNS = [*INVITATION_COLUMNS, "reason", "detail"]
+
+
+def invitation_ch_row(row: dict) -> list:
+    """An invitation (see surveys.invitation_row) as a `survey_invitations` row."""
+    return [
+        *(row[c] for c in INVITATION_COLUMNS[:13]),
+        _utc(row["trigger_ms"]),
+        _utc(row["send_at_ms"]),
+        _utc(row["decided_ms"]),
+    ]
+
+
+def suppression_ch_row(row: dict) -> list:
+    return [*invitation_ch_row(row), row["reason"], row["detail"]]
+
+
+HEALTH_COLUMNS = [
+    "customer_key",
+    "score",
+    "segment",
+    "leaks",
+    "detractors",
+    "promoters",
+    "contacts",
+    "last_touchpoint_at",
+    "idle_day_weight",
+    "window_days",
+    "version",
+    "updated_at",
+]
+
+
+def health_ch_row(row: dict) -> list:
+    """A health row (see health.update_health) as a `customer_health` row."""
+    return [
+        *(row[c] for c in HEALTH_COLUMNS[:7]),
+        _utc(row["last_touchpoint_ms"]),
+        row["idle_day_weight"],
+        row["window_days"],
+        row["version"],
+        _utc(row["updated_ms"]),
+    ]
+
+
+# ClickHouse table -> (columns, converter of one published row), for OUTPUT_TOPICS.
+OUTPUT_ROWS = {
+    "journeys": (JOURNEY_COLUMNS, journey_ch_row),
+    "leaks": (LEAK_COLUMNS, leak_ch_row),
+    "survey_invitations": (INVITATION_COLUMNS, invitation_ch_row),
+    "survey_suppressions": (SUPPRESSION_COLUMNS, suppression_ch_row),
+    "customer_health": (HEALTH_COLUMNS, health_ch_row),
+}

@@ -20,6 +20,18 @@ TOUCHPOINTS_RESOLVED = "touchpoints-resolved"
 TOUCHPOINTS_DLQ = "touchpoints-dlq"
 JOURNEY_UPDATES = "journey-updates"
 LEAKS = "leaks"
+SURVEY_INVITATIONS = "survey-invitations"
+SURVEY_SUPPRESSIONS = "survey-suppressions"
+CUSTOMER_HEALTH = "customer-health"
+# What the journey step publishes: kind -> (topic, ClickHouse table). Each message is
+# {kind: [rows]} for one customer key.
+OUTPUT_TOPICS = {
+    "journeys": (JOURNEY_UPDATES, "journeys"),
+    "leaks": (LEAKS, "leaks"),
+    "invitations": (SURVEY_INVITATIONS, "survey_invitations"),
+    "suppressions": (SURVEY_SUPPRESSIONS, "survey_suppressions"),
+    "health": (CUSTOMER_HEALTH, "customer_health"),
+}
 
 N = TypeVar("N", int, float)
 

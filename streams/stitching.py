@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from streams.config import Config
 from streams.eventtime import Watermark
-from streams.journeys import add_events, advance, merge_states, new_state
+from streams.journeys import add_events, advance, merge_profiles, merge_states, new_state
 
 MAX_LINKED = 50  # anonymous ids remembered per customer, to send each link once
 
@@ -59,8 +59,8 @@ class DueIndex:
 @dataclass
 class StepResult:
     states: dict[str, tuple[int, dict]] = field(default_factory=dict)  # key -> (partition, state)
-    journey_updates: dict[str, list[dict]] = field(default_factory=dict)  # key -> rows
-    leaks: dict[str, list[dict]] = field(default_factory=dict)  # key -> leak rows
+    # kind (journeys, leaks, invitations, suppressions, health) -> key -> rows
+    rows: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
     sends: list[tuple[str, dict]] = field(default_factory=list)  # (key, control doc)
     late: list[tuple[Message, dict]] = field(default_factory=list)  # (message, event)
     merged: int = 0
@@ -134,10 +134,9 @@ def journey_step(
         outcome = advance(config, state, key, watermark, now_ms=wall_ms)
         states[key] = (partition, outcome.state)
         due.push(partition, outcome.due_ms, key)
-        if outcome.updates:
-            result.journey_updates[key] = outcome.updates
-        if outcome.leaks:
-            result.leaks[key] = outcome.leaks
+        for kind, rows in outcome.rows().items():
+            if rows:
+                result.rows.setdefault(kind, {})[key] = rows
     result.states = {key: states[key] for key in touched}
     return result
 
@@ -171,19 +170,46 @@ def _add(key: str, events: list[dict], state: dict, put, result: StepResult) -> 
             result.sends.append((anonymous_id, {"control": "link", "customer_key": key}))
             linked = [*linked, anonymous_id][-MAX_LINKED:]
     compact = [_compact(e) for e in events]
-    put(key, {**add_events(state, compact), "linked": linked})
+    updated = {**add_events(state, compact), "linked": linked}
+    if any(event.get("customer_id") == key for event in events):
+        updated["identified"] = True
+    profile = _profile(events)
+    if profile:
+        updated["profile"] = merge_profiles(state.get("profile", {}), profile)
+    put(key, updated)
 
 
 def _compact(event: dict) -> list:
-    """What journeys and leak rules need of an event (see streams.journeys)."""
+    """What journeys, leak and survey rules need of an event (see streams.journeys)."""
     compact = [event["ts_ms"], event["event_id"], event["type"], event["channel"]]
     props = event.get("properties") or {}
-    if "score" in props:  # a survey answer: score leaks read it
+    extras = {}
+    if "score" in props:  # a survey answer: score leaks and health read it
         metric = props.get("metric")
-        compact.append(
-            {
-                "metric": metric.lower() if isinstance(metric, str) else metric,
-                "score": props["score"],
-            }
-        )
+        extras["metric"] = metric.lower() if isinstance(metric, str) else metric
+        extras["score"] = props["score"]
+    if isinstance(props.get("amount"), int | float):  # an order's value: segment tiers
+        extras["amount"] = props["amount"]
+    if extras:
+        compact.append(extras)
     return compact
+
+
+PROFILE_ATTRIBUTES = ("time_zone", "preferred_channel")
+
+
+def _profile(events: list[dict]) -> dict:
+    """{attribute: [ts_ms, value]}: the segment and the properties CRM events set."""
+    found: dict = {}
+
+    def seen(name: str, ts_ms: int, value: object) -> None:
+        if isinstance(value, str) and value and (name not in found or ts_ms > found[name][0]):
+            found[name] = [ts_ms, value]
+
+    for event in events:
+        seen("segment", event["ts_ms"], event.get("segment"))
+        props = event.get("properties")
+        if props:
+            for name in PROFILE_ATTRIBUTES:
+                seen(name, event["ts_ms"], props.get(name))
+    return found

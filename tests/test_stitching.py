@@ -67,7 +67,7 @@ def run(events, seed):
         for k, (_, state) in result.states.items():
             table[k] = state
         pending += result.sends
-        for updates in result.journey_updates.values():
+        for updates in result.rows.get("journeys", {}).values():
             for row in updates:
                 if row["version"] > rows.get(row["journey_id"], {"version": -1})["version"]:
                     rows[row["journey_id"]] = row
@@ -142,7 +142,7 @@ def test_an_idle_partition_expires_journeys_on_ticks():
         )
         for k, (_, state) in result.states.items():
             table[k] = state
-        return [r for rows in result.journey_updates.values() for r in rows]
+        return [r for rows in result.rows.get("journeys", {}).values() for r in rows]
 
     opened = step({"events": [event(1, "site_visit", customer_id="c")]}, "c", wall_ms=0)
     assert [r["status"] for r in opened] == ["open"]

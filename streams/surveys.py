@@ -1,0 +1,360 @@
+"""Survey invitations: which triggers fire, and the guardrails each must pass. Pure.
+
+Decided on the customer's own partition, in event time: a touchpoint is looked at once
+the watermark has passed it (nothing earlier can still arrive), in (ts, event_id)
+order, from a cursor kept in the customer's state. So a replay, a restart or another
+batch size decides the same invitations, and two triggers of one customer are never
+decided concurrently. Triggers:
+
+    touchpoint   a touchpoint of a type (optionally within a journey)
+    completion   a journey completes, or, completed, first reaches a stage
+    leak         a leak rule fires (the leak's decision time is the trigger time)
+    relational   an active customer, at most once per `every`
+
+Guardrails, in order: opted out, duplicate (same rule and journey), outranked (a rule
+with a higher priority sent at the same trigger time), sampled out (a deterministic
+draw on the invitation id), capped (another invitation too close, overall or on the
+channel). Quiet hours move `send_at` out of the night in the customer's time zone.
+
+An invitation's id is its rule and the touchpoint it is about: a sender can dedupe on
+it, and a restart that re-sends a decision re-sends the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from streams.config import Config
+from streams.survey_config import SURVEY_CHANNELS, QuietHours, Segments, SurveyRule, Surveys
+
+MAX_JOURNEYS_PER_RULE = 50  # journey ids remembered per rule, for the duplicate check
+OPTED_OUT, DUPLICATE, OUTRANKED, SAMPLED_OUT, CAPPED = (
+    "opted_out",
+    "duplicate",
+    "outranked",
+    "sampled_out",
+    "capped",
+)
+SUPPRESSION_REASONS = (OPTED_OUT, DUPLICATE, OUTRANKED, SAMPLED_OUT, CAPPED)
+
+
+def invitation_id(rule: str, anchor_event_id: str) -> str:
+    return hashlib.blake2b(f"survey/{rule}/{anchor_event_id}".encode(), digest_size=12).hexdigest()
+
+
+def sampled_in(invitation: str, rate: float) -> bool:
+    """A draw that is the same for the same invitation, wherever and whenever it is made."""
+    if rate >= 1:
+        return True
+    draw = int.from_bytes(hashlib.blake2b(invitation.encode(), digest_size=8).digest(), "big")
+    return draw < rate * 2**64
+
+
+@dataclass(frozen=True)
+class Trigger:
+    rule: SurveyRule
+    at_ms: int  # event time at which it fired
+    anchor: list  # the touchpoint the survey is about: [ts_ms, event_id, type, channel, ...]
+    journey_id: str = ""
+    journey: str = ""
+    stage: str = ""
+
+    @property
+    def invitation_id(self) -> str:
+        return invitation_id(self.rule.name, self.anchor[1])
+
+
+@dataclass
+class Decisions:
+    contact: dict
+    invitations: list[dict] = field(default_factory=list)
+    suppressions: list[dict] = field(default_factory=list)
+
+
+def new_contact() -> dict:
+    return {
+        "cursor": None,  # [ts_ms, [event ids at ts_ms]]: touchpoints up to here are decided
+        "opted_out": False,
+        "orders": [0, 0.0],  # purchases, sum of their amounts
+        "sent": [],  # [[send_at_ms, channel, rule, trigger_ms]] within the caps' reach
+        "journeys": {},  # rule -> journey ids it invited for
+        "relational": {},  # rule -> trigger time of its last decision
+    }
+
+
+def unseen(contact: dict, events: Iterable[list], watermark_ms: int) -> list[list]:
+    """Events past the cursor and not after the watermark: final, and not yet decided on."""
+    cursor = contact.get("cursor")
+    if cursor is None:
+        return [e for e in events if e[0] <= watermark_ms]
+    cursor_ms, at_cursor = cursor[0], set(cursor[1])
+    return [
+        e
+        for e in events
+        if cursor_ms < e[0] <= watermark_ms or (e[0] == cursor_ms and e[1] not in at_cursor)
+    ]
+
+
+def moved_cursor(contact: dict, fresh: list[list]) -> list | None:
+    if not fresh:
+        return contact.get("cursor")
+    last_ms = fresh[-1][0]
+    ids = [e[1] for e in fresh if e[0] == last_ms]
+    cursor = contact.get("cursor")
+    if cursor is not None and cursor[0] == last_ms:
+        ids = cursor[1] + ids
+    return [last_ms, ids]
+
+
+def find_triggers(
+    surveys: Surveys,
+    fresh: list[list],
+    instances: Iterable,
+    leak_rows: Iterable[dict],
+    relational_last: dict[str, int],
+) -> list[Trigger]:
+    """Triggers fired by the fresh touchpoints, the journeys they are in, and new leaks."""
+    fresh_ids = {e[1] for e in fresh}
+    where: dict[str, tuple[str, str, str]] = {}  # event id -> (journey id, journey, stage)
+    triggers: list[Trigger] = []
+    for instance in instances:
+        journey = instance.journey
+        for event in instance.events:
+            if event[1] in fresh_ids:
+                stage = journey.stages[journey.stage_of[event[2]]]
+                where.setdefault(event[1], (instance.id, journey.name, stage))
+        for rule in surveys.rules.values():
+            if rule.trigger == "completion" and rule.journey == journey.name:
+                anchor = _completion_anchor(rule, instance)
+                if anchor is not None and anchor[1] in fresh_ids:
+                    stage = journey.stages[journey.stage_of[anchor[2]]]
+                    triggers.append(
+                        Trigger(rule, anchor[0], anchor, instance.id, journey.name, stage)
+                    )
+    last = dict(relational_last)
+    for event in fresh:
+        journey_id, journey, stage = where.get(event[1], ("", "", ""))
+        for rule in surveys.rules.values():
+            if rule.trigger == "touchpoint" and event[2] == rule.touchpoint:
+                if rule.journey is None or rule.journey == journey:
+                    triggers.append(Trigger(rule, event[0], event, journey_id, journey, stage))
+            elif rule.trigger == "relational" and _relational_due(rule, event, last):
+                last[rule.name] = event[0]
+                triggers.append(Trigger(rule, event[0], event, journey_id, journey, stage))
+    for row in leak_rows:
+        for rule in surveys.rules.values():
+            if rule.trigger == "leak" and rule.leak == row["rule"]:
+                anchor = [row["anchor_ms"], row["anchor_event_id"], row["anchor_type"], ""]
+                triggers.append(
+                    Trigger(
+                        rule, row["due_ms"], anchor, row["journey_id"], row["journey"], row["stage"]
+                    )
+                )
+    return sorted(triggers, key=lambda t: (t.at_ms, -t.rule.priority, t.rule.name, t.anchor[1]))
+
+
+def _relational_due(rule: SurveyRule, event: list, last: dict[str, int]) -> bool:
+    """An activity touchpoint, and `every` since the rule last fired for the customer."""
+    if rule.touchpoints and event[2] not in rule.touchpoints:
+        return False
+    return rule.name not in last or event[0] - last[rule.name] >= rule.every_ms
+
+
+def _completion_anchor(rule: SurveyRule, instance) -> list | None:
+    """The touchpoint that completed the journey, or first reached `rule.stage` after."""
+    if instance.completed_ms is None:
+        return None
+    journey = instance.journey
+    wanted = journey.stages.index(rule.stage) if rule.stage else journey.goal_stage
+    for event in instance.events:
+        if event[0] >= instance.completed_ms and journey.stage_of[event[2]] >= wanted:
+            return event
+    return None
+
+
+def decide(
+    config: Config,
+    contact: dict,
+    profile: dict,
+    customer_key: str,
+    fresh: list[list],
+    triggers: list[Trigger],
+    watermark_ms: int,
+    now_ms: int,
+) -> Decisions:
+    """Apply the fresh touchpoints (opt-outs, orders) and decide each trigger, in time order."""
+    surveys = config.surveys
+    contact = {**new_contact(), **contact}
+    sent = [list(s) for s in contact["sent"]]
+    journeys = {rule: list(ids) for rule, ids in contact["journeys"].items()}
+    relational = dict(contact["relational"])
+    opted_out = contact["opted_out"]
+    orders = list(contact["orders"])
+    out = Decisions(contact)
+
+    # Touchpoints before triggers at the same time: an opt-out wins over every rule.
+    timeline = [(e[0], 0, i) for i, e in enumerate(fresh)]
+    timeline += [(t.at_ms, 1, i) for i, t in enumerate(triggers)]
+    sent_at_time: dict[int, bool] = {}  # trigger time -> an invitation was sent then
+    for _, what, i in sorted(timeline):
+        if what == 0:
+            event = fresh[i]
+            if event[2] in surveys.opt_out:
+                opted_out = True
+            elif event[2] in surveys.opt_in:
+                opted_out = False
+            if event[2] == "purchase":
+                orders = [orders[0] + 1, orders[1] + _amount(event)]
+            continue
+        trigger = triggers[i]
+        rule = trigger.rule
+        if rule.trigger == "relational":
+            relational[rule.name] = trigger.at_ms
+        segment = segment_of(config.segments, profile, orders)
+        channel = channel_for(rule, surveys, profile)
+        send_at = send_time(
+            trigger.at_ms + rule.delay_ms, surveys.quiet_hours, _profile(profile, "time_zone")
+        )
+        reason, detail = _suppression(
+            trigger, opted_out, journeys, sent_at_time, segment, sent, surveys, channel, send_at
+        )
+        row = invitation_row(trigger, customer_key, channel, segment, send_at, now_ms)
+        if reason:
+            out.suppressions.append({**row, "reason": reason, "detail": detail})
+            continue
+        out.invitations.append(row)
+        sent.append([send_at, channel, rule.name, trigger.at_ms])
+        sent_at_time[trigger.at_ms] = True
+        if trigger.journey_id:
+            ids = journeys.setdefault(rule.name, [])
+            journeys[rule.name] = [*ids, trigger.journey_id][-MAX_JOURNEYS_PER_RULE:]
+
+    reach = max([surveys.cap_ms, *surveys.channel_cap_ms.values()])
+    out.contact = {
+        **contact,
+        "cursor": moved_cursor(contact, fresh),
+        "opted_out": opted_out,
+        "orders": orders,
+        "sent": [s for s in sent if s[0] > watermark_ms - reach],
+        "journeys": journeys,
+        "relational": relational,
+    }
+    return out
+
+
+def _suppression(
+    trigger: Trigger,
+    opted_out: bool,
+    journeys: dict[str, list[str]],
+    sent_at_time: dict[int, bool],
+    segment: str,
+    sent: list[list],
+    surveys: Surveys,
+    channel: str,
+    send_at: int,
+) -> tuple[str, str]:
+    """(reason, detail) the trigger is suppressed for, or ("", "") if it passes."""
+    rule = trigger.rule
+    if opted_out:
+        return OPTED_OUT, "the customer opted out of surveys"
+    if trigger.journey_id and trigger.journey_id in journeys.get(rule.name, []):
+        return DUPLICATE, f"{rule.name} already invited for journey {trigger.journey_id}"
+    if sent_at_time.get(trigger.at_ms):
+        return OUTRANKED, "a rule with a higher priority fired at the same time"
+    rate = rule.sample_rate(segment)
+    if not sampled_in(trigger.invitation_id, rate):
+        return SAMPLED_OUT, f"sample rate {rate:g} for segment {segment}"
+    for other_send_at, other_channel, other_rule, _ in sent:
+        gap = abs(send_at - other_send_at)
+        if gap < surveys.cap_ms:
+            return CAPPED, f"{other_rule} is sent within the contact cap"
+        channel_cap = surveys.channel_cap_ms.get(channel, 0)
+        if other_channel == channel and gap < channel_cap:
+            return CAPPED, f"{other_rule} is sent on {channel} within its cap"
+    return "", ""
+
+
+def segment_of(segments: Segments, profile: dict, orders: list) -> str:
+    """The CRM's segment if events carry one (and it is trusted), else the orders' tier."""
+    from_events = _profile(profile, "segment")
+    if segments.from_events and from_events:
+        return from_events
+    count, value = orders
+    for tier in segments.tiers:
+        if (tier.orders is not None and count >= tier.orders) or (
+            tier.value is not None and value >= tier.value
+        ):
+            return tier.name
+    return segments.default
+
+
+def channel_for(rule: SurveyRule, surveys: Surveys, profile: dict) -> str:
+    if rule.channel != "preferred":
+        return rule.channel
+    preferred = _profile(profile, "preferred_channel")
+    return preferred if preferred in SURVEY_CHANNELS else surveys.default_channel
+
+
+def send_time(at_ms: int, quiet: QuietHours | None, time_zone: str | None) -> int:
+    """`at_ms`, or the end of the quiet hours it falls in, in the customer's time zone."""
+    if quiet is None or quiet.start_minute == quiet.end_minute:
+        return at_ms
+    zone = _zone(time_zone) or _zone(quiet.time_zone) or ZoneInfo("UTC")
+    local = datetime.fromtimestamp(at_ms / 1000, zone)
+    minute = local.hour * 60 + local.minute
+    start, end = quiet.start_minute, quiet.end_minute
+    spans_midnight = end < start
+    quiet_now = (minute >= start or minute < end) if spans_midnight else start <= minute < end
+    if not quiet_now:
+        return at_ms
+    day = local.date() if minute < end else local.date() + timedelta(days=1)
+    wake = datetime.combine(day, time(end // 60, end % 60), tzinfo=zone)
+    return int(wake.timestamp() * 1000)
+
+
+def _zone(name: str | None) -> ZoneInfo | None:
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def _profile(profile: dict, attribute: str) -> str | None:
+    value = profile.get(attribute)
+    return value[1] if value else None
+
+
+def _amount(event: list) -> float:
+    extras = event[4] if len(event) > 4 else {}
+    amount = extras.get("amount")
+    return float(amount) if isinstance(amount, int | float) else 0.0
+
+
+def invitation_row(
+    trigger: Trigger, customer_key: str, channel: str, segment: str, send_at: int, now_ms: int
+) -> dict:
+    rule = trigger.rule
+    return {
+        "invitation_id": trigger.invitation_id,
+        "rule": rule.name,
+        "trigger": rule.trigger,
+        "metric": rule.metric,
+        "customer_key": customer_key,
+        "journey_id": trigger.journey_id,
+        "journey": trigger.journey,
+        "stage": trigger.stage,
+        "touchpoint": trigger.anchor[2],
+        "anchor_event_id": trigger.anchor[1],
+        "channel": channel,
+        "segment": segment,
+        "priority": rule.priority,
+        "trigger_ms": trigger.at_ms,
+        "send_at_ms": send_at,
+        "decided_ms": now_ms,
+    }
