@@ -275,10 +275,10 @@ def _contact(
     """Survey decisions and health for the touchpoints the watermark has passed."""
     contact = state.get("contact") or new_contact()
     fresh = unseen(contact, state["events"], watermark_ms)
-    if not fresh and not leak_rows:
+    triggers = find_triggers(config.surveys, fresh, instances, leak_rows, contact, watermark_ms)
+    if not fresh and not leak_rows and not triggers:
         return {}, {}
     profile = state.get("profile", {})
-    triggers = find_triggers(config.surveys, fresh, instances, leak_rows, contact["relational"])
     decisions = decide(
         config, contact, profile, customer_key, fresh, triggers, watermark_ms, now_ms
     )

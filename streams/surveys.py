@@ -83,6 +83,7 @@ def new_contact() -> dict:
         "sent": [],  # [[send_at_ms, channel, rule, trigger_ms]] within the caps' reach
         "journeys": {},  # rule -> journey ids it invited for
         "relational": {},  # rule -> trigger time of its last decision
+        "completed": {},  # completion rule -> anchors decided (a merge may bring them late)
     }
 
 
@@ -115,9 +116,14 @@ def find_triggers(
     fresh: list[list],
     instances: Iterable,
     leak_rows: Iterable[dict],
-    relational_last: dict[str, int],
+    contact: dict,
+    watermark_ms: int,
 ) -> list[Trigger]:
-    """Triggers fired by the fresh touchpoints, the journeys they are in, and new leaks."""
+    """Triggers fired by the fresh touchpoints, the journeys they are in, and new leaks.
+
+    A completion fires once its touchpoint is final, even if it is older than the cursor:
+    an identity merge can bring the journey it completes after the cursor passed it.
+    """
     fresh_ids = {e[1] for e in fresh}
     where: dict[str, tuple[str, str, str]] = {}  # event id -> (journey id, journey, stage)
     triggers: list[Trigger] = []
@@ -130,12 +136,13 @@ def find_triggers(
         for rule in surveys.rules.values():
             if rule.trigger == "completion" and rule.journey == journey.name:
                 anchor = _completion_anchor(rule, instance)
-                if anchor is not None and anchor[1] in fresh_ids:
+                done = contact.get("completed", {}).get(rule.name, [])
+                if anchor is not None and anchor[0] <= watermark_ms and anchor[1] not in done:
                     stage = journey.stages[journey.stage_of[anchor[2]]]
                     triggers.append(
                         Trigger(rule, anchor[0], anchor, instance.id, journey.name, stage)
                     )
-    last = dict(relational_last)
+    last = dict(contact["relational"])
     for event in fresh:
         journey_id, journey, stage = where.get(event[1], ("", "", ""))
         for rule in surveys.rules.values():
@@ -192,6 +199,7 @@ def decide(
     sent = [list(s) for s in contact["sent"]]
     journeys = {rule: list(ids) for rule, ids in contact["journeys"].items()}
     relational = dict(contact["relational"])
+    completed = {rule: list(ids) for rule, ids in contact["completed"].items()}
     opted_out = contact["opted_out"]
     orders = list(contact["orders"])
     out = Decisions(contact)
@@ -214,6 +222,9 @@ def decide(
         rule = trigger.rule
         if rule.trigger == "relational":
             relational[rule.name] = trigger.at_ms
+        elif rule.trigger == "completion":
+            ids = completed.get(rule.name, [])
+            completed[rule.name] = [*ids, trigger.anchor[1]][-MAX_JOURNEYS_PER_RULE:]
         segment = segment_of(config.segments, profile, orders)
         channel = channel_for(rule, surveys, profile)
         send_at = send_time(
@@ -242,6 +253,7 @@ def decide(
         "sent": [s for s in sent if s[0] > watermark_ms - reach],
         "journeys": journeys,
         "relational": relational,
+        "completed": completed,
     }
     return out
 

@@ -130,3 +130,57 @@ def test_signal_types_may_stay_out_of_journeys(tmp_path):
 def test_a_missing_file_says_how_to_point_at_one(tmp_path):
     with pytest.raises(ConfigError, match="PARCOURS_CONFIG"):
         load_config(tmp_path / "absent.yaml")
+
+
+SURVEYS = """\
+surveys:
+  quiet_hours: {from: "21:00", to: "08:00", time_zone: Europe/Paris}
+  rules:
+    after_buying:
+      trigger: completion
+      journey: shop
+      stage: bought
+      metric: csat
+"""
+
+
+def test_survey_rules_load_with_their_guardrails(tmp_path):
+    config = load_config(write(tmp_path, BASE + SURVEYS))
+    rule = config.surveys.rules["after_buying"]
+    assert (rule.trigger, rule.journey, rule.stage, rule.channel) == (
+        "completion",
+        "shop",
+        "bought",
+        "preferred",
+    )
+    assert config.surveys.quiet_hours.start_minute == 21 * 60
+    assert config.segments.default == "default" and config.health.window_ms == 90 * 86_400_000
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("stage: bought", "stage: shipped", [":18:", "rules.after_buying.stage", "its stages are"]),
+        ("journey: shop", "journey: trip", [":17:", "journey 'trip' is not declared"]),
+        (
+            "trigger: completion\n      journey: shop\n      stage: bought",
+            "trigger: leak\n      leak: nothing",
+            [":17:", "rules.after_buying.leak", "'nothing' is not declared under `leaks`"],
+        ),
+        (
+            "trigger: completion\n      journey: shop\n      stage: bought",
+            "trigger: touchpoint",
+            [":15:", "'touchpoint' is a required property"],
+        ),
+        ("time_zone: Europe/Paris", "time_zone: Mars/Base", [":13:", "IANA name"]),
+        ('from: "21:00"', 'from: "9pm"', [":13:", "quiet_hours.from"]),
+        ("metric: csat", "metric: csat\n      sample: 1.5", [":20:", "sample"]),
+    ],
+)
+def test_survey_errors_point_at_the_line_and_say_how_to_fix(tmp_path, old, new, expected):
+    text = BASE + SURVEYS
+    assert old in text
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text.replace(old, new)))
+    for part in expected:
+        assert part in str(error.value), str(error.value)

@@ -17,6 +17,7 @@ import pytest
 from streams.ingest import kafka_partition
 from streams.local_stack import LocalBroker, WorkerProcess
 from streams.produce import produce
+from streams.surveys import invitation_id, sampled_in
 from tests.conftest import clickhouse
 
 pytestmark = pytest.mark.e2e
@@ -39,7 +40,7 @@ def touch(n, kind, t_ms, customer_id=None, anonymous_id=None):
     return event
 
 
-def script(i, t0):
+def journey_script(i, t0):
     """(events, jitter_ms, expected journeys, expected leaks) of customer number i."""
     c = f"cust-{i:04d}"
     kind = i % 8
@@ -58,12 +59,14 @@ def script(i, t0):
             touch(4, "delivery", t[4], customer_id=c),
         ]
         path = ("ad_click", "product_view", "checkout_started", "purchase", "delivery")
-        if i % 16 == 1:
+        if i % 16 == 1 or not sampled_in(csat_id(c), 0.8):  # not asked, or not answering
             return events, 0, {("purchase", c, "completed", "delivery", path)}, set()
         answer = touch(5, "survey_response", t[5], customer_id=c)
-        answer["properties"] = {"metric": "NPS", "score": 3}
+        score = csat_score(i)
+        answer["properties"] = {"metric": "CSAT", "score": score, "invitation_id": csat_id(c)}
         journey = ("purchase", c, "completed", "post_purchase", (*path, "survey_response"))
-        return [*events, answer], 0, {journey}, {("detractor_feedback", c, f"{c}-5")}
+        leaks = {("detractor_feedback", c, f"{c}-5")} if score <= 2 else set()
+        return [*events, answer], 0, {journey}, leaks
     if kind == 2:  # two devices, and the phone browses anonymously after logging in
         phone, laptop = f"phone-{i:04d}", f"laptop-{i:04d}"
         events = [
@@ -84,17 +87,22 @@ def script(i, t0):
         path = ["site_visit", "product_view", "add_to_cart", "purchase"]
         events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
         return events, 45_000, {("purchase", c, "completed", "purchase", tuple(path))}, set()
-    if kind == 4:  # a support case, resolved
+    if kind == 4:  # a support case, resolved, and the effort it took (a survey answer)
         path = ["support_call", "ticket_updated", "ticket_resolved"]
         events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
-        return events, 0, {("support_resolution", c, "completed", "resolved", tuple(path))}, set()
+        answer = touch(3, "survey_response", t[3], customer_id=c)
+        answer["properties"] = {"metric": "ces", "score": ces_score(i), "invitation_id": ces_id(c)}
+        journey = ("support_resolution", c, "completed", "resolved", tuple(path))
+        return [*events, answer], 0, {journey}, set()
     if kind == 5:  # abandons at checkout
         path = ["site_visit", "add_to_cart"]
         events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
         return events, 0, {("purchase", c, "open", "checkout", tuple(path))}, set()
-    if kind == 6:  # calls support three times within a week, unresolved
+    if kind == 6:  # calls support three times within a week, unresolved; some opted out
         path = ["support_call"] * 3
         events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
+        if i % 16 == 6:
+            events.insert(0, touch(9, "unsubscribe", t[0], customer_id=c))
         return (
             events,
             0,
@@ -105,6 +113,47 @@ def script(i, t0):
     events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
     events.append(touch(2, "login", t[2], customer_id=c))
     return events, 0, {("onboarding", c, "open", "first_use", tuple(path))}, set()
+
+
+def csat_score(i):
+    return 1 if (i // 16) % 2 == 0 else 5
+
+
+def ces_score(i):
+    return 2 if (i // 8) % 2 == 0 else 6
+
+
+def cust(i):
+    return f"cust-{i:04d}"
+
+
+def csat_id(c):
+    return invitation_id("csat_after_delivery", f"{c}-4")
+
+
+def ces_id(c):
+    return invitation_id("ces_after_support_call", f"{c}-0")
+
+
+def script(i, t0):
+    """journey_script, and the survey decisions expected: {(rule, customer, anchor, outcome)}."""
+    events, jitter, journeys, leaks = journey_script(i, t0)
+    c, kind = f"cust-{i:04d}", i % 8
+    surveys = set()
+    if kind == 1:  # delivered: CSAT, for 80% of the silver segment (one purchase)
+        outcome = "sent" if sampled_in(csat_id(c), 0.8) else "sampled_out"
+        surveys.add(("csat_after_delivery", c, f"{c}-4", outcome))
+    if kind == 2:  # abandoned checkout: why didn't you buy
+        surveys.add(("why_not_buy", c, f"{c}-3", "sent"))
+    if kind == 4:  # support call: CES by sms
+        surveys.add(("ces_after_support_call", c, f"{c}-0", "sent"))
+    if kind == 6:  # three calls in one case: once per case, none if opted out
+        first = "opted_out" if i % 16 == 6 else "sent"
+        again = "opted_out" if i % 16 == 6 else "duplicate"
+        surveys |= {
+            ("ces_after_support_call", c, f"{c}-{k}", first if k == 0 else again) for k in range(3)
+        }
+    return events, jitter, journeys, leaks, surveys
 
 
 def arrival_order(customers, seed=11):
@@ -123,8 +172,9 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
     # Customers start 4 to 3.4 hours ago; then a clock touchpoint (a signal in no journey)
     # on every partition brings each watermark to the present, deciding every leak due.
     customers = [script(i, now_ms - 4 * 3_600_000 + i * 7_000) for i in range(300)]
-    expected = set().union(*(journeys for _, _, journeys, _ in customers))
-    expected_leaks = set().union(*(leaks for *_, leaks in customers))
+    expected = set().union(*(c[2] for c in customers))
+    expected_leaks = set().union(*(c[3] for c in customers))
+    expected_surveys = set().union(*(c[4] for c in customers))
     events = arrival_order(customers)
     clocks = {kafka_partition(f"clock-{n}", 4): f"clock-{n}" for n in range(50)}
     assert len(clocks) == 4
@@ -149,6 +199,7 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
         worker.wait_for_rows({"touchpoints": len(events)}, timeout=120)
         worker.wait_until_quiet("journeys")
         worker.wait_until_quiet("leaks")
+        worker.wait_until_quiet("survey_suppressions")
         watermarks = {
             dict(labels)["partition"]: value
             for (name, labels), value in worker.metrics().items()
@@ -173,6 +224,21 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
         leaks = client.query(
             "SELECT rule, customer_key, anchor_event_id FROM leaks FINAL"
         ).result_rows
+        invited = client.query(
+            "SELECT rule, customer_key, anchor_event_id, 'sent' FROM survey_invitations FINAL"
+        ).result_rows
+        suppressed = client.query(
+            "SELECT rule, customer_key, anchor_event_id, reason FROM survey_suppressions FINAL"
+        ).result_rows
+        scores = client.query(
+            "SELECT metric, value, responses, score FROM scores WHERE cut = 'touchpoint' "
+            "ORDER BY metric"
+        ).result_rows
+        rates = client.query("SELECT rule, invitations, answered FROM response_rate_by_rule")
+        health = client.query(
+            "SELECT customer_key, score FROM customer_health FINAL WHERE customer_key IN "
+            "('cust-0006', 'cust-0014', 'cust-0008')"
+        ).result_rows
         linked = client.query(
             "SELECT count() FROM touchpoint_journeys WHERE event_id LIKE 'anon-%'"
         ).result_rows[0][0]
@@ -187,7 +253,24 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
     assert set(watermarks) == {"0", "1", "2", "3"}
     assert all(value >= (now_ms - 180_000) / 1000 for value in watermarks.values())
     assert set(leaks) == expected_leaks
-    # 38 abandoned checkouts, 37 repeat callers, 19 detractors: each once
-    assert len(leaks) == len(expected_leaks) == 94
+    # 38 abandoned checkouts, 37 repeat callers, 9 detractors: each once
+    assert len(leaks) == len(expected_leaks) == 84
+    got_surveys = set(invited) | set(suppressed)
+    assert sorted(expected_surveys - got_surveys)[:10] == []
+    assert sorted(got_surveys - expected_surveys)[:10] == []
+    assert len(invited) + len(suppressed) == len(expected_surveys)
+
+    # Scores as the views compute them, against the scripted answers.
+    csat = [csat_score(i) for i in range(300) if i % 16 == 9 and sampled_in(csat_id(cust(i)), 0.8)]
+    ces = [ces_score(i) for i in range(300) if i % 8 == 4]
+    assert scores == [
+        ("ces", "support_call", len(ces), round(sum(ces) / len(ces), 2)),
+        ("csat", "delivery", len(csat), round(100 * sum(s >= 4 for s in csat) / len(csat), 1)),
+    ]
+    sent_csat = sum(1 for s in expected_surveys if s[0] == "csat_after_delivery" and s[3] == "sent")
+    assert ("csat_after_delivery", sent_csat, len(csat)) in rates.result_rows
+    # Health: 3 contacts (5 each) and a high leak (15): 70; opted out changes nothing;
+    # one contact, resolved, and a CES of 2 (a promoter, -10): 100 - 5 + 10, capped at 100.
+    assert sorted(health) == [("cust-0006", 70.0), ("cust-0008", 100.0), ("cust-0014", 70.0)]
     # every anonymous touchpoint of the customers who log in at checkout is placed
     assert linked == 2 * sum(1 for i in range(300) if i % 8 == 1)
