@@ -100,7 +100,8 @@ def run_demo(customers: int, seed: int, data_dir: Path, timeout: float) -> dict:
             print(f"  done in {time.perf_counter() - t:.1f}s")
             t = step("waiting for journeys to settle (identity merges, watermarks)")
             journey_rows = worker.wait_until_quiet("journeys", timeout=timeout)
-            worker.wait_until_quiet("leaks", timeout=timeout)
+            for table in ("leaks", "survey_invitations", "survey_suppressions"):
+                worker.wait_until_quiet(table, timeout=timeout)
             print(f"  {journey_rows:,} journey updates written in {time.perf_counter() - t:.1f}s")
             step("stopping the worker and the broker")
     return summarize(clickhouse_url)
@@ -140,8 +141,24 @@ def summarize(clickhouse_url: str) -> dict:
                 "GROUP BY rule, category, severity ORDER BY count() DESC"
             ),
             "scores": rows(
-                "SELECT metric, about_touchpoint, responses, score, small_sample "
-                "FROM scores_by_touchpoint ORDER BY metric, about_touchpoint"
+                "SELECT metric, value, responses, score, small_sample FROM scores "
+                "WHERE cut = 'touchpoint' ORDER BY metric, value"
+            ),
+            "invitations": rows(
+                "SELECT rule, metric, channel, count() FROM survey_invitations FINAL "
+                "GROUP BY rule, metric, channel ORDER BY rule, channel"
+            ),
+            "suppressions": rows(
+                "SELECT rule, reason, count() FROM survey_suppressions FINAL "
+                "GROUP BY rule, reason ORDER BY rule, reason"
+            ),
+            "response_rates": rows(
+                "SELECT rule, invitations, answered, response_rate FROM response_rate_by_rule "
+                "ORDER BY rule"
+            ),
+            "health": rows(
+                "SELECT segment, count(), round(avg(health), 1), countIf(health < 50) "
+                "FROM customer_health_now GROUP BY segment ORDER BY segment"
             ),
             "journey_customers": rows(
                 "SELECT uniqExact(customer_key) FROM journeys FINAL WHERE status != 'superseded'"
@@ -168,10 +185,22 @@ def print_summary(summary: dict) -> None:
     print("\nLeaks by rule                   category      severity   leaks")
     for rule, category, severity, n in summary["leaks"]:
         print(f"  {rule:<29} {category:<13} {severity:<8} {n:>6,}")
+    print("\nSurvey invitations sent         metric       channel   invitations")
+    for rule, metric, channel, n in summary["invitations"]:
+        print(f"  {rule:<29} {metric:<12} {channel:<9} {n:>8,}")
+    print("\nSurvey invitations suppressed   reason        count")
+    for rule, reason, n in summary["suppressions"]:
+        print(f"  {rule:<29} {reason:<12} {n:>6,}")
+    print("\nResponse rate by rule           sent  answered   rate")
+    for rule, sent, answered, rate in summary["response_rates"]:
+        print(f"  {rule:<29} {sent:>5,} {answered:>8,} {rate:>5}%")
     print("\nScores by touchpoint            responses    score")
     for metric, about, responses, score, small in summary["scores"]:
         flag = "  (small sample)" if small else ""
         print(f"  {metric.upper():<5} {about or '-':<24} {responses:>7,} {score:>8}{flag}")
+    print("\nCustomer health by segment      customers   mean  below 50")
+    for segment, customers, mean, at_risk in summary["health"]:
+        print(f"  {segment:<29} {customers:>9,} {mean:>6} {at_risk:>9,}")
     print("\nDead letters by reason")
     for reason, n in summary["dead_letters"]:
         print(f"  {reason:<18} {n:>7,}")

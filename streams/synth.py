@@ -3,7 +3,10 @@
 Each customer walks part of a purchase journey (ad click → visit → product
 view → cart → checkout → purchase → delivery), many stop on the way, some call
 support or open emails, a few unsubscribe. Some start anonymous and log in at
-checkout. Events of one customer are in event-time order, within the last day.
+checkout; some have a CRM profile (time zone, preferred channel). Customers answer
+the surveys parcours invites them to (CSAT after delivery, CES after a support call,
+naming the invitation id) and some answer an NPS about delivery from another tool.
+Events of one customer are in event-time order, within the last day.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+
+from streams.surveys import invitation_id
 
 FUNNEL = [
     "ad_click",
@@ -36,6 +41,11 @@ CHANNEL = {
 }
 SEGMENTS = ["silver"] * 6 + ["gold"] * 3 + ["platinum"]
 NPS_SCORES = [0, 2, 4, 5, 6, 6, 7, 7, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10]
+CSAT_SCORES = [1, 2, 3, 3, 4, 4, 4, 5, 5, 5]
+CES_SCORES = [1, 2, 2, 3, 3, 4, 5, 6, 7]
+TIME_ZONES = ["Europe/Paris", "Europe/London", "America/New_York", "Asia/Tokyo"]
+# Survey rules of the default configuration the synthetic customers answer.
+CSAT_RULE, CES_RULE = "csat_after_delivery", "ces_after_support_call"
 
 
 @dataclass(frozen=True)
@@ -65,10 +75,12 @@ def journey_events(
         types.append(step)
         if rng.random() > chance:
             break
-    if types[-1] == "delivery" and rng.random() < 0.5:
-        types.append("survey_response")  # asked after delivery, half answer
+    if types[-1] == "delivery" and rng.random() < 0.5:  # half answer after delivery
+        types.append("csat_answer" if rng.random() < 0.6 else "nps_answer")
     if rng.random() < 0.15:
         types += ["support_call"] * rng.randint(1, 3)
+        if rng.random() < 0.4:
+            types.append("ces_answer")
         if rng.random() < 0.5:
             types.append("ticket_updated")
         if rng.random() < 0.6:
@@ -80,12 +92,18 @@ def journey_events(
     if rng.random() < 0.05:
         types.append("unsubscribe")
 
+    if rng.random() < 0.2:  # a CRM profile, before anything else
+        types.insert(0, "profile_updated")
+
     events, ts = [], start
     logged_in = customer.anonymous_id is None
-    for n, kind in enumerate(types):
+    anchors: dict[str, str] = {}  # touchpoint type -> id of its first event (surveys' anchor)
+    for n, step in enumerate(types):
         ts += timedelta(seconds=rng.randint(5, max(5, max_gap_seconds)))
+        kind = "survey_response" if step.endswith("_answer") else step
         if kind == "checkout_started":
             logged_in = True  # customers identify themselves at checkout
+        anchors.setdefault(kind, f"{customer.customer_id}-{n}")
         event = {
             "event_id": f"{customer.customer_id}-{n}",
             "type": kind,
@@ -103,10 +121,30 @@ def journey_events(
             event["anonymous_id"] = customer.anonymous_id
         if kind == "purchase":
             event["properties"]["amount"] = round(rng.uniform(10, 400), 2)
-        if kind == "survey_response":  # NPS, leaning positive as real answers do
-            event["properties"].update(metric="nps", score=rng.choice(NPS_SCORES), about="delivery")
+        if kind == "profile_updated":
+            logged_in = True  # the CRM knows the customer
+            event["customer_id"] = customer.customer_id
+            event["source"] = "crm"
+            event["properties"].update(
+                time_zone=rng.choice(TIME_ZONES),
+                preferred_channel=rng.choice(["email", "sms", "in_app"]),
+            )
+        event["properties"].update(_answer(step, anchors, rng))
         events.append(event)
     return events
+
+
+def _answer(step: str, anchors: dict[str, str], rng: random.Random) -> dict:
+    """The properties of a survey answer (scores lean positive, as real answers do)."""
+    if step == "csat_answer":
+        invitation = invitation_id(CSAT_RULE, anchors["delivery"])
+        return {"metric": "csat", "score": rng.choice(CSAT_SCORES), "invitation_id": invitation}
+    if step == "ces_answer":
+        invitation = invitation_id(CES_RULE, anchors["support_call"])
+        return {"metric": "ces", "score": rng.choice(CES_SCORES), "invitation_id": invitation}
+    if step == "nps_answer":
+        return {"metric": "nps", "score": rng.choice(NPS_SCORES), "about": "delivery"}
+    return {}
 
 
 def generate(
