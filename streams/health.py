@@ -47,7 +47,7 @@ def update_health(
 ) -> tuple[dict, dict | None]:
     """The health state with `fresh` touchpoints and new leaks in; a row if it changed."""
     state = state or {"items": [], "last_ms": None, "emitted": None, "version": 0}
-    items = [list(i) for i in state["items"]]
+    items = list(state["items"])  # [ts_ms, kind]; never changed in place
     for event in fresh:
         if event[2] in health.contacts:
             items.append([event[0], "contact"])
@@ -56,10 +56,13 @@ def update_health(
         if kind:
             items.append([event[0], kind])
     items += [[row["due_ms"], f"leak_{row['severity']}"] for row in leak_rows]
-    items = sorted(i for i in items if i[0] > watermark_ms - health.window_ms)
+    horizon_ms = watermark_ms - health.window_ms
+    items = [i for i in items if i[0] > horizon_ms]
     last_ms = max([e[0] for e in fresh], default=state["last_ms"])
 
-    counts = {kind: sum(1 for i in items if i[1] == kind) for kind in KINDS}
+    counts = dict.fromkeys(KINDS, 0)
+    for _, kind in items:
+        counts[kind] += 1
     penalty = sum(health.weights[kind] * n for kind, n in counts.items())
     score = round(min(100.0, max(0.0, 100.0 - penalty)), 1)
     day = None if last_ms is None else last_ms // DAY_MS

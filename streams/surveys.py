@@ -196,19 +196,21 @@ def decide(
     """Apply the fresh touchpoints (opt-outs, orders) and decide each trigger, in time order."""
     surveys = config.surveys
     contact = {**new_contact(), **contact}
-    sent = [list(s) for s in contact["sent"]]
-    journeys = {rule: list(ids) for rule, ids in contact["journeys"].items()}
+    # Copies are shallow: lists inside are replaced, never changed in place.
+    sent = list(contact["sent"])
+    journeys = dict(contact["journeys"])
     relational = dict(contact["relational"])
-    completed = {rule: list(ids) for rule, ids in contact["completed"].items()}
+    completed = dict(contact["completed"])
     opted_out = contact["opted_out"]
-    orders = list(contact["orders"])
+    orders = contact["orders"]
     out = Decisions(contact)
 
     # Touchpoints before triggers at the same time: an opt-out wins over every rule.
     timeline = [(e[0], 0, i) for i, e in enumerate(fresh)]
-    timeline += [(t.at_ms, 1, i) for i, t in enumerate(triggers)]
+    if triggers:
+        timeline = sorted(timeline + [(t.at_ms, 1, i) for i, t in enumerate(triggers)])
     sent_at_time: dict[int, bool] = {}  # trigger time -> an invitation was sent then
-    for _, what, i in sorted(timeline):
+    for _, what, i in timeline:
         if what == 0:
             event = fresh[i]
             if event[2] in surveys.opt_out:

@@ -112,11 +112,18 @@ def journey_script(i, t0):
     path = ["signup", "first_use"]  # onboarding under way, plus a signal outside journeys
     events = [touch(k, p, t[k], customer_id=c) for k, p in enumerate(path)]
     events.append(touch(2, "login", t[2], customer_id=c))
+    answer = touch(3, "survey_response", t[3], customer_id=c)  # from another survey tool
+    answer["properties"] = {"metric": "nps", "score": nps_score(i), "about": "first_use"}
+    events.append(answer)
     return events, 0, {("onboarding", c, "open", "first_use", tuple(path))}, set()
 
 
 def csat_score(i):
     return 1 if (i // 16) % 2 == 0 else 5
+
+
+def nps_score(i):
+    return (10, 9, 8, 3)[(i // 8) % 4]
 
 
 def ces_score(i):
@@ -263,9 +270,12 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
     # Scores as the views compute them, against the scripted answers.
     csat = [csat_score(i) for i in range(300) if i % 16 == 9 and sampled_in(csat_id(cust(i)), 0.8)]
     ces = [ces_score(i) for i in range(300) if i % 8 == 4]
+    nps = [nps_score(i) for i in range(300) if i % 8 == 7]
+    nps_value = 100 * (sum(s >= 9 for s in nps) - sum(s <= 6 for s in nps)) / len(nps)
     assert scores == [
         ("ces", "support_call", len(ces), round(sum(ces) / len(ces), 2)),
         ("csat", "delivery", len(csat), round(100 * sum(s >= 4 for s in csat) / len(csat), 1)),
+        ("nps", "first_use", len(nps), round(nps_value, 1)),
     ]
     sent_csat = sum(1 for s in expected_surveys if s[0] == "csat_after_delivery" and s[3] == "sent")
     assert ("csat_after_delivery", sent_csat, len(csat)) in rates.result_rows

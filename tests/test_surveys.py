@@ -303,6 +303,22 @@ def test_any_arrival_order_batching_or_restart_decides_the_same(events, seed, ba
     assert again == in_order
 
 
+def test_a_watermark_jump_decides_every_trigger_it_passes_in_event_time_order():
+    """Ticks after an idle spell move the watermark far at once: same as step by step."""
+    config = only_rules("csat_after_delivery", cap_ms=14 * DAY, channel_cap_ms={})
+    events = two_deliveries(3 * DAY)
+    state = {**new_state(), "identified": True}
+    out = advance(config, add_events(state, events), "c", T0 - DAY)  # nothing final yet
+    assert out.invitations == out.suppressions == []
+    jumped = advance(config, out.state, "c", FAR_FUTURE)
+    assert [r["anchor_event_id"] for r in jumped.invitations] == ["ad"]
+    assert [(r["anchor_event_id"], r["reason"]) for r in jumped.suppressions] == [("bd", "capped")]
+    assert summary(*decisions(events, config)) == summary(
+        {r["invitation_id"]: r for r in jumped.invitations},
+        {r["invitation_id"]: r for r in jumped.suppressions},
+    )
+
+
 # --- segments ------------------------------------------------------------------------
 
 
