@@ -30,7 +30,7 @@ from faust.streams import _current_event
 
 from streams import metrics
 from streams.config import Config
-from streams.events import LATE, EventParser, Rejection
+from streams.events import LATE, Rejection, parser_for
 from streams.eventtime import NEVER
 from streams.ingest import DeadLetter, RawMessage, ingest_batch, kafka_partition
 from streams.rows import (
@@ -100,12 +100,7 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
     # Journey state per customer key (see streams.journeys for its layout).
     journey_state = app.Table("journey-state", default=None, partitions=settings.partitions)
 
-    parser = EventParser(
-        config.touchpoint_types,
-        max_message_bytes=settings.max_message_bytes,
-        max_future_seconds=settings.max_future_seconds,
-        max_age_seconds=settings.max_age_seconds,
-    )
+    parser = parser_for(config.touchpoint_types, settings)
     phases = config.phases
 
     async def remember(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -204,6 +205,72 @@ def check_config(path: Path | None) -> None:
     )
     for journey in config.journeys.values():
         click.echo(f"  {journey.name}: {' → '.join(journey.stages)}")
+
+
+@main.command()
+@click.option("--broker", help="Kafka bootstrap, e.g. kafka://host:9092 [env KAFKA_BROKER]")
+@click.option("--host", default="0.0.0.0", show_default=True, help="address to listen on")
+@click.option("--port", "collector_port", type=int, help="[env PARCOURS_COLLECTOR_PORT; 8080]")
+@click.option(
+    "--write-keys",
+    help="source:key pairs, e.g. site:s3cret,crm:0th3r [env PARCOURS_WRITE_KEYS]",
+)
+@click.option(
+    "--cors-origins",
+    help="origins browsers may send from, comma-separated, or * [env PARCOURS_CORS_ORIGINS]",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="journeys.yaml, for the touchpoint types [env PARCOURS_CONFIG]",
+)
+def collector(host: str, **overrides: object) -> None:
+    """Run the HTTP collector: POST /v1/events into the touchpoints topic.
+
+    Takes one event, a JSON array or {"events": [...]} (gzip welcome), with a write key
+    in `Authorization: Bearer KEY`; answers 202 with accepted and rejected counts once
+    the broker has acknowledged. Also GET /healthz and /metrics.
+    """
+    import asyncio
+
+    from streams.collector import CollectorConfigError, CollectorSettings, parse_write_keys, serve
+    from streams.config import ConfigError, load_config
+    from streams.events import parser_for
+    from streams.settings import TOUCHPOINTS, TOUCHPOINTS_DLQ
+
+    settings = Settings().with_overrides(**overrides)
+    if not settings.broker:
+        raise click.UsageError(LOCAL_STACK_HINT.format(what="broker"))
+    try:
+        config = load_config(settings.config_path)
+        collector_settings = CollectorSettings(
+            write_keys=parse_write_keys(settings.write_keys),
+            max_body_bytes=settings.max_message_bytes,
+            max_in_flight=settings.collector_max_in_flight,
+            cors_origins=frozenset(
+                o.strip() for o in settings.cors_origins.split(",") if o.strip()
+            ),
+        )
+    except (ConfigError, CollectorConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+    def ready(port: int) -> None:
+        click.echo(f"collector ready: http://{host}:{port}/v1/events (Ctrl-C stops it)")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            serve(
+                settings.broker.removeprefix("kafka://"),
+                settings.topic(TOUCHPOINTS),
+                settings.topic(TOUCHPOINTS_DLQ),
+                parser_for(config.touchpoint_types, settings),
+                collector_settings,
+                host,
+                settings.collector_port,
+                ready,
+            )
+        )
 
 
 @main.command("local-broker")

@@ -18,7 +18,7 @@ import fastjsonschema
 import jsonschema
 import orjson
 
-from streams.settings import SCHEMAS_DIR
+from streams.settings import SCHEMAS_DIR, Settings
 
 TOUCHPOINT_SCHEMA_PATH = SCHEMAS_DIR / "touchpoint.schema.json"
 
@@ -108,6 +108,13 @@ class EventParser:
             detail = f'a message is one event object or {{"events": [...]}}, not a JSON {kind}'
             return [], [_whole(INVALID_ENVELOPE, detail, raw)]
 
+        # A single-event message keeps its exact bytes; an envelope member is re-encoded.
+        return self.check_items(items, now_ms, raw if single else None)
+
+    def check_items(
+        self, items: list[Any], now_ms: int, single_raw: bytes | None = None
+    ) -> tuple[list[ValidEvent], list[Rejection]]:
+        """Validate decoded events one by one (an envelope's, or an HTTP batch's)."""
         valid: list[ValidEvent] = []
         rejected: list[Rejection] = []
         for index, item in enumerate(items):
@@ -116,8 +123,7 @@ class EventParser:
                 valid.append(outcome)
             else:
                 reason, detail, path = outcome
-                # A single-event message keeps its exact bytes; an envelope member is re-encoded.
-                payload = raw if single else orjson.dumps(item)
+                payload = single_raw if single_raw is not None else orjson.dumps(item)
                 rejected.append(Rejection(reason, detail, path, index, payload))
         return valid, rejected
 
@@ -159,3 +165,13 @@ def _whole(reason: str, detail: str, raw: bytes) -> Rejection:
 
 def _clip(text: str) -> str:
     return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
+
+
+def parser_for(known_types: Iterable[str], settings: Settings) -> EventParser:
+    """The parser the worker and the collector share: same schema, same limits."""
+    return EventParser(
+        known_types,
+        max_message_bytes=settings.max_message_bytes,
+        max_future_seconds=settings.max_future_seconds,
+        max_age_seconds=settings.max_age_seconds,
+    )

@@ -102,6 +102,16 @@ class Settings:
         default_factory=lambda: _env_number("PARCOURS_SINK_BATCH_SECONDS", 1.0)
     )
 
+    # The HTTP collector (see streams.collector).
+    write_keys: str = field(default_factory=lambda: os.environ.get("PARCOURS_WRITE_KEYS", ""))
+    cors_origins: str = field(default_factory=lambda: os.environ.get("PARCOURS_CORS_ORIGINS", ""))
+    collector_port: int = field(
+        default_factory=lambda: _env_number("PARCOURS_COLLECTOR_PORT", 8080)
+    )
+    collector_max_in_flight: int = field(
+        default_factory=lambda: _env_number("PARCOURS_COLLECTOR_MAX_IN_FLIGHT", 64)
+    )
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
