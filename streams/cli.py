@@ -269,6 +269,7 @@ def collector(host: str, **overrides: object) -> None:
                 host,
                 settings.collector_port,
                 ready,
+                settings.producer_idempotent,
             )
         )
 

@@ -145,7 +145,10 @@ def create_collector(
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application(middlewares=[_answers(settings.cors_origins)])
+    # Decompression is ours, so the size limit holds after gunzip too (no zip bombs).
+    app = web.Application(
+        middlewares=[_answers(settings.cors_origins)], handler_args={"auto_decompress": False}
+    )
     app.router.add_post("/v1/events", post_events)
     app.router.add_route("OPTIONS", "/v1/events", _preflight)
     app.router.add_get("/healthz", healthz)
@@ -270,14 +273,16 @@ def _dumps(value: Any) -> str:
 class KafkaPublisher:
     """Sends a request's envelopes and dead letters; returns once the broker acked all."""
 
-    def __init__(self, bootstrap: str, topic: str, dead_letter_topic: str) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, dead_letter_topic: str, idempotent: bool = True
+    ) -> None:
         from aiokafka import AIOKafkaProducer
 
         self.topic, self.dead_letter_topic = topic, dead_letter_topic
         self.producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             acks="all",
-            enable_idempotence=True,  # a retried send is written once
+            enable_idempotence=idempotent,  # a retried send is written once
             linger_ms=2,
             request_timeout_ms=10_000,
         )
@@ -308,9 +313,10 @@ async def serve(
     host: str,
     port: int,
     ready: Callable[[int], None] | None = None,
+    idempotent: bool = True,
 ) -> None:
     """Run the collector until cancelled; `ready(port)` once it listens."""
-    publisher = KafkaPublisher(bootstrap, topic, dead_letter_topic)
+    publisher = KafkaPublisher(bootstrap, topic, dead_letter_topic, idempotent)
     await publisher.start()
     app = create_collector(parser, publisher.publish, settings, lambda: publisher.connected)
     runner = web.AppRunner(app, access_log=None)

@@ -85,7 +85,11 @@ class LocalBroker(_Process):
     # plus one, so records after the first in that batch are invisible to readers that stop
     # at the end offset: Faust's changelog recovery would lose table state on restart.
     # Workers on this broker therefore send one record per batch.
-    WORKER_ENV: ClassVar[dict[str, str]] = {"PARCOURS_PRODUCER_MAX_BATCH_BYTES": "1"}
+    # It also answers InitProducerId with an unknown error: no idempotent producers here.
+    WORKER_ENV: ClassVar[dict[str, str]] = {
+        "PARCOURS_PRODUCER_MAX_BATCH_BYTES": "1",
+        "PARCOURS_PRODUCER_IDEMPOTENT": "0",
+    }
 
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
         self.port = port or free_port()

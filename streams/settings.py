@@ -93,6 +93,11 @@ class Settings:
     producer_max_batch_bytes: int = field(
         default_factory=lambda: _env_number("PARCOURS_PRODUCER_MAX_BATCH_BYTES", 0)
     )
+    # Idempotent producers (the collector's): a retried send is written once. 0 turns it
+    # off for brokers without InitProducerId (the local broker).
+    producer_idempotent: bool = field(
+        default_factory=lambda: bool(_env_number("PARCOURS_PRODUCER_IDEMPOTENT", 1))
+    )
     # How often workers send the wall clock to each partition (idle watermarks).
     tick_seconds: float = field(default_factory=lambda: _env_number("PARCOURS_TICK_SECONDS", 5.0))
     sink_batch_max: int = field(
