@@ -274,6 +274,26 @@ def collector(host: str, **overrides: object) -> None:
         )
 
 
+@main.command("load-collector")
+@click.option("--url", default="http://127.0.0.1:8080/v1/events", show_default=True)
+@click.option("--write-key", required=True, help="a key of PARCOURS_WRITE_KEYS")
+@click.option("--events", default=100_000, show_default=True)
+@click.option("--batch", "batch_size", default=100, show_default=True, help="events per request")
+@click.option("--clients", default=8, show_default=True, help="concurrent connections")
+def load_collector(url: str, write_key: str, events: int, batch_size: int, clients: int) -> None:
+    """Measure a running collector: accepted events/s and answer latencies."""
+    import asyncio
+
+    from streams.loadtest import load
+
+    click.echo(f"POSTing {events:,} events in batches of {batch_size} from {clients} clients")
+    try:
+        result = asyncio.run(load(url, write_key, events, batch_size, clients))
+    except (OSError, RuntimeError) as exc:
+        raise click.ClickException(f"{url}: {exc}") from None
+    click.echo(result.report())
+
+
 @main.command("local-broker")
 @click.option("--port", type=int, default=9092, show_default=True)
 def local_broker(port: int) -> None:
