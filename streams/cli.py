@@ -30,24 +30,30 @@ def _work_dir_option(folder: str) -> Callable:
     )
 
 
+BROKER_OPTION = click.option(
+    "--broker", help="Kafka bootstrap, e.g. kafka://host:9092 [env KAFKA_BROKER]"
+)
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="journeys.yaml [env PARCOURS_CONFIG; default schemas/journeys.yaml]",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """parcours: customer touchpoints to journeys, leaks and surveys, on Kafka and ClickHouse."""
 
 
 @main.command()
-@click.option("--broker", help="Kafka bootstrap, e.g. kafka://host:9092 [env KAFKA_BROKER]")
+@BROKER_OPTION
 @click.option(
     "--clickhouse",
     "clickhouse_url",
     help="http://user:pass@host:8123/db or chdb://path [env CLICKHOUSE_URL]",
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    help="journeys.yaml [env PARCOURS_CONFIG; default schemas/journeys.yaml]",
-)
+@CONFIG_OPTION
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path),
@@ -128,7 +134,7 @@ def bench(
     type=click.Path(path_type=Path),
     help="column mapping (YAML) for a CSV, e.g. schemas/mappings/helpdesk.yaml",
 )
-@click.option("--broker", help="Kafka bootstrap [env KAFKA_BROKER]")
+@BROKER_OPTION
 @click.option(
     "--speed",
     type=float,
@@ -140,12 +146,7 @@ def bench(
     show_default=True,
     help="events of one customer per message, within 30 s of event time",
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    help="journeys.yaml whose touchpoint types are accepted [env PARCOURS_CONFIG]",
-)
+@CONFIG_OPTION
 def replay(
     file: Path,
     mapping: Path | None,
@@ -208,7 +209,7 @@ def check_config(path: Path | None) -> None:
 
 
 @main.command()
-@click.option("--broker", help="Kafka bootstrap, e.g. kafka://host:9092 [env KAFKA_BROKER]")
+@BROKER_OPTION
 @click.option("--host", default="0.0.0.0", show_default=True, help="address to listen on")
 @click.option("--port", "collector_port", type=int, help="[env PARCOURS_COLLECTOR_PORT; 8080]")
 @click.option(
@@ -219,12 +220,7 @@ def check_config(path: Path | None) -> None:
     "--cors-origins",
     help="origins browsers may send from, comma-separated, or * [env PARCOURS_CORS_ORIGINS]",
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    help="journeys.yaml, for the touchpoint types [env PARCOURS_CONFIG]",
-)
+@CONFIG_OPTION
 def collector(host: str, **overrides: object) -> None:
     """Run the HTTP collector: POST /v1/events into the touchpoints topic.
 

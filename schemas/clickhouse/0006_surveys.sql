@@ -24,33 +24,17 @@ PARTITION BY toYYYYMM(trigger_at)
 ORDER BY invitation_id
 SETTINGS non_replicated_deduplication_window = 1000;
 
--- Invitations a guardrail stopped, with the reason: opted_out, duplicate, outranked,
--- sampled_out, capped.
-CREATE TABLE IF NOT EXISTS survey_suppressions
-(
-    invitation_id   String,
-    rule            LowCardinality(String),
-    trigger         LowCardinality(String),
-    metric          LowCardinality(String),
-    customer_key    String,
-    journey_id      String,
-    journey         LowCardinality(String),
-    stage           LowCardinality(String),
-    touchpoint      LowCardinality(String),
-    anchor_event_id String,
-    channel         LowCardinality(String),
-    segment         LowCardinality(String),
-    priority        UInt8,
-    trigger_at      DateTime64(3, 'UTC'),
-    send_at         DateTime64(3, 'UTC'),
-    decided_at      DateTime64(3, 'UTC'),
-    reason          LowCardinality(String),
-    detail          String
-)
+-- Invitations a guardrail stopped: the same columns, and the reason (opted_out,
+-- duplicate, outranked, sampled_out, capped) with its detail.
+CREATE TABLE IF NOT EXISTS survey_suppressions AS survey_invitations
 ENGINE = ReplacingMergeTree(decided_at)
 PARTITION BY toYYYYMM(trigger_at)
 ORDER BY invitation_id
 SETTINGS non_replicated_deduplication_window = 1000;
+
+ALTER TABLE survey_suppressions
+    ADD COLUMN IF NOT EXISTS reason LowCardinality(String),
+    ADD COLUMN IF NOT EXISTS detail String;
 
 -- Customer health, the latest version per customer (read with FINAL). The score leaves
 -- out recency, which depends on when it is read: see customer_health_now.
