@@ -39,7 +39,6 @@ OPTED_OUT, DUPLICATE, OUTRANKED, SAMPLED_OUT, CAPPED = (
     "sampled_out",
     "capped",
 )
-SUPPRESSION_REASONS = (OPTED_OUT, DUPLICATE, OUTRANKED, SAMPLED_OUT, CAPPED)
 
 
 def invitation_id(rule: str, anchor_event_id: str) -> str:
