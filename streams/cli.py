@@ -6,6 +6,7 @@ import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 
@@ -268,6 +269,195 @@ def collector(host: str, **overrides: object) -> None:
                 settings.producer_idempotent,
             )
         )
+
+
+RATE = click.FloatRange(0.0, 1.0)
+
+
+@main.command()
+@BROKER_OPTION
+@CONFIG_OPTION
+@click.option(
+    "--rate",
+    default=20.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="mean events per second",
+)
+@click.option(
+    "--events",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="stop after N events (0: run until Ctrl-C)",
+)
+@click.option(
+    "--fast",
+    is_flag=True,
+    help="send as fast as possible, event times back-dated to end about now (needs --events)",
+)
+@click.option(
+    "--burst",
+    "burst_factor",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=1.0),
+    help="customers arrive N times faster during each burst (1: steady)",
+)
+@click.option(
+    "--burst-every",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=1.0),
+    help="seconds from one burst to the next",
+)
+@click.option(
+    "--burst-seconds",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="length of a burst",
+)
+@click.option("--seed", default=7, show_default=True, help="seed of the population")
+@click.option(
+    "--anonymous-rate",
+    default=0.3,
+    show_default=True,
+    type=RATE,
+    help="share of customers browsing anonymously before logging in at checkout",
+)
+@click.option(
+    "--abandon-rate",
+    default=0.25,
+    show_default=True,
+    type=RATE,
+    help="share of started checkouts never paid",
+)
+@click.option(
+    "--support-rate",
+    default=0.15,
+    show_default=True,
+    type=RATE,
+    help="share of customers calling support",
+)
+@click.option(
+    "--answer-rate",
+    default=0.5,
+    show_default=True,
+    type=RATE,
+    help="share of delivered customers answering a survey",
+)
+@click.option(
+    "--duplicate-rate",
+    default=0.01,
+    show_default=True,
+    type=RATE,
+    help="share of events sent twice (producer retries)",
+)
+@click.option(
+    "--out-of-order-rate",
+    default=0.02,
+    show_default=True,
+    type=RATE,
+    help="share of events held back, arriving after newer ones",
+)
+@click.option(
+    "--max-delay",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=1.0),
+    help="seconds an out-of-order event is held at most; keep it below the "
+    "allowed lateness or the worker counts it as late",
+)
+@click.option(
+    "--max-gap",
+    default=60,
+    show_default=True,
+    type=click.IntRange(min=5),
+    help="seconds between a customer's touchpoints at most",
+)
+@click.option(
+    "--envelope",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="events of one customer per message at most",
+)
+@click.option(
+    "--jsonl",
+    type=click.File("wb"),
+    help="write the events to this file ('-': stdout) instead of Kafka",
+)
+def simulate(
+    broker: str | None,
+    config_path: Path | None,
+    rate: float,
+    events: int,
+    fast: bool,
+    burst_factor: float,
+    burst_every: float,
+    burst_seconds: float,
+    seed: int,
+    anonymous_rate: float,
+    abandon_rate: float,
+    support_rate: float,
+    answer_rate: float,
+    duplicate_rate: float,
+    out_of_order_rate: float,
+    max_delay: float,
+    max_gap: int,
+    envelope: int,
+    jsonl: BinaryIO | None,
+) -> None:
+    """Send a live synthetic population's touchpoints into the touchpoints topic.
+
+    Seeded customers arrive at random (Poisson) and walk purchase, support and
+    onboarding journeys: segments, channels, checkout abandonment, support calls,
+    survey answers, anonymous visitors who log in at checkout. Events go through the
+    producer helper (checked, batched per customer, flushed on Ctrl-C), with event
+    time = wall clock, some sent twice and some out of order.
+    """
+    import asyncio
+    from datetime import UTC, datetime
+
+    from streams.simulate import Faults, Pace, Summary, deliveries, fast_start, to_jsonl, to_kafka
+    from streams.synth import Mix
+
+    if fast and not events:
+        raise click.UsageError("--fast needs --events N: how many events to back-date")
+    settings = Settings().with_overrides(broker=broker, config_path=config_path)
+    if not settings.broker and jsonl is None:
+        raise click.UsageError(LOCAL_STACK_HINT.format(what="broker"))
+    pace = Pace(rate, burst_factor, burst_every, burst_seconds)
+    mix = Mix(anonymous_rate=anonymous_rate, support_rate=support_rate, answer_rate=answer_rate)
+    now = datetime.now(UTC)
+    start = fast_start(now, events, pace) if fast else now
+    stream = deliveries(
+        seed,
+        start,
+        pace,
+        mix.with_checkout_abandonment(abandon_rate),
+        Faults(duplicate_rate, out_of_order_rate, max_delay),
+        max_gap,
+        id_prefix=f"sim{seed}-{int(start.timestamp())}",
+    )
+    limit = events or None
+    summary = Summary()
+    target = jsonl.name if jsonl else settings.topic("touchpoints")
+    click.echo(f"simulating {rate:g} events/s (seed {seed}) into {target}; Ctrl-C stops", err=True)
+    try:
+        if jsonl is not None:
+            asyncio.run(to_jsonl(stream, jsonl, limit, not fast, summary))
+        else:
+            asyncio.run(to_kafka(stream, settings, limit, not fast, summary, envelope))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass  # stopped by the user; what was batched has been sent
+    except OSError as exc:  # the broker is unreachable
+        raise click.ClickException(f"{settings.broker}: {exc}") from None
+    click.echo(summary.progress(), err=True)
+    click.echo(
+        "by type: " + ", ".join(f"{t} {n}" for t, n in summary.types.most_common()), err=True
+    )
 
 
 @main.command("load-collector")

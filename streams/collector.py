@@ -23,7 +23,7 @@ import asyncio
 import itertools
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from streams.events import EventParser, Rejection
-from streams.ingest import DeadLetter, customer_key
+from streams.ingest import DeadLetter
+from streams.produce import envelopes_by_key, kafka_producer
 
 ORIGIN_TOPIC = "http"  # dead letters from the collector name this as their origin
 REQUESTS = Counter(
@@ -121,7 +122,7 @@ def create_collector(
                 (r.payload, _letter(r, next(sequence), now_ms).headers(source)) for r in rejected
             ]
             try:
-                await publish(_envelopes(v.event for v in valid), letters)
+                await publish(envelopes_by_key(v.event for v in valid), letters)
             except Exception as exc:  # any broker failure means "not accepted"
                 raise Refused(503, f"the broker did not acknowledge ({exc}); retry", 5) from None
         finally:
@@ -244,14 +245,6 @@ def _events_in(body: bytes, settings: CollectorSettings) -> list[Any]:
     return items
 
 
-def _envelopes(events: Iterable[dict]) -> Messages:
-    """One batch envelope per customer key, in the order the keys first appear."""
-    by_key: dict[str, list[dict]] = {}
-    for event in events:
-        by_key.setdefault(customer_key(event), []).append(event)
-    return [(key.encode(), orjson.dumps({"events": batch})) for key, batch in by_key.items()]
-
-
 def _letter(rejection: Rejection, number: int, now_ms: int) -> DeadLetter:
     # Origin "http", partition 0, offset unique per rejected event: a dead letter's id.
     return DeadLetter(rejection, ORIGIN_TOPIC, 0, time.time_ns() + number, now_ms)
@@ -276,15 +269,9 @@ class KafkaPublisher:
     def __init__(
         self, bootstrap: str, topic: str, dead_letter_topic: str, idempotent: bool = True
     ) -> None:
-        from aiokafka import AIOKafkaProducer
-
         self.topic, self.dead_letter_topic = topic, dead_letter_topic
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks="all",
-            enable_idempotence=idempotent,  # a retried send is written once
-            linger_ms=2,
-            request_timeout_ms=10_000,
+        self.producer = kafka_producer(
+            bootstrap, idempotent, linger_ms=2, request_timeout_ms=10_000
         )
         self.connected = False
 

@@ -156,6 +156,10 @@ class EventParser:
         error = jsonschema.exceptions.best_match(self._explainer.iter_errors(item))
         if error is None:  # the two validators disagree: keep the event out, say so
             return SCHEMA_VIOLATION, "rejected by the compiled schema", "$"
+        alternatives = [s.get("required") for s in error.schema.get("anyOf", [])]
+        if error.validator == "anyOf" and all(alternatives):  # "customer_id or anonymous_id"
+            fields = " or ".join(name for names in alternatives for name in names)
+            return SCHEMA_VIOLATION, f"an event needs {fields}", error.json_path
         return SCHEMA_VIOLATION, _clip(error.message), error.json_path
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -45,6 +46,26 @@ def as_messages(
     return messages
 
 
+def envelopes_by_key(events: Iterable[dict]) -> list[tuple[bytes, bytes]]:
+    """One batch envelope per customer key, in the order the keys first appear."""
+    by_key: dict[str, list[dict]] = {}
+    for event in events:
+        by_key.setdefault(customer_key(event), []).append(event)
+    return [(key.encode(), orjson.dumps({"events": batch})) for key, batch in by_key.items()]
+
+
+def kafka_producer(bootstrap: str, idempotent: bool = False, **options: Any) -> AIOKafkaProducer:
+    """An aiokafka producer that waits for all in-sync replicas; `idempotent` makes a
+    retried send land once (brokers without InitProducerId, like the local one, need False)."""
+    options.setdefault("linger_ms", 5)
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap.removeprefix("kafka://"),
+        acks="all",
+        enable_idempotence=idempotent,
+        **options,
+    )
+
+
 def _ts_ms(event: dict) -> int:
     return int(datetime.fromisoformat(event["ts"]).timestamp() * 1000)
 
@@ -61,7 +82,7 @@ async def send_messages(
     With `due_seconds`, message i is not sent before that many seconds after the start
     (a replay's pace); `on_progress(sent, total)` is called about once a second.
     """
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = kafka_producer(bootstrap)
     await producer.start()
     try:
         started = shown = time.monotonic()

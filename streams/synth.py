@@ -12,7 +12,7 @@ Events of one customer are in event-time order, within the last day.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from streams.surveys import invitation_id
@@ -27,7 +27,8 @@ FUNNEL = [
     "delivery",
 ]
 # Chance to go on to the next funnel step, from each step.
-CONTINUE = [0.9, 0.85, 0.6, 0.7, 0.75, 0.9, 1.0]
+CONTINUE = (0.9, 0.85, 0.6, 0.7, 0.75, 0.9, 1.0)
+CHECKOUT = FUNNEL.index("checkout_started")
 CHANNEL = {
     "ad_click": "ads",
     "delivery": "delivery",
@@ -49,35 +50,67 @@ CSAT_RULE, CES_RULE = "csat_after_delivery", "ces_after_support_call"
 
 
 @dataclass(frozen=True)
+class Mix:
+    """How the population behaves: the chance of each kind of behaviour per customer."""
+
+    anonymous_rate: float = 0.3  # browse anonymously first, log in at checkout
+    funnel_continue: tuple[float, ...] = CONTINUE  # go on to the next funnel step
+    answer_rate: float = 0.5  # answer a survey after a delivery
+    support_rate: float = 0.15  # call support 1 to 3 times
+    onboarding_rate: float = 0.2  # sign up, use, activate (part of it)
+    email_rate: float = 0.4  # open an email
+    unsubscribe_rate: float = 0.05
+    profile_rate: float = 0.2  # have a CRM profile (time zone, preferred channel)
+
+    @property
+    def checkout_abandonment(self) -> float:
+        return 1 - self.funnel_continue[CHECKOUT]
+
+    def with_checkout_abandonment(self, rate: float) -> Mix:
+        chances = list(self.funnel_continue)
+        chances[CHECKOUT] = 1 - rate
+        return replace(self, funnel_continue=tuple(chances))
+
+
+DEFAULT_MIX = Mix()
+
+
+@dataclass(frozen=True)
 class Customer:
     customer_id: str
     anonymous_id: str | None  # set when the customer browses anonymously before logging in
     segment: str
 
 
+def new_customer(customer_id: str, rng: random.Random, mix: Mix = DEFAULT_MIX) -> Customer:
+    anonymous = rng.random() < mix.anonymous_rate
+    return Customer(
+        customer_id=customer_id,
+        anonymous_id=f"anon-{rng.getrandbits(48):012x}" if anonymous else None,
+        segment=rng.choice(SEGMENTS),
+    )
+
+
 def population(n: int, rng: random.Random) -> list[Customer]:
-    return [
-        Customer(
-            customer_id=f"c{i:05d}",
-            anonymous_id=f"anon-{rng.getrandbits(48):012x}" if rng.random() < 0.3 else None,
-            segment=rng.choice(SEGMENTS),
-        )
-        for i in range(n)
-    ]
+    return [new_customer(f"c{i:05d}", rng) for i in range(n)]
 
 
 def journey_events(
-    customer: Customer, start: datetime, rng: random.Random, max_gap_seconds: int = 900
+    customer: Customer,
+    start: datetime,
+    rng: random.Random,
+    max_gap_seconds: int = 900,
+    mix: Mix = DEFAULT_MIX,
 ) -> list[dict]:
     """The touchpoints of one customer, in event-time order."""
     types: list[str] = []
-    for step, chance in zip(FUNNEL, CONTINUE, strict=True):
+    for step, chance in zip(FUNNEL, mix.funnel_continue, strict=True):
         types.append(step)
         if rng.random() > chance:
             break
-    if types[-1] == "delivery" and rng.random() < 0.5:  # half answer after delivery
+    if types[-1] == "delivery" and rng.random() < mix.answer_rate:
         types.append("csat_answer" if rng.random() < 0.6 else "nps_answer")
-    if rng.random() < 0.15:
+    if rng.random() < mix.support_rate:
         types += ["support_call"] * rng.randint(1, 3)
         if rng.random() < 0.4:
             types.append("ces_answer")
@@ -85,14 +118,14 @@ def journey_events(
             types.append("ticket_updated")
         if rng.random() < 0.6:
             types.append("ticket_resolved")
-    if rng.random() < 0.2:
+    if rng.random() < mix.onboarding_rate:
         types += ["signup", "first_use", "activated"][: rng.randint(1, 3)]
-    if rng.random() < 0.4:
+    if rng.random() < mix.email_rate:
         types.append("email_open")
-    if rng.random() < 0.05:
+    if rng.random() < mix.unsubscribe_rate:
         types.append("unsubscribe")
 
-    if rng.random() < 0.2:  # a CRM profile, before anything else
+    if rng.random() < mix.profile_rate:  # a CRM profile, before anything else
         types.insert(0, "profile_updated")
 
     events, ts = [], start

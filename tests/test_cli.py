@@ -51,5 +51,16 @@ def test_check_config_accepts_the_default():
 
 def test_help_lists_every_command():
     result = run("--help")
-    for command in ("worker", "demo", "check-config", "local-broker"):
+    for command in ("worker", "demo", "check-config", "local-broker", "simulate", "collector"):
         assert command in result.output
+
+
+def test_simulate_checks_its_options_before_sending(tmp_path):
+    assert "--fast needs --events" in run("simulate", "--fast", "--jsonl", "-").output
+    assert "No broker given" in run("simulate", "--events", "5").output
+    bad_rate = run("simulate", "--duplicate-rate", "1.5", "--jsonl", "-")
+    assert bad_rate.exit_code == 2 and "--duplicate-rate" in bad_rate.output
+    out = tmp_path / "sim.jsonl"
+    result = run("simulate", "--events", "300", "--fast", "--jsonl", str(out), "--seed", "3")
+    assert result.exit_code == 0 and "sent 300 events" in result.output
+    assert len(out.read_bytes().splitlines()) == 300
