@@ -18,6 +18,7 @@ design around.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -28,7 +29,7 @@ import faust
 import orjson
 from faust.streams import _current_event
 
-from streams import metrics
+from streams import metrics, worker_metrics
 from streams.config import Config
 from streams.events import LATE, Rejection, parser_for
 from streams.eventtime import NEVER
@@ -102,6 +103,10 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
 
     parser = parser_for(config.touchpoint_types, settings)
     phases = config.phases
+    answers = metrics.AnswerScores(worker_metrics.answer_subjects(config), config.touchpoint_types)
+    worker_metrics.show_every_series(
+        config, ["touchpoints", "dead_letters", *(t for _, t in OUTPUT_TOPICS.values())]
+    )
 
     async def remember(
         table: faust.TableT,
@@ -149,11 +154,17 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
             await asyncio.gather(*acks)  # forwarded before remembered: a crash re-sends
             await remember(seen, event_of_partition, outcome.seen_updates.items())
 
+            done = time.time()
             metrics.MESSAGES_CONSUMED.labels(touchpoints.get_topic_name()).inc(len(events))
-            for result, count in outcome.counts.items():
-                metrics.EVENTS.labels(result).inc(count)
+            metrics.count_ingested(outcome.tally, outcome.counts["invalid"])
             for letter in outcome.dead_letters:
                 metrics.DEAD_LETTERS.labels(letter.rejection.reason).inc()
+            for e in events:
+                metrics.PROCESSING.labels("ingest").observe(done - e.message.timestamp)
+            for batch in outcome.forward.values():
+                for event in batch:
+                    metrics.EVENT_LAG.observe(done - event["ts_ms"] / 1000)
+                answers.count(batch)
             metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
 
     def sink_to(
@@ -228,8 +239,33 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
                     metrics.WATERMARK.labels(str(partition)).set(mark.value / 1000)
             metrics.LATE_EVENTS.inc(len(result.late))
             metrics.DEAD_LETTERS.labels(LATE).inc(len(result.late))
+            for _, event in result.late:
+                metrics.EVENTS.labels(
+                    event["type"], event["channel"], metrics.source_label(event["source"]), "late"
+                ).inc()
             metrics.IDENTITY_MERGES.inc(result.merged)
             metrics.count_outputs(result.rows)
+            for (journey, what), n in result.transitions.items():
+                metrics.JOURNEYS.labels(journey, what).inc(n)
+            done = time.time()
+            for e in events:
+                for event in orjson.loads(e.value).get("events", ()):
+                    if "ingested_ms" in event:
+                        metrics.PROCESSING.labels("journeys").observe(
+                            done - event["ingested_ms"] / 1000
+                        )
+
+    @app.timer(interval=settings.state_scan_seconds)
+    async def scan_state() -> None:
+        """Journeys open, keys and retained touchpoints, consumer lag (see worker_metrics)."""
+        assigned = app.consumer.assignment()
+        mine = {tp.partition for tp in assigned if tp.topic == resolved.get_topic_name()}
+        worker_metrics.scan_journey_state(journey_state.values(), mine)
+        ends = {}
+        for tp in assigned:
+            with contextlib.suppress(Exception):  # not fetched yet, or revoked meanwhile
+                ends[tp] = app.consumer.highwater(tp)
+        worker_metrics.report_consumer_lag(ends, app.monitor.tp_committed_offsets)
 
     @app.timer(interval=settings.tick_seconds)
     async def tick() -> None:

@@ -62,8 +62,8 @@ def main() -> None:
 )
 @click.option(
     "--metrics-port",
-    type=int,
-    help="port of /metrics, 0 for none [env PARCOURS_METRICS_PORT; default 9108]",
+    help="port of /metrics, or a range to take the first free port of (9108-9117; several "
+    "workers on one host), 0 for none [env PARCOURS_METRICS_PORT; default 9108]",
 )
 @click.option("--store", help="Faust table store: memory:// or rocksdb:// [env PARCOURS_STORE]")
 @click.option(

@@ -68,6 +68,8 @@ class IngestOutcome:
     # dedupe key -> (source partition, remembered ids) to store after forwarding
     seen_updates: dict[str, tuple[int, SeenIds]] = field(default_factory=dict)
     counts: Counter = field(default_factory=Counter)  # valid / invalid / duplicate
+    # (type, channel, source, result) -> events, for metrics; valid and duplicate only
+    tally: Counter = field(default_factory=Counter)
 
 
 def kafka_partition(key: str, partitions: int) -> int:
@@ -125,6 +127,9 @@ def ingest_batch(
         )
         outcome.counts["duplicate"] += duplicates
         outcome.counts["valid"] += len(fresh)
+        if duplicates:
+            for arrival in {c[2] for c in candidates}.difference(fresh):
+                outcome.tally[_labels(arrived[arrival][1].event, "duplicate")] += 1
         outcome.seen_updates[key] = (partition_of_key[key], remembered)
         fresh_arrivals += fresh
 
@@ -132,11 +137,16 @@ def ingest_batch(
     # grouping by key would reorder events across keys and push the watermark ahead.
     for arrival in sorted(fresh_arrivals):
         message, item = arrived[arrival]
+        outcome.tally[_labels(item.event, "valid")] += 1
         key = customer_key(item.event)
         outcome.forward.setdefault(partition_for(key), []).append(
             resolved_event(item, message, phases, key, now_ms)
         )
     return outcome
+
+
+def _labels(event: dict, result: str) -> tuple[str, str, str, str]:
+    return event["type"], event["channel"], event["source"], result
 
 
 def resolved_event(

@@ -30,7 +30,7 @@ MAX_EVENTS = 1000  # retained events per customer; beyond, the oldest go first
 # State layout (a JSON-friendly dict, stored in a Faust table per customer key):
 #   events:  [[ts_ms, event_id, type, channel], ...] sorted, not yet evicted
 #   floors:  {journey: [ts_ms, event_id]} last event of the last sealed instance
-#   emitted: {journey_id: [signature, journey, entry_event_id]} what was last sent
+#   emitted: {journey_id: [signature, journey, entry_event_id, stage]} what was last sent
 #   seq:     rows emitted so far; a row's version, so the latest row wins in ClickHouse
 #            (a journey id can come back after being superseded: content-based versions
 #            could not order that)
@@ -166,6 +166,8 @@ class Outcome:
     updates: list[dict]  # journey rows to emit, in a stable order
     leaks: list[dict] = field(default_factory=list)  # leak rows, each reported once
     due_ms: int | None = None  # the watermark at which this state changes by itself
+    # (journey, opened | completed | expired | superseded), for metrics
+    transitions: list[tuple[str, str]] = field(default_factory=list)
     invitations: list[dict] = field(default_factory=list)  # survey invitations decided
     suppressions: list[dict] = field(default_factory=list)  # ... and those suppressed
     health: list[dict] = field(default_factory=list)  # the customer's health row, if changed
@@ -200,6 +202,7 @@ def advance(
     floors = dict(state["floors"])
     updates: list[dict] = []
     live_ids: set[str] = set()
+    transitions: list[tuple[str, str]] = []
 
     generation = state.get("generation", 0)
     seq = state.get("seq", 0)
@@ -216,9 +219,11 @@ def advance(
                 reported.setdefault(jid, []).append(lid)
                 leak_rows.append(leak_row(leak, customer_key, instance.journey, now_ms))
         signature = list(instance.signature(generation))  # a list, as it reads back from JSON
-        if emitted.get(jid, [None])[0] != signature:
+        before = emitted.get(jid)
+        if before is None or before[0] != signature:
             seq += 1
             updates.append(journey_row(instance, customer_key, seq, now_ms))
+            transitions += _transitions(instance, before[0][1] if before else None)
         if sealed(instance, watermark_ms):  # final: emitted for the last time, then forgotten
             reported.pop(jid, None)
             emitted.pop(jid, None)
@@ -226,12 +231,14 @@ def advance(
             if floor is None or instance.events[-1][:2] > floor[:2]:
                 floors[instance.journey.name] = instance.events[-1][:2]
         else:
-            emitted[jid] = [signature, instance.journey.name, instance.entry[1]]
+            stage = instance.journey.stages[instance.stage]
+            emitted[jid] = [signature, instance.journey.name, instance.entry[1], stage]
 
     # Emitted journeys that no longer exist were provisional: an earlier event arrived
     # (within the lateness) or an identity merge brought one. Point them to their successor.
     for jid in sorted(set(emitted) - live_ids):
-        _, journey, entry_id = emitted.pop(jid)
+        _, journey, entry_id, *_ = emitted.pop(jid)
+        transitions.append((journey, "superseded"))
         successor = next(
             (
                 i.id
@@ -260,7 +267,18 @@ def advance(
         "leaks": reported,
     }
     due_ms = _next_due_ms(config, instances, updated, watermark_ms)
-    return Outcome(updated, updates, leak_rows, due_ms, **outcome_extra)
+    return Outcome(updated, updates, leak_rows, due_ms, transitions, **outcome_extra)
+
+
+def _transitions(instance: Instance, before: str | None) -> list[tuple[str, str]]:
+    """(journey, what happened) when a journey opens, completes or expires."""
+    name, status, done = instance.journey.name, instance.status, ("completed", "closed")
+    happened = [(name, "opened")] if before is None else []
+    if status in done and before not in done:
+        happened.append((name, "completed"))
+    if status == "expired" and before != "expired":
+        happened.append((name, "expired"))
+    return happened
 
 
 def _contact(

@@ -175,6 +175,11 @@ class WorkerProcess(_Process):
             for s in family.samples
         }
 
+    def metric_sum(self, name: str, **labels: str) -> float:
+        """The sum of `name`'s samples whose labels include `labels`."""
+        wanted = set(labels.items())
+        return sum(v for (n, ls), v in self.metrics().items() if n == name and wanted <= set(ls))
+
     def sink_rows(self, table: str) -> int:
         return int(self.metrics().get(("parcours_sink_rows_total", (("table", table),)), 0))
 

@@ -1,16 +1,46 @@
-"""Prometheus metrics of a parcours process. Labels are bounded sets: never a customer id."""
+"""Prometheus metrics of a parcours process. Labels are bounded sets: never a customer id.
+
+Label values come from the configuration (touchpoint types, journeys, stages, rules), from
+closed sets in the code (results, reasons, channels of the schema), or are capped
+(`source`: the first MAX_SOURCES names seen, then "other").
+"""
 
 from __future__ import annotations
 
+import errno
+import socket
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from streams.health import answer_class
+
+MAX_SOURCES = 30
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 MESSAGES_CONSUMED = Counter(
     "parcours_messages_consumed_total", "Kafka messages consumed, by topic", ["topic"]
 )
 EVENTS = Counter(
     "parcours_events_ingested_total",
-    "Touchpoint events seen by the ingest step, by result (valid, invalid, duplicate)",
-    ["result"],
+    "Touchpoint events seen by the ingest step, by type, channel, source and result "
+    "(valid, duplicate, invalid with type unknown; late events count as valid here and "
+    "again as late)",
+    ["type", "channel", "source", "result"],
+)
+EVENT_LAG = Histogram(
+    "parcours_event_lag_seconds",
+    "Wall clock minus event time when ingest accepted an event: how far behind producers "
+    "and the pipeline run",
+    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400),
+)
+PROCESSING = Histogram(
+    "parcours_processing_seconds",
+    "Processing latency: from a touchpoint message's Kafka timestamp to the end of its "
+    "ingest batch (step=ingest), from ingest to the journey step's outputs acknowledged "
+    "(step=journeys)",
+    ["step"],
+    buckets=LATENCY_BUCKETS,
 )
 DEAD_LETTERS = Counter(
     "parcours_dead_letters_total", "Messages or events sent to the dead-letter topic", ["reason"]
@@ -25,6 +55,33 @@ JOURNEY_UPDATES = Counter(
     "parcours_journey_updates_total",
     "Journey rows emitted, by journey and status",
     ["journey", "status"],
+)
+JOURNEYS = Counter(
+    "parcours_journeys_total",
+    "Journeys that opened, completed or expired, by journey; superseded counts provisional "
+    "journeys replaced after a late event or an identity merge",
+    ["journey", "outcome"],
+)
+JOURNEYS_OPEN = Gauge(
+    "parcours_journeys_open",
+    "Open journeys on the partitions this process owns, by journey and furthest stage "
+    "(counted at each state scan)",
+    ["journey", "stage"],
+)
+STATE_KEYS = Gauge(
+    "parcours_state_keys",
+    "Keys held in each state table on the partitions this process owns",
+    ["table"],
+)
+STATE_EVENTS = Gauge(
+    "parcours_state_events",
+    "Touchpoints retained in journey state on the partitions this process owns",
+)
+CONSUMER_LAG = Gauge(
+    "parcours_consumer_lag_messages",
+    "Messages between the last committed offset and the end of each topic partition this "
+    "process consumes",
+    ["topic", "partition"],
 )
 WATERMARK = Gauge(
     "parcours_watermark_seconds",
@@ -42,6 +99,23 @@ SURVEY_SUPPRESSIONS = Counter(
     "parcours_survey_suppressions_total",
     "Survey invitations a guardrail stopped, by rule and reason",
     ["rule", "reason"],
+)
+SURVEY_RESPONSES = Counter(
+    "parcours_survey_responses_total",
+    "Survey answers, by metric, the touchpoint type they are about and answer class "
+    "(positive: NPS promoter, CSAT 4-5, CES 1-2; negative: NPS 0-6, CSAT 1-2, CES 5-7)",
+    ["metric", "touchpoint", "answer"],
+)
+SURVEY_SCORE_POINTS = Counter(
+    "parcours_survey_score_points_total",
+    "Sum of the scores of survey answers (divide by responses for a mean, e.g. CES)",
+    ["metric", "touchpoint"],
+)
+SURVEY_SCORE = Gauge(
+    "parcours_survey_score",
+    "Running score of the answers this process has seen: NPS -100..100, CSAT % satisfied, "
+    "CES mean (across workers, compute from parcours_survey_responses_total instead)",
+    ["metric", "touchpoint"],
 )
 SINK_ROWS = Counter("parcours_sink_rows_total", "Rows accepted by ClickHouse", ["table"])
 SINK_BATCHES = Counter("parcours_sink_batches_total", "Batches accepted by ClickHouse", ["table"])
@@ -80,7 +154,91 @@ def _all(rows: dict[str, dict[str, list[dict]]], kind: str) -> list[dict]:
     return [row for by_key in rows.get(kind, {}).values() for row in by_key]
 
 
-def serve(port: int) -> None:
-    """Serve /metrics on `port` (0 = no server)."""
-    if port:
-        start_http_server(port)
+class SourceLabels:
+    """Caps the `source` label: producers name sources freely, series must stay few."""
+
+    def __init__(self, limit: int = MAX_SOURCES) -> None:
+        self.limit, self.known = limit, set[str]()
+
+    def __call__(self, source: str) -> str:
+        if source in self.known:
+            return source
+        if len(self.known) < self.limit:
+            self.known.add(source)
+            return source
+        return "other"
+
+
+source_label = SourceLabels()
+
+
+def count_ingested(tally: dict[tuple[str, str, str, str], int], invalid: int) -> None:
+    for (kind, channel, source, result), n in tally.items():
+        EVENTS.labels(kind, channel, source_label(source), result).inc(n)
+    if invalid:
+        EVENTS.labels("unknown", "unknown", "unknown", "invalid").inc(invalid)
+
+
+class AnswerScores:
+    """Counts survey answers and keeps this process's running NPS / CSAT / CES.
+
+    An answer is about its `about` property when that names a touchpoint type, else about
+    what the one survey rule of its metric asks about (a touchpoint, a stage, a leak, or
+    "relationship"), else "unknown".
+    """
+
+    def __init__(self, subjects: dict[str, str], touchpoint_types: Iterable[str]) -> None:
+        self.subjects, self.types = subjects, frozenset(touchpoint_types)
+        self.tallies: dict[tuple[str, str], list[float]] = {}  # -> [n, positive, negative, sum]
+
+    def count(self, events: Iterable[dict]) -> None:
+        for event in events:
+            props = event.get("properties") or {}
+            metric, score = props.get("metric"), props.get("score")
+            if event["type"] != "survey_response" or not isinstance(metric, str):
+                continue
+            if not isinstance(score, int | float) or isinstance(score, bool):
+                continue
+            metric = metric.lower()
+            about = props.get("about")
+            subject = about if about in self.types else self.subjects.get(metric, "unknown")
+            answer = {"promoter": "positive", "detractor": "negative"}.get(
+                answer_class(metric, score) or "", "neutral"
+            )
+            SURVEY_RESPONSES.labels(metric, subject, answer).inc()
+            SURVEY_SCORE_POINTS.labels(metric, subject).inc(score)
+            tally = self.tallies.setdefault((metric, subject), [0, 0, 0, 0.0])
+            tally[0] += 1
+            tally[1] += answer == "positive"
+            tally[2] += answer == "negative"
+            tally[3] += score
+            SURVEY_SCORE.labels(metric, subject).set(running_score(metric, *tally))
+
+
+def running_score(metric: str, n: float, positive: float, negative: float, total: float) -> float:
+    if metric == "nps":
+        return 100 * (positive - negative) / n
+    if metric == "csat":
+        return 100 * positive / n
+    return total / n
+
+
+def serve(port_spec: str | int) -> int:
+    """Serve /metrics on the first free port of `port_spec` ("9108" or "9108-9117");
+    return it (0 = no server). A range lets several workers share a host."""
+    first, _, last = str(port_spec).partition("-")
+    ports = range(int(first), int(last or first) + 1)
+    if not ports or ports[0] == 0:
+        return 0
+    for port in ports:
+        try:
+            start_http_server(port)
+            return port
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    raise OSError(
+        errno.EADDRINUSE,
+        f"metrics ports {port_spec} are all in use on {socket.gethostname()}; set "
+        "PARCOURS_METRICS_PORT to a free port or a wider range like 9108-9117",
+    )

@@ -67,7 +67,14 @@ class Settings:
     )
     # Faust table store: memory:// (state rebuilt from changelogs) or rocksdb://.
     store: str = field(default_factory=lambda: os.environ.get("PARCOURS_STORE", "memory://"))
-    metrics_port: int = field(default_factory=lambda: _env_number("PARCOURS_METRICS_PORT", 9108))
+    # A port, or a range ("9108-9117") from which each process takes the first free one.
+    metrics_port: str = field(
+        default_factory=lambda: os.environ.get("PARCOURS_METRICS_PORT", "9108")
+    )
+    # How often workers count their state (journeys open, keys, retained touchpoints).
+    state_scan_seconds: float = field(
+        default_factory=lambda: _env_number("PARCOURS_STATE_SCAN_SECONDS", 30.0)
+    )
     # Ingest limits.
     max_message_bytes: int = field(
         default_factory=lambda: _env_number("PARCOURS_MAX_MESSAGE_BYTES", 1_048_576)

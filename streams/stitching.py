@@ -21,6 +21,7 @@ Pure apart from the watermarks and the due index, which the caller owns and pass
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -64,6 +65,7 @@ class StepResult:
     sends: list[tuple[str, dict]] = field(default_factory=list)  # (key, control doc)
     late: list[tuple[Message, dict]] = field(default_factory=list)  # (message, event)
     merged: int = 0
+    transitions: Counter = field(default_factory=Counter)  # (journey, what happened) -> n
 
 
 def journey_step(
@@ -134,6 +136,7 @@ def journey_step(
         outcome = advance(config, state, key, watermark, now_ms=wall_ms)
         states[key] = (partition, outcome.state)
         due.push(partition, outcome.due_ms, key)
+        result.transitions.update(outcome.transitions)
         for kind, rows in outcome.rows().items():
             if rows:
                 result.rows.setdefault(kind, {})[key] = rows

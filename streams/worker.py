@@ -37,7 +37,9 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     config = load_config(settings.config_path)
     sink = ClickHouseSink(lambda: connect(settings.clickhouse_url))
     wait_for_migrations(sink, settings.clickhouse_url)
-    metrics.serve(settings.metrics_port)
+    port = metrics.serve(settings.metrics_port)
+    if port:
+        log.info("metrics on :%d/metrics", port)
     app = create_app(settings, config, sink)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     try:

@@ -328,9 +328,7 @@ def test_collected_events_land_in_clickhouse_once_and_rejections_in_dead_letters
     ):
         accepted, retry_status = asyncio.run(send_all(broker.bootstrap))
         worker.wait_for_rows({"touchpoints": 199, "dead_letters": 1}, timeout=90)
-        duplicates = worker.metrics().get(
-            ("parcours_events_ingested_total", (("result", "duplicate"),))
-        )
+        duplicates = worker.metric_sum("parcours_events_ingested_total", result="duplicate")
     with clickhouse(tmp_path / "clickhouse") as client:
         rows = client.query(
             "SELECT count(), uniqExact(event_id), countIf(source = 'site') FROM touchpoints"

@@ -1,12 +1,14 @@
 """docker-compose.yml is for users; no Docker engine runs here, so check it by reading.
 
-Every file it mounts or builds from exists, every parcours env var it sets is
-read by the code, every command it runs exists in the CLI, and Prometheus
-scrapes the port the workers serve /metrics on.
+Every file it mounts or builds from exists, every env var it sets on a parcours
+service is read by the code, every command it runs exists in the CLI, host ports do
+not clash, Prometheus scrapes the ports the workers and collector serve, and Grafana
+finds its datasource and dashboards where they are mounted.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -21,9 +23,45 @@ SERVICES = COMPOSE["services"]
 CODE = "\n".join(p.read_text() for p in (PROJECT_ROOT / "streams").glob("*.py"))
 
 
+PARCOURS_SERVICES = sorted(name for name, s in SERVICES.items() if "build" in s)
+
+
 def test_the_stack_has_the_services_users_need():
-    assert {"kafka", "clickhouse", "worker", "prometheus"} <= set(SERVICES)
+    assert set(SERVICES) == {
+        "kafka",
+        "clickhouse",
+        "worker",
+        "collector",
+        "simulator",
+        "prometheus",
+        "grafana",
+    }
     assert SERVICES["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert SERVICES["simulator"]["profiles"] == ["simulator"]  # only when asked for
+    # The worker scales with --scale: nothing that would clash between replicas.
+    assert "ports" not in SERVICES["worker"] and "container_name" not in SERVICES["worker"]
+
+
+def test_long_running_services_have_health_checks_and_named_volumes():
+    for name, service in SERVICES.items():
+        if name != "simulator":
+            assert "healthcheck" in service, f"{name} has no healthcheck"
+        for volume in service.get("volumes", []):
+            assert not volume.startswith("/"), f"{name} mounts a host path: {volume}"
+
+
+def test_host_ports_do_not_clash():
+    published = [int(port.split(":")[-2]) for s in SERVICES.values() for port in s.get("ports", [])]
+    assert len(published) == len(set(published)), published
+
+
+def mounted(service: str, target: str) -> Path:
+    """The project file or folder `service` mounts at `target`."""
+    for volume in SERVICES[service]["volumes"]:
+        source, inside = volume.split(":")[:2]
+        if inside == target:
+            return PROJECT_ROOT / source
+    raise AssertionError(f"{service} mounts nothing at {target}")
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -44,14 +82,18 @@ def test_mounted_and_built_files_exist(name):
             assert source in COMPOSE.get("volumes", {}), f"{name} uses undeclared volume {source}"
 
 
-def test_every_worker_env_var_is_read_by_the_code():
-    for var in SERVICES["worker"]["environment"]:
-        assert f'"{var}"' in CODE, f"{var} is set in compose but never read"
+@pytest.mark.parametrize("name", PARCOURS_SERVICES)
+def test_every_parcours_env_var_is_read_by_the_code(name):
+    for var in SERVICES[name]["environment"]:
+        assert f'"{var}"' in CODE, f"{var} is set on {name} but never read"
 
 
-def test_the_worker_command_exists_in_the_cli():
-    command = SERVICES["worker"]["command"][0]
+@pytest.mark.parametrize("name", PARCOURS_SERVICES)
+def test_parcours_commands_and_their_options_exist_in_the_cli(name):
+    command, *args = SERVICES[name]["command"]
     assert command in cli.commands
+    options = {o for p in cli.commands[command].params for o in getattr(p, "opts", [])}
+    assert {a for a in args if a.startswith("--")} <= options
 
 
 def test_dockerfile_copies_what_exists_and_sets_env_the_code_reads():
@@ -69,18 +111,55 @@ def test_urls_in_compose_point_at_compose_services():
     assert env["CLICKHOUSE_URL"].split("@")[1].split(":")[0] in SERVICES
 
 
-def test_prometheus_scrapes_the_workers_metrics_port():
-    mount = next(v for v in SERVICES["prometheus"]["volumes"] if "prometheus.yml" in v)
-    config = yaml.safe_load((PROJECT_ROOT / Path(mount.split(":")[0])).read_text())
+def test_prometheus_scrapes_the_workers_and_collector_and_loads_the_alerts():
+    config = yaml.safe_load(mounted("prometheus", "/etc/prometheus/prometheus.yml").read_text())
     worker_port = int(SERVICES["worker"]["environment"]["PARCOURS_METRICS_PORT"])
-    targets = [
+    collector_port = int(SERVICES["collector"]["environment"]["PARCOURS_COLLECTOR_PORT"])
+    targets = {
         (name, sd["port"])
         for job in config["scrape_configs"]
         for sd in job.get("dns_sd_configs", [])
         for name in sd["names"]
-    ]
-    assert ("worker", worker_port) in targets
+    }
+    assert targets == {("worker", worker_port), ("collector", collector_port)}
     assert str(worker_port) in SERVICES["worker"]["expose"]
+    assert f"{collector_port}:{collector_port}" in SERVICES["collector"]["ports"]
+    for rule_file in config["rule_files"]:
+        assert mounted("prometheus", rule_file).is_file()
+
+
+def test_grafana_finds_its_datasource_and_dashboards():
+    provisioning = mounted("grafana", "/etc/grafana/provisioning")
+    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    host, port = source["url"].split("//")[1].split(":")
+    assert host in SERVICES and f"{port}:{port}" in SERVICES[host]["ports"]
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "parcours.yml").read_text())[
+        "providers"
+    ]
+    dashboards = mounted("grafana", provider["options"]["path"])
+    assert sorted(p.name for p in dashboards.glob("*.json")) == [
+        "customer-journeys.json",
+        "pipeline-health.json",
+    ]
+    home = SERVICES["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (dashboards / Path(home).name).is_file()
+    uids = {
+        t["datasource"]["uid"]
+        for p in (dashboards).glob("*.json")
+        for panel in json.loads(p.read_text())["panels"]
+        for t in panel["targets"]
+    }
+    assert uids == {source["uid"]}
+
+
+def test_clickhouse_gets_the_ddl_the_workers_apply():
+    ddl = mounted("clickhouse", "/parcours/ddl")
+    assert ddl == PROJECT_ROOT / "schemas" / "clickhouse"
+    init = mounted("clickhouse", "/docker-entrypoint-initdb.d/init-parcours.sh")
+    assert init.stat().st_mode & 0o111, "the init script must be executable"
+    assert "/parcours/ddl/*.sql" in init.read_text()
 
 
 def test_kafka_partitions_match_the_workers():

@@ -70,6 +70,11 @@ def test_a_mixed_batch_forwards_good_events_per_key_and_dead_letters_the_rest(pa
         ("invalid_json", 2, -1),
     ]
     assert dict(outcome.counts) == {"valid": 3, "invalid": 2, "duplicate": 1}
+    # For metrics: by type, channel and source; invalid ones have no trustworthy labels.
+    assert dict(outcome.tally) == {
+        ("site_visit", "web", "site", "valid"): 3,
+        ("site_visit", "web", "site", "duplicate"): 1,
+    }
 
 
 def test_duplicates_are_dropped_across_batches_through_the_remembered_ids(parser, config):

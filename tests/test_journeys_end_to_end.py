@@ -20,6 +20,7 @@ from streams.produce import produce
 from streams.surveys import invitation_id, sampled_in
 from tests.conftest import clickhouse
 
+JOURNEYS = ("purchase", "support_resolution", "onboarding")
 pytestmark = pytest.mark.e2e
 
 STEP_MS = 20_000
@@ -199,7 +200,7 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
             f"chdb://{tmp_path / 'clickhouse'}",
             data_dir=tmp_path,
             log_path=tmp_path / "worker.log",
-            extra_env=broker.WORKER_ENV,
+            extra_env={**broker.WORKER_ENV, "PARCOURS_STATE_SCAN_SECONDS": "1"},
         ) as worker,
     ):
         produce(broker.bootstrap, "touchpoints", messages)
@@ -212,6 +213,17 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
             for (name, labels), value in worker.metrics().items()
             if name == "parcours_watermark_seconds"
         }
+        time.sleep(2.5)  # a state scan after the last change
+        counted = {
+            (journey, outcome): worker.metric_sum(
+                "parcours_journeys_total", journey=journey, outcome=outcome
+            )
+            for journey in JOURNEYS
+            for outcome in ("opened", "completed", "expired", "superseded")
+        }
+        open_now = {j: worker.metric_sum("parcours_journeys_open", journey=j) for j in JOURNEYS}
+        answers_counted = worker.metric_sum("parcours_survey_responses_total")
+        leaks_counted = worker.metric_sum("parcours_leaks_total")
 
     with clickhouse(tmp_path / "clickhouse") as client:
         rows = client.query(
@@ -246,6 +258,14 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
             "SELECT customer_key, score FROM customer_health FINAL WHERE customer_key IN "
             "('cust-0006', 'cust-0014', 'cust-0008')"
         ).result_rows
+        by_journey = client.query(
+            "SELECT journey, count(), countIf(status IN ('completed', 'closed')), "
+            "countIf(status = 'expired'), countIf(status = 'open') FROM journeys FINAL "
+            "WHERE status != 'superseded' GROUP BY journey"
+        ).result_rows
+        answers = client.query(
+            "SELECT count() FROM touchpoints WHERE type = 'survey_response'"
+        ).result_rows[0][0]
         linked = client.query(
             "SELECT count() FROM touchpoint_journeys WHERE event_id LIKE 'anon-%'"
         ).result_rows[0][0]
@@ -284,3 +304,11 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
     assert sorted(health) == [("cust-0006", 70.0), ("cust-0008", 100.0), ("cust-0014", 70.0)]
     # every anonymous touchpoint of the customers who log in at checkout is placed
     assert linked == 2 * sum(1 for i in range(300) if i % 8 == 1)
+    # The worker's metrics tell the same story as ClickHouse.
+    for journey, total, completed, expired, still_open in by_journey:
+        got = {o: counted[journey, o] for o in ("opened", "completed", "expired", "superseded")}
+        assert got["opened"] - got["superseded"] == total, (journey, got)
+        assert (got["completed"], got["expired"]) == (completed, expired), (journey, got)
+        assert open_now[journey] == still_open, journey
+    assert answers_counted == answers > 0
+    assert leaks_counted == len(expected_leaks)

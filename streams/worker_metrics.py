@@ -1,0 +1,81 @@
+"""What the worker reports besides per-batch counts: label sets made visible up front,
+a periodic scan of its state, and consumer lag."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from streams import metrics
+from streams.config import Config
+from streams.events import REASONS
+from streams.surveys import CAPPED, DUPLICATE, OPTED_OUT, OUTRANKED, SAMPLED_OUT
+
+SUPPRESSION_REASONS = (OPTED_OUT, DUPLICATE, OUTRANKED, SAMPLED_OUT, CAPPED)
+JOURNEY_OUTCOMES = ("opened", "completed", "expired", "superseded")
+PROCESSING_STEPS = ("ingest", "journeys")
+
+
+def show_every_series(config: Config, tables: Iterable[str]) -> None:
+    """Create every series of a closed label set at 0, so that dashboards and alerts see
+    "nothing happened" rather than "no data" (a rate over a missing series is empty)."""
+    for reason in REASONS:
+        metrics.DEAD_LETTERS.labels(reason)
+    for step in PROCESSING_STEPS:
+        metrics.PROCESSING.labels(step)
+    for table in tables:
+        for family in (metrics.SINK_ROWS, metrics.SINK_BATCHES, metrics.SINK_FAILURES):
+            family.labels(table)
+        metrics.SINK_BACKLOG.labels(table)
+    for journey in config.journeys:
+        for outcome in JOURNEY_OUTCOMES:
+            metrics.JOURNEYS.labels(journey, outcome)
+    for rule in config.leaks.values():
+        metrics.LEAKS.labels(rule.name, rule.category)
+    for name in config.surveys.rules:
+        for reason in SUPPRESSION_REASONS:
+            metrics.SURVEY_SUPPRESSIONS.labels(name, reason)
+
+
+def answer_subjects(config: Config) -> dict[str, str]:
+    """metric -> what the one survey rule of that metric asks about (see AnswerScores)."""
+    subjects: dict[str, set[str]] = {}
+    for rule in config.surveys.rules.values():
+        subject = rule.touchpoint or rule.stage or rule.leak or "relationship"
+        subjects.setdefault(rule.metric, set()).add(subject)
+    return {metric: found.pop() for metric, found in subjects.items() if len(found) == 1}
+
+
+def scan_journey_state(states: Iterable[dict | None], partitions: set[int]) -> None:
+    """Count keys, retained touchpoints and open journeys (by journey and stage) of the
+    states on `partitions` (the ones this process owns; standby copies are skipped)."""
+    keys = events = 0
+    open_journeys: Counter = Counter()
+    for state in states:
+        if not state or state.get("partition") not in partitions:
+            continue
+        keys += 1
+        events += len(state.get("events", ()))
+        for signature, journey, _, *stage in state.get("emitted", {}).values():
+            if signature[1] == "open":
+                open_journeys[journey, stage[0] if stage else "unknown"] += 1
+    metrics.STATE_KEYS.labels("journey-state").set(keys)
+    metrics.STATE_EVENTS.set(events)
+    for labels in _open_labels - open_journeys.keys():  # no journey is at that stage now
+        metrics.JOURNEYS_OPEN.labels(*labels).set(0)
+    for (journey, stage), n in open_journeys.items():
+        metrics.JOURNEYS_OPEN.labels(journey, stage).set(n)
+    _open_labels.update(open_journeys)
+
+
+_open_labels: set[tuple[str, str]] = set()
+
+
+def report_consumer_lag(ends: dict, committed: dict) -> None:
+    """Lag per topic partition: end offset (next to be written) minus committed offset."""
+    metrics.CONSUMER_LAG.clear()  # partitions revoked in a rebalance are not ours any more
+    for tp, end in ends.items():
+        if end is None:
+            continue
+        done = committed.get(tp) or 0
+        metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
