@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -88,3 +89,31 @@ def split_statements(sql: str) -> list[str]:
         if code.strip():
             statements.append(code.strip())
     return statements
+
+
+def write_stage_order(client: Client, journeys: dict[str, list[str]]) -> None:
+    """Record each journey's configured stages, in order (the funnel views read them).
+
+    Rows of stages a journey no longer has are deleted, so the funnel follows the config.
+    """
+    now = datetime.now(UTC)
+    rows = [
+        [journey, stage, index, stages[index - 1] if index else "", now]
+        for journey, stages in journeys.items()
+        for index, stage in enumerate(stages)
+    ]
+    client.insert(
+        "journey_stage_order",
+        rows,
+        column_names=["journey", "stage", "stage_index", "previous_stage", "updated_at"],
+    )
+    for journey, stages in journeys.items():
+        client.command(
+            "DELETE FROM journey_stage_order WHERE journey = {journey:String} "
+            "AND stage_index >= {count:UInt8}",
+            parameters={"journey": journey, "count": len(stages)},
+        )
+    client.command(
+        "DELETE FROM journey_stage_order WHERE journey NOT IN {journeys:Array(String)}",
+        parameters={"journeys": list(journeys)},
+    )

@@ -206,6 +206,8 @@ def advance(
 
     generation = state.get("generation", 0)
     seq = state.get("seq", 0)
+    orders = state.get("contact", {}).get("orders", [0, 0])
+    segment = segment_of(config.segments, state.get("profile", {}), orders)
     reported = {jid: list(ids) for jid, ids in state.get("leaks", {}).items()}
     already = {lid for ids in reported.values() for lid in ids}
     leak_rows = []
@@ -222,7 +224,7 @@ def advance(
         before = emitted.get(jid)
         if before is None or before[0] != signature:
             seq += 1
-            updates.append(journey_row(instance, customer_key, seq, now_ms))
+            updates.append(journey_row(instance, customer_key, seq, now_ms, segment))
             transitions += _transitions(instance, before[0][1] if before else None)
         if sealed(instance, watermark_ms):  # final: emitted for the last time, then forgotten
             reported.pop(jid, None)
@@ -396,7 +398,9 @@ def _next_due_ms(
     return min(times, default=None)
 
 
-def journey_row(instance: Instance, customer_key: str, version: int, now_ms: int) -> dict:
+def journey_row(
+    instance: Instance, customer_key: str, version: int, now_ms: int, segment: str = ""
+) -> dict:
     journey = instance.journey
     path = instance.events[:MAX_PATH]
     return {
@@ -421,6 +425,8 @@ def journey_row(instance: Instance, customer_key: str, version: int, now_ms: int
         "superseded_by": "",
         "version": version,
         "updated_ms": now_ms,
+        "entry_channel": instance.entry[3],
+        "segment": segment,  # the customer's segment when the row was emitted
     }
 
 

@@ -92,6 +92,8 @@ JOURNEY_COLUMNS = [
     "superseded_by",
     "version",
     "updated_at",
+    "entry_channel",
+    "segment",
 ]
 
 
@@ -123,6 +125,8 @@ def journey_ch_row(row: dict) -> list:
         row["superseded_by"],
         row["version"],
         _utc(row["updated_ms"]),
+        row.get("entry_channel", ""),
+        row.get("segment", ""),
     ]
 
 

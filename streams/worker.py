@@ -4,25 +4,31 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 import faust
 
 from streams import metrics
 from streams.app import create_app
-from streams.clickhouse import connect, migrate
-from streams.config import load_config
+from streams.clickhouse import connect, migrate, write_stage_order
+from streams.config import Config, load_config
 from streams.settings import Settings
 from streams.sink import ClickHouseSink
 
 log = logging.getLogger(__name__)
 
 
-def wait_for_migrations(sink: ClickHouseSink, url: str, timeout_seconds: float = 120.0) -> None:
-    """Apply migrations, waiting for ClickHouse to come up (compose starts things together)."""
+def wait_for_migrations(
+    sink: ClickHouseSink, url: str, config: Config, timeout_seconds: float = 120.0
+) -> None:
+    """Apply migrations and record the journeys' stages, waiting for ClickHouse to come up
+    (compose starts things together)."""
+    stages = {name: list(journey.stages) for name, journey in config.journeys.items()}
     deadline = time.monotonic() + timeout_seconds
     while True:
         try:
             applied = sink.run_sync(migrate)
+            sink.run_sync(partial(write_stage_order, journeys=stages))
             if applied:
                 log.info("ClickHouse migrations applied: %s", ", ".join(applied))
             return
@@ -36,7 +42,7 @@ def wait_for_migrations(sink: ClickHouseSink, url: str, timeout_seconds: float =
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     config = load_config(settings.config_path)
     sink = ClickHouseSink(lambda: connect(settings.clickhouse_url))
-    wait_for_migrations(sink, settings.clickhouse_url)
+    wait_for_migrations(sink, settings.clickhouse_url, config)
     port = metrics.serve(settings.metrics_port)
     if port:
         log.info("metrics on :%d/metrics", port)
