@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -458,6 +459,93 @@ def simulate(
     click.echo(
         "by type: " + ", ".join(f"{t} {n}" for t, n in summary.types.most_common()), err=True
     )
+
+
+@main.command()
+@click.option(
+    "--clickhouse",
+    "clickhouse_url",
+    help="http://user:pass@host:8123/db or chdb://path [env CLICKHOUSE_URL]",
+)
+@click.option("--journey", help="journey to map [default: the first in the config]")
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+    help="journeys opened from (UTC) [default: 30 days ago]",
+)
+@click.option(
+    "--until",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+    help="... up to, excluded (UTC) [default: tomorrow]",
+)
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: the map in the terminal and an HTML page",
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(path_type=Path),
+    default=Path(".parcours/report.html"),
+    show_default=True,
+    help="where to write the HTML page (with --format text)",
+)
+@CONFIG_OPTION
+def report(
+    clickhouse_url: str | None,
+    journey: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    output: str,
+    html_path: Path,
+    config_path: Path | None,
+) -> None:
+    """The journey map from ClickHouse: funnel, paths, leaks, scores, customers at risk.
+
+    Prints it (or JSON with --format json) and writes a self-contained HTML page
+    (charts as inline SVG: it opens without a network).
+    """
+    from datetime import UTC, timedelta
+
+    from streams.clickhouse import connect
+    from streams.config import ConfigError, load_config
+    from streams.report import as_json, as_text, read_map, write_report
+
+    settings = Settings().with_overrides(clickhouse_url=clickhouse_url, config_path=config_path)
+    if not settings.clickhouse_url:
+        raise click.UsageError(LOCAL_STACK_HINT.format(what="ClickHouse URL"))
+    try:
+        journeys = list(load_config(settings.config_path).journeys)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    journey = journey or journeys[0]
+    if journey not in journeys:
+        raise click.BadParameter(
+            f"{journey!r} is not a configured journey; choose one of {', '.join(journeys)}",
+            param_hint="--journey",
+        )
+    today = datetime.now(UTC).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
+    since = since or today - timedelta(days=30)
+    until = until or today + timedelta(days=1)
+    if since >= until:
+        raise click.BadParameter(f"--since {since} is not before --until {until}")
+    try:
+        if output == "json":
+            client = connect(settings.clickhouse_url)
+            try:
+                click.echo(as_json(read_map(client, journey, since, until)))
+            finally:
+                client.close()
+            return
+        found = write_report(settings.clickhouse_url, journey, since, until, html_path)
+    except Exception as exc:  # unreachable server, missing views: say which and where
+        raise click.ClickException(f"{settings.clickhouse_url}: {exc}") from None
+    click.echo(as_text(found))
+    click.echo(f"\nHTML report: {html_path.resolve()}")
 
 
 @main.command("load-collector")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -18,6 +19,7 @@ import orjson
 from streams.clickhouse import connect
 from streams.local_stack import LocalBroker, WorkerProcess
 from streams.produce import as_messages, produce
+from streams.report import as_text, write_report
 from streams.settings import TOUCHPOINTS
 from streams.synth import generate
 
@@ -104,7 +106,23 @@ def run_demo(customers: int, seed: int, data_dir: Path, timeout: float) -> dict:
                 worker.wait_until_quiet(table, timeout=timeout)
             print(f"  {journey_rows:,} journey updates written in {time.perf_counter() - t:.1f}s")
             step("stopping the worker and the broker")
-    return summarize(clickhouse_url)
+    summary = summarize(clickhouse_url)
+    show_journey_map(clickhouse_url, demo_dir / "report.html")
+    return summary
+
+
+def show_journey_map(clickhouse_url: str, html_path: Path) -> None:
+    """Print the purchase journey's map and write the HTML report (`parcours report`)."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    found = write_report(
+        clickhouse_url, "purchase", now - timedelta(days=30), now + timedelta(days=1), html_path
+    )
+    print("\n" + as_text(found))
+    print(f"\nHTML report of the journey map: {html_path.resolve()}")
+    print(
+        "  (again, for any journey and time range: parcours report --clickhouse "
+        f"{clickhouse_url} --journey support_resolution)"
+    )
 
 
 def summarize(clickhouse_url: str) -> dict:

@@ -1,7 +1,8 @@
 """Journey map views on the real embedded ClickHouse, against answers computed by hand.
 
 Five journeys of a four-stage journey `buy` (visit → cart → pay → deliver), plus an
-older version and a superseded row that the views must ignore:
+older version and superseded rows that the views must ignore (a leak found on a
+superseded journey counts for its successor):
 
     j1  c1 gold   web  visit 0m, cart 10m, pay 30m, deliver 90m   completed
     j2  c2 gold   ads  visit 0m, cart 20m                         expired  leak cart_abandoned
@@ -33,7 +34,7 @@ EVER = {"since": "2000-01-01 00:00:00", "until": "2100-01-01 00:00:00"}
 MINUTE = 60_000
 
 
-def journey(jid, customer, segment, channel, reached, path, status, version=2) -> list:
+def journey(jid, customer, segment, channel, reached, path, status, version=2, successor=""):
     stages = [stage for stage, _ in reached]
     completed = START_MS + reached[-1][1] * MINUTE if status == "completed" else None
     return journey_ch_row(
@@ -56,7 +57,7 @@ def journey(jid, customer, segment, channel, reached, path, status, version=2) -
             "last_event_ms": START_MS + reached[-1][1] * MINUTE,
             "completed_ms": completed,
             "closed_ms": None,
-            "superseded_by": "",
+            "superseded_by": successor,
             "version": version,
             "updated_ms": START_MS,
             "entry_channel": channel,
@@ -106,8 +107,8 @@ def health(customer, score) -> list:
     )
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
+def fill(ch) -> None:
+    """Create the schema and write the journeys, leaks and health rows above."""
     journeys = [
         journey("j1", "c1", "gold", "web", [("visit", 0)], ["site_visit"], "open", version=1),
         journey(
@@ -148,18 +149,36 @@ def client(tmp_path_factory):
             "completed",
         ),
         journey("j6", "c6", "gold", "web", [("visit", 0)], ["site_visit"], "superseded"),
+        # provisional journey of c3, replaced by j3 after an identity merge
+        journey(
+            "j7",
+            "c3",
+            "silver",
+            "web",
+            [("visit", 0)],
+            ["site_visit"],
+            "superseded",
+            successor="j3",
+        ),
     ]
     leaks = [
         leak("l1", "cart_abandoned", "conversion", "c2", "j2", "cart", "j2-1"),
         leak("l2", "bounce", "engagement", "c4", "j4", "visit", "j4-0"),
+        # found on the provisional j7: counts for j3, its successor
+        leak("l3", "slow_pay", "conversion", "c3", "j7", "pay", "j3-1"),
     ]
+    migrate(ch)
+    write_stage_order(ch, {"buy": STAGES})
+    ch.insert("journeys", journeys, column_names=JOURNEY_COLUMNS)
+    ch.insert("leaks", leaks, column_names=LEAK_COLUMNS)
+    rows = [health("c1", 95.0), health("c2", 40.0), health("c4", 90.0)]
+    ch.insert("customer_health", rows, column_names=HEALTH_COLUMNS)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
     with clickhouse(tmp_path_factory.mktemp("map") / "ch") as ch:
-        migrate(ch)
-        write_stage_order(ch, {"buy": STAGES})
-        ch.insert("journeys", journeys, column_names=JOURNEY_COLUMNS)
-        ch.insert("leaks", leaks, column_names=LEAK_COLUMNS)
-        rows = [health("c1", 95.0), health("c2", 40.0), health("c4", 90.0)]
-        ch.insert("customer_health", rows, column_names=HEALTH_COLUMNS)
+        fill(ch)
         yield ch
 
 
@@ -219,6 +238,7 @@ def test_top_paths_to_the_goal_and_to_each_leak(client):
         ("goal", ["site_visit", "add_to_cart", "purchase"], 1, 33.3),
         ("goal", ["site_visit", "add_to_cart", "purchase", "delivery"], 1, 33.3),
         ("goal", ["site_visit", "purchase"], 1, 33.3),
+        ("slow_pay", ["site_visit", "add_to_cart"], 1, 100.0),
     ]
 
 
@@ -264,6 +284,11 @@ def test_leak_rates_per_cut(client):
         ("cart_abandoned", "conversion", "segment", "gold", 1, 2, 50.0),
         ("cart_abandoned", "conversion", "stage", "cart", 1, 3, 33.3),  # j1, j2, j3 carted
         ("cart_abandoned", "conversion", "week", str(week_of(START_MS)), 1, 5, 20.0),
+        ("slow_pay", "conversion", "all", "all", 1, 5, 20.0),
+        ("slow_pay", "conversion", "channel", "web", 1, 4, 25.0),
+        ("slow_pay", "conversion", "segment", "silver", 1, 3, 33.3),
+        ("slow_pay", "conversion", "stage", "pay", 1, 3, 33.3),  # j1, j3, j5 paid
+        ("slow_pay", "conversion", "week", str(week_of(START_MS)), 1, 5, 20.0),
     ]
 
 

@@ -29,6 +29,16 @@ FROM journeys FINAL
 WHERE status != 'superseded'
   AND opened_at >= {since:DateTime64(3)} AND opened_at < {until:DateTime64(3)};
 
+-- Leaks with the journey they belong to now: a leak found on a provisional journey
+-- (superseded after a late event or an identity merge) follows it to its successor.
+CREATE VIEW IF NOT EXISTS leaks_current AS
+SELECT l.* REPLACE (if(s.superseded_by != '', s.superseded_by, l.journey_id) AS journey_id)
+FROM (SELECT * FROM leaks FINAL) AS l
+LEFT JOIN
+(
+    SELECT journey_id, superseded_by FROM journeys FINAL WHERE status = 'superseded'
+) AS s ON l.journey_id = s.journey_id;
+
 -- Per journey, stage and cut: journeys and customers that reached the stage or beyond,
 -- the conversion from the previous stage (%), and the median and p90 seconds from the
 -- previous stage's first touchpoint to this stage's (journeys that touched both).
@@ -106,7 +116,7 @@ FROM
         j.journey,
         l.rule,
         arraySlice(arrayCompact(arraySlice(j.path, 1, indexOf(j.path_event_ids, l.anchor_event_id))), 1, 6)
-    FROM (SELECT * FROM leaks FINAL) AS l
+    FROM leaks_current AS l
     INNER JOIN journeys_between(since = {since:DateTime64(3)}, until = {until:DateTime64(3)}) AS j
         ON l.journey_id = j.journey_id
 )
@@ -145,7 +155,7 @@ FROM
 (
     SELECT l.journey AS journey, l.rule AS rule, l.category AS category, cut, value,
            count() AS leaks
-    FROM (SELECT * FROM leaks FINAL) AS l
+    FROM leaks_current AS l
     INNER JOIN journeys_between(since = {since:DateTime64(3)}, until = {until:DateTime64(3)}) AS j
         ON l.journey_id = j.journey_id
     ARRAY JOIN
@@ -184,7 +194,7 @@ LEFT JOIN
 (
     SELECT l.customer_key AS customer_key, count() AS open_leaks,
            arraySort(groupUniqArray(l.rule)) AS rules, max(l.due_at) AS last_leak_at
-    FROM (SELECT * FROM leaks FINAL) AS l
+    FROM leaks_current AS l
     INNER JOIN (SELECT journey_id FROM journeys FINAL WHERE completed_at IS NULL
                 AND status != 'superseded') AS j ON l.journey_id = j.journey_id
     WHERE l.due_at >= now() - INTERVAL 30 DAY
