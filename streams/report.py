@@ -290,7 +290,8 @@ def _leak_trend_svg(weeks: list[dict]) -> str:
         )
         parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{colour}"/>' for x, y in points]
         parts.append(
-            f'<text x="{width - 150}" y="{18 + 16 * n}" style="fill:{colour}">● {_esc(category)}</text>'
+            f'<text x="{width - 150}" y="{18 + 16 * n}" style="fill:{colour}">'
+            f"● {_esc(category)}</text>"
         )
     parts.append(f'<text x="0" y="14">{top:.1f}</text><text x="0" y="{height - bottom}">0</text>')
     return f'<svg width="{width + 20}" height="{height}" role="img">{"".join(parts)}</svg>'
