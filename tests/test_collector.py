@@ -296,12 +296,11 @@ def test_fuzzed_requests_never_fail_the_server_and_every_accepted_event_is_publi
 @pytest.mark.e2e
 def test_collected_events_land_in_clickhouse_once_and_rejections_in_dead_letters(tmp_path):
     from streams.collector import KafkaPublisher
-    from streams.local_stack import LocalBroker, WorkerProcess
+    from streams.local_stack import LocalBroker
     from tests.conftest import clickhouse
 
     batches = [[event(i * 10 + j, f"c{i}") for j in range(10)] for i in range(20)]
     batches[3][4] = event(34, "c3", type="teleport")  # rejected: 199 good, 1 bad
-    ch_url = f"chdb://{tmp_path / 'clickhouse'}"
 
     async def send_all(bootstrap):
         # The local broker has no idempotent producers (LocalBroker.WORKER_ENV).
@@ -318,13 +317,7 @@ def test_collected_events_land_in_clickhouse_once_and_rejections_in_dead_letters
 
     with (
         LocalBroker(log_path=tmp_path / "broker.log") as broker,
-        WorkerProcess(
-            broker.bootstrap,
-            ch_url,
-            data_dir=tmp_path,
-            log_path=tmp_path / "worker.log",
-            extra_env=broker.WORKER_ENV,
-        ) as worker,
+        broker.worker(tmp_path) as worker,
     ):
         accepted, retry_status = asyncio.run(send_all(broker.bootstrap))
         worker.wait_for_rows({"touchpoints": 199, "dead_letters": 1}, timeout=90)

@@ -14,7 +14,7 @@ import confluent_kafka
 import orjson
 import pytest
 
-from streams.local_stack import LocalBroker, WorkerProcess
+from streams.local_stack import LocalBroker
 from streams.produce import as_messages, produce
 from tests.conftest import clickhouse, make_event
 
@@ -30,17 +30,12 @@ def broker(tmp_path_factory):
 
 
 def start_worker(broker, tmp_path, app_id, store="memory://"):
-    return WorkerProcess(
-        broker.bootstrap,
-        f"chdb://{tmp_path / 'clickhouse'}",
-        data_dir=tmp_path,
-        log_path=tmp_path / "worker.log",
-        extra_env={
-            **broker.WORKER_ENV,
-            "PARCOURS_APP_ID": app_id,
-            "PARCOURS_TOPIC_PREFIX": f"{app_id}.",
-            "PARCOURS_MAX_MESSAGE_BYTES": str(MAX_MESSAGE_BYTES),
-        },
+    return broker.worker(
+        tmp_path,
+        PARCOURS_APP_ID=app_id,
+        PARCOURS_TOPIC_PREFIX=f"{app_id}.",
+        PARCOURS_MAX_MESSAGE_BYTES=str(MAX_MESSAGE_BYTES),
+        PARCOURS_STORE=store,  # the restart test runs on both table stores
     )
 
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from streams.ingest import kafka_partition
-from streams.local_stack import LocalBroker, WorkerProcess
+from streams.local_stack import LocalBroker
 from streams.produce import produce
 from streams.surveys import invitation_id, sampled_in
 from tests.conftest import clickhouse
@@ -195,13 +195,7 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
 
     with (
         LocalBroker(log_path=tmp_path / "broker.log") as broker,
-        WorkerProcess(
-            broker.bootstrap,
-            f"chdb://{tmp_path / 'clickhouse'}",
-            data_dir=tmp_path,
-            log_path=tmp_path / "worker.log",
-            extra_env={**broker.WORKER_ENV, "PARCOURS_STATE_SCAN_SECONDS": "1"},
-        ) as worker,
+        broker.worker(tmp_path, PARCOURS_STATE_SCAN_SECONDS="1") as worker,
     ):
         produce(broker.bootstrap, "touchpoints", messages)
         worker.wait_for_rows({"touchpoints": len(events)}, timeout=120)

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from streams.local_stack import LocalBroker, WorkerProcess, _wait_for_port, free_port
+from streams.local_stack import LocalBroker, _wait_for_port, free_port
 from streams.produce import as_messages, produce
 from streams.settings import PROJECT_ROOT
 from streams.simulate import Faults, Pace, deliveries
@@ -239,13 +239,7 @@ def test_a_real_prometheus_answers_every_dashboard_and_alert_query(tmp_path):
     events = for_kafka + for_collector
     with (
         LocalBroker(log_path=tmp_path / "broker.log") as broker,
-        WorkerProcess(
-            broker.bootstrap,
-            f"chdb://{tmp_path / 'clickhouse'}",
-            data_dir=tmp_path,
-            log_path=tmp_path / "worker.log",
-            extra_env={**broker.WORKER_ENV, "PARCOURS_STATE_SCAN_SECONDS": "1"},
-        ) as worker,
+        broker.worker(tmp_path, PARCOURS_STATE_SCAN_SECONDS="1") as worker,
         Collector(broker.bootstrap, tmp_path, key="k3y") as collector,
         Prometheus(tmp_path, {"worker": worker.metrics_port, "collector": collector.port}) as prom,
     ):

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer
 from click.testing import CliRunner
 
 from streams.cli import main
-from streams.local_stack import LocalBroker, WorkerProcess
+from streams.local_stack import LocalBroker
 from streams.producer import InvalidEvent, SyncTouchpointProducer, TouchpointProducer
 from streams.settings import Settings
 from tests.conftest import clickhouse, make_event
@@ -120,7 +120,7 @@ def test_an_open_batch_goes_out_after_the_linger_time(broker):
 
 @pytest.mark.e2e
 def test_simulated_customers_flow_through_the_worker_into_clickhouse(broker, tmp_path):
-    env = {**broker.WORKER_ENV, "PARCOURS_APP_ID": "sim", "PARCOURS_TOPIC_PREFIX": "sim."}
+    env = {"PARCOURS_APP_ID": "sim", "PARCOURS_TOPIC_PREFIX": "sim."}
     result = CliRunner().invoke(
         main,
         [
@@ -137,20 +137,14 @@ def test_simulated_customers_flow_through_the_worker_into_clickhouse(broker, tmp
             "--seed",
             "21",
         ],
-        env=env,
+        env={**broker.WORKER_ENV, **env},  # the local broker: no idempotent producer
     )
     assert result.exit_code == 0, result.output
     assert "sent 1,500 events" in result.output
     duplicates = int(result.output.split(" duplicates")[0].rsplit(", ", 1)[1])
     assert duplicates > 30
 
-    with WorkerProcess(
-        broker.bootstrap,
-        f"chdb://{tmp_path / 'clickhouse'}",
-        data_dir=tmp_path,
-        log_path=tmp_path / "worker.log",
-        extra_env=env,
-    ) as worker:
+    with broker.worker(tmp_path, **env) as worker:
         worker.wait_for_rows({"touchpoints": 1500 - duplicates}, timeout=90)
         worker.wait_until_quiet("journeys")
     with clickhouse(tmp_path / "clickhouse") as client:

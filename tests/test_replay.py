@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from streams.events import EventParser
-from streams.local_stack import LocalBroker, WorkerProcess
+from streams.local_stack import LocalBroker
 from streams.replay import MappingError, Summary, load_mapping, read_events
 from streams.settings import PROJECT_ROOT
 from tests.conftest import clickhouse, make_event
@@ -161,14 +161,7 @@ def test_replaying_the_helpdesk_sample_twice_lands_each_row_once(tmp_path):
             ).result_rows[0]
 
     with LocalBroker(log_path=tmp_path / "broker.log") as broker:
-        env = {**broker.WORKER_ENV, "PARCOURS_MAX_AGE_SECONDS": "0"}  # the log is from 2012
-        start = WorkerProcess(
-            broker.bootstrap,
-            f"chdb://{tmp_path / 'clickhouse'}",
-            data_dir=tmp_path,
-            log_path=tmp_path / "worker.log",
-            extra_env=env,
-        )
+        start = broker.worker(tmp_path, PARCOURS_MAX_AGE_SECONDS="0")  # the log is from 2012
         with start as worker:
             replay(broker)
             worker.wait_for_rows({"touchpoints": 362}, timeout=120)

@@ -49,53 +49,41 @@ SELECT
     stage_index,
     cut,
     value,
-    journeys,
-    customers,
-    round(100 * journeys / nullIf(lagInFrame(journeys, 1, 0) OVER (
-        PARTITION BY journey, cut, value ORDER BY stage_index
-        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW), 0), 1) AS conversion,
-    median_seconds,
-    p90_seconds
+    countIf(reached) AS journeys,
+    uniqExactIf(customer_key, reached) AS customers,
+    -- of the journeys that reached the previous stage (or beyond), how many reached this
+    if(stage_index = 0, NULL,
+       round(100 * journeys / nullIf(countIf(reached_previous), 0), 1)) AS conversion,
+    -- NULL where no journey touched both stages
+    if(countIf(seconds >= 0) > 0, quantileExactIf(0.5)(seconds, seconds >= 0), NULL)
+        AS median_seconds,
+    if(countIf(seconds >= 0) > 0, quantileExactIf(0.9)(seconds, seconds >= 0), NULL)
+        AS p90_seconds
 FROM
 (
     SELECT
-        journey,
-        stage,
-        stage_index,
-        cut,
-        value,
-        countIf(reached) AS journeys,
-        uniqExactIf(customer_key, reached) AS customers,
-        -- NULL where no journey touched both stages
-        if(countIf(seconds >= 0) > 0, quantileExactIf(0.5)(seconds, seconds >= 0), NULL)
-            AS median_seconds,
-        if(countIf(seconds >= 0) > 0, quantileExactIf(0.9)(seconds, seconds >= 0), NULL)
-            AS p90_seconds
-    FROM
-    (
-        SELECT
-            o.journey AS journey,
-            o.stage AS stage,
-            o.stage_index AS stage_index,
-            j.customer_key AS customer_key,
-            j.stage_index >= o.stage_index AS reached,
-            indexOf(j.stages_reached, o.stage) AS here,
-            indexOf(j.stages_reached, o.previous_stage) AS before,
-            -- -1 unless the journey touched both this stage and the previous one
-            if(here > 0 AND before > 0,
-               dateDiff('second', j.stages_reached_at[before], j.stages_reached_at[here]),
-               -1) AS seconds,
-            j.segment AS segment,
-            j.entry_channel AS entry_channel,
-            toString(toMonday(j.opened_at)) AS week
-        FROM journeys_between(since = {since:DateTime64(3)}, until = {until:DateTime64(3)}) AS j
-        INNER JOIN (SELECT * FROM journey_stage_order FINAL) AS o ON o.journey = j.journey
-    )
-    ARRAY JOIN
-        ['all', 'segment', 'channel', 'week'] AS cut,
-        ['all', segment, entry_channel, week] AS value
-    GROUP BY journey, stage, stage_index, cut, value
-);
+        o.journey AS journey,
+        o.stage AS stage,
+        o.stage_index AS stage_index,
+        j.customer_key AS customer_key,
+        j.stage_index >= o.stage_index AS reached,
+        j.stage_index + 1 >= o.stage_index AS reached_previous,
+        indexOf(j.stages_reached, o.stage) AS here,
+        indexOf(j.stages_reached, o.previous_stage) AS before,
+        -- -1 unless the journey touched both this stage and the previous one
+        if(here > 0 AND before > 0,
+           dateDiff('second', j.stages_reached_at[before], j.stages_reached_at[here]),
+           -1) AS seconds,
+        j.segment AS segment,
+        j.entry_channel AS entry_channel,
+        toString(toMonday(j.opened_at)) AS week
+    FROM journeys_between(since = {since:DateTime64(3)}, until = {until:DateTime64(3)}) AS j
+    INNER JOIN (SELECT * FROM journey_stage_order FINAL) AS o ON o.journey = j.journey
+)
+ARRAY JOIN
+    ['all', 'segment', 'channel', 'week'] AS cut,
+    ['all', segment, entry_channel, week] AS value
+GROUP BY journey, stage, stage_index, cut, value;
 
 -- The most frequent touchpoint sequences (repeats in a row collapsed, first 6 steps) to
 -- the goal ('goal') and to each leak (its rule: the path up to the leak's touchpoint).
@@ -228,3 +216,10 @@ GROUP BY cut, value, metric;
 -- `scores` over all time, from the same formulas (it was a copy of them).
 CREATE OR REPLACE VIEW scores AS
 SELECT * FROM scores_between(since = '1970-01-01 00:00:00', until = '2200-01-01 00:00:00');
+
+-- `scores_by_touchpoint` (0005) from the same formulas too; an answer naming its
+-- invitation is now about the invitation's touchpoint when it has no `about` of its own.
+CREATE OR REPLACE VIEW scores_by_touchpoint AS
+SELECT metric, value AS about_touchpoint, responses, score, small_sample
+FROM scores
+WHERE cut = 'touchpoint';
