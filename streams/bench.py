@@ -23,7 +23,7 @@ import orjson
 from streams.config import load_config
 from streams.events import EventParser
 from streams.ingest import IngestOutcome, RawMessage, ingest_batch, kafka_partition
-from streams.local_stack import LocalBroker, WorkerProcess
+from streams.local_stack import LocalBroker
 from streams.produce import as_messages, produce
 from streams.settings import TOUCHPOINTS, Settings
 from streams.stitching import DueIndex, Message, StepResult, journey_step
@@ -118,13 +118,7 @@ def run_pipeline(
     work.mkdir(parents=True)
     with LocalBroker(log_path=work / "broker.log") as broker:
         produce(broker.bootstrap, TOUCHPOINTS, messages)  # all there before the worker starts
-        with WorkerProcess(
-            broker.bootstrap,
-            f"chdb://{work / 'clickhouse'}",
-            data_dir=work,
-            log_path=work / "worker.log",
-            extra_env={**broker.WORKER_ENV, "PARCOURS_MAX_AGE_SECONDS": "0"},
-        ) as worker:
+        with broker.worker(work, PARCOURS_MAX_AGE_SECONDS="0") as worker:
             deadline = time.monotonic() + timeout
             consumed = ("parcours_messages_consumed_total", (("topic", TOUCHPOINTS),))
             while worker.metrics().get(consumed, 0) == 0:

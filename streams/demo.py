@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 
 from streams.clickhouse import connect
-from streams.local_stack import LocalBroker, WorkerProcess
+from streams.local_stack import LocalBroker
 from streams.produce import as_messages, produce
 from streams.report import as_text, write_report
 from streams.settings import TOUCHPOINTS
@@ -85,9 +85,7 @@ def run_demo(customers: int, seed: int, data_dir: Path, timeout: float) -> dict:
     with LocalBroker(log_path=demo_dir / "broker.log") as broker:
         print(f"  ready on {broker.bootstrap} in {time.perf_counter() - t:.1f}s")
         t = step(f"starting the worker (ClickHouse {clickhouse_url})")
-        with WorkerProcess(
-            broker.bootstrap, clickhouse_url, data_dir=demo_dir, log_path=demo_dir / "worker.log"
-        ) as worker:
+        with broker.worker(demo_dir) as worker:
             print(
                 f"  metrics on http://127.0.0.1:{worker.metrics_port}/metrics "
                 f"({time.perf_counter() - t:.1f}s)"
