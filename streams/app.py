@@ -263,6 +263,8 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
         worker_metrics.scan_journey_state(journey_state.values(), mine)
         ends = {}
         for tp in assigned:
+            if tp.topic.endswith("-changelog"):  # table state: read at recovery, not committed
+                continue
             with contextlib.suppress(Exception):  # not fetched yet, or revoked meanwhile
                 ends[tp] = app.consumer.highwater(tp)
         worker_metrics.report_consumer_lag(ends, app.monitor.tp_committed_offsets)

@@ -113,6 +113,13 @@ class Settings:
     sink_batch_seconds: float = field(
         default_factory=lambda: _env_number("PARCOURS_SINK_BATCH_SECONDS", 1.0)
     )
+    sink_max_backoff_seconds: float = field(
+        default_factory=lambda: _env_number("PARCOURS_SINK_MAX_BACKOFF_SECONDS", 30.0)
+    )
+    # A fault drill: while this file exists, every insert fails as if ClickHouse were down.
+    sink_fault_file: str = field(
+        default_factory=lambda: os.environ.get("PARCOURS_SINK_FAULT_FILE", "")
+    )
 
     # The HTTP collector (see streams.collector).
     write_keys: str = field(default_factory=lambda: os.environ.get("PARCOURS_WRITE_KEYS", ""))

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
 
@@ -44,11 +45,13 @@ class ClickHouseSink:
         client_factory: Callable[[], Client],
         *,
         max_backoff_seconds: float = 30.0,
+        fault_file: Path | None = None,
     ) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-sink")
         self._client_factory = client_factory
         self._client: Client | None = None
         self._max_backoff = max_backoff_seconds
+        self._fault_file = fault_file
 
     def _client_now(self) -> Client:
         if self._client is None:
@@ -74,6 +77,8 @@ class ClickHouseSink:
         while True:
             started = time.perf_counter()
             try:
+                if self._fault_file is not None and self._fault_file.exists():
+                    raise ConnectionError(f"fault drill: {self._fault_file} exists")
                 await self.run(
                     lambda client: client.insert(
                         table,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
+from pathlib import Path
 
 import faust
 
@@ -41,7 +42,11 @@ def wait_for_migrations(
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     config = load_config(settings.config_path)
-    sink = ClickHouseSink(lambda: connect(settings.clickhouse_url))
+    sink = ClickHouseSink(
+        lambda: connect(settings.clickhouse_url),
+        max_backoff_seconds=settings.sink_max_backoff_seconds,
+        fault_file=Path(settings.sink_fault_file) if settings.sink_fault_file else None,
+    )
     wait_for_migrations(sink, settings.clickhouse_url, config)
     port = metrics.serve(settings.metrics_port)
     if port:

@@ -1,0 +1,146 @@
+"""Things break; nothing is lost or doubled. Real broker, real worker, embedded ClickHouse."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import orjson
+import pytest
+
+from streams.local_stack import LocalBroker
+from streams.produce import as_messages, produce
+from tests.conftest import clickhouse, make_event
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_until(condition, timeout: float, what: str, worker) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout:.0f}s:\n{worker.log_tail()}")
+        time.sleep(0.25)
+
+
+def test_clickhouse_down_for_a_while_delays_rows_but_loses_and_doubles_nothing(tmp_path):
+    fault = tmp_path / "clickhouse-is-down"
+    fault.touch()  # every insert fails until the file is gone
+    events = [make_event(i, customer_id=f"c-{i % 37}") for i in range(600)]
+    with (
+        LocalBroker(log_path=tmp_path / "broker.log") as broker,
+        broker.worker(
+            tmp_path,
+            PARCOURS_SINK_FAULT_FILE=str(fault),
+            PARCOURS_SINK_MAX_BACKOFF_SECONDS="2",
+            PARCOURS_SINK_BATCH_MAX="100",
+        ) as worker,
+    ):
+        produce(broker.bootstrap, "touchpoints", as_messages(events))
+
+        def failing_and_holding() -> bool:
+            failures = worker.metric_sum("parcours_sink_failures_total", table="touchpoints")
+            held = worker.metric_sum("parcours_sink_backlog_rows", table="touchpoints")
+            return failures >= 3 and held > 0
+
+        wait_until(failing_and_holding, 60, "no failing inserts with rows held", worker)
+        # Ingest goes on meanwhile; the sink holds one batch and consumes no further.
+        wait_until(
+            lambda: worker.metric_sum("parcours_events_ingested_total", result="valid") == 600,
+            60,
+            "ingest did not go on",
+            worker,
+        )
+        # The sink holds its batch (up to PARCOURS_SINK_BATCH_MAX messages of ingest's
+        # envelopes) in memory, uncommitted, and writes nothing.
+        held = worker.metric_sum("parcours_sink_backlog_rows", table="touchpoints")
+        assert 0 < held <= 600
+        assert worker.sink_rows("touchpoints") == 0
+        assert worker.process.poll() is None  # the worker stays up
+
+        fault.unlink()  # ClickHouse is back
+        worker.wait_for_rows({"touchpoints": 600}, timeout=90)
+        wait_until(
+            lambda: worker.metric_sum("parcours_sink_backlog_rows") == 0,
+            30,
+            "the backlog did not drain",
+            worker,
+        )
+        failures = worker.metric_sum("parcours_sink_failures_total", table="touchpoints")
+    with clickhouse(tmp_path / "clickhouse") as client:
+        total, unique = client.query(
+            "SELECT count(), uniqExact(event_id) FROM touchpoints"  # raw: no FINAL
+        ).result_rows[0]
+    assert (total, unique) == (600, 600)
+    assert failures >= 3
+
+
+def test_a_worker_killed_five_times_ends_with_the_journeys_of_an_uninterrupted_run(tmp_path):
+    """SIGKILL at random points while events flow, restart, five times; then the
+    scripted customers must come out exactly as scripted (see test_journeys_end_to_end)."""
+    from streams.ingest import kafka_partition
+    from tests.test_journeys_end_to_end import arrival_order, script, touch
+
+    rng = random.Random(5)
+    now_ms = int(time.time() * 1000)
+    customers = [script(i, now_ms - 4 * 3_600_000 + i * 7_000) for i in range(300)]
+    expected = set().union(*(c[2] for c in customers))
+    expected_leaks = set().union(*(c[3] for c in customers))
+    expected_surveys = set().union(*(c[4] for c in customers))
+    events = arrival_order(customers)
+    clocks = {kafka_partition(f"clock-{n}", 4): f"clock-{n}" for n in range(50)}
+    events += [touch(0, "login", now_ms - 120_000, customer_id=key) for key in clocks.values()]
+    messages = [
+        ((e.get("customer_id") or e["anonymous_id"]).encode(), orjson.dumps(e)) for e in events
+    ]
+    chunks = [messages[len(messages) * k // 6 : len(messages) * (k + 1) // 6] for k in range(6)]
+
+    with (
+        LocalBroker(log_path=tmp_path / "broker.log") as broker,
+        broker.worker(tmp_path, PARCOURS_STATE_SCAN_SECONDS="1") as worker,
+    ):
+        for chunk in chunks[:5]:
+            produce(broker.bootstrap, "touchpoints", chunk)
+            time.sleep(rng.uniform(1.0, 5.0))  # somewhere in the middle of its work
+            worker.kill()
+            worker.start()
+        produce(broker.bootstrap, "touchpoints", chunks[5])
+
+        def caught_up() -> bool:
+            lag = worker.metric_sum("parcours_consumer_lag_messages")
+            ends = worker.metric_sum("parcours_consumer_lag_messages", topic="touchpoints")
+            return lag == 0 and ends == 0 and worker.sink_rows("journeys") > 0
+
+        wait_until(caught_up, 180, "the restarted worker did not catch up", worker)
+        for table in ("journeys", "leaks", "survey_suppressions"):
+            worker.wait_until_quiet(table)
+
+    with clickhouse(tmp_path / "clickhouse") as client:
+        total, unique = client.query(
+            "SELECT count(), uniqExact(event_id) FROM touchpoints FINAL"
+        ).result_rows[0]
+        rows = client.query(
+            "SELECT journey, customer_key, status, stage, path FROM journeys FINAL "
+            "WHERE status != 'superseded'"
+        ).result_rows
+        leaks = client.query(
+            "SELECT rule, customer_key, anchor_event_id FROM leaks FINAL"
+        ).result_rows
+        invited = client.query(
+            "SELECT rule, customer_key, anchor_event_id, 'sent' FROM survey_invitations FINAL"
+        ).result_rows
+        suppressed = client.query(
+            "SELECT rule, customer_key, anchor_event_id, reason FROM survey_suppressions FINAL"
+        ).result_rows
+        # The same invitation id never carries two different decisions.
+        conflicting = client.query(
+            "SELECT invitation_id FROM survey_invitations GROUP BY invitation_id "
+            "HAVING uniqExact(rule, customer_key, anchor_event_id, channel) > 1"
+        ).result_rows
+    assert (total, unique) == (len(events), len(events))
+    assert {(j, c, s, st, tuple(p)) for j, c, s, st, p in rows} == expected
+    assert len(rows) == 300
+    assert set(leaks) == expected_leaks and len(leaks) == 84
+    assert set(invited) | set(suppressed) == expected_surveys
+    assert len(invited) + len(suppressed) == len(expected_surveys)
+    assert conflicting == []
