@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 
 import orjson
 import pytest
@@ -144,3 +145,63 @@ def test_a_worker_killed_five_times_ends_with_the_journeys_of_an_uninterrupted_r
     assert set(invited) | set(suppressed) == expected_surveys
     assert len(invited) + len(suppressed) == len(expected_surveys)
     assert conflicting == []
+
+
+def hostile(n: int, rng: random.Random) -> tuple[bytes, str]:
+    """The n-th hostile message and the dead-letter reason it must get."""
+    good = make_event(n, event_id=f"bad-{n}")
+    kind = n % 12
+    if kind == 0:
+        return bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 200))) + b"\xff", (
+            "invalid_json"
+        )
+    if kind == 1:
+        return orjson.dumps(good)[: rng.randint(1, 60)], "invalid_json"  # truncated
+    if kind == 2:
+        return b"[" * 2000 + b"]" * 2000, "invalid_json"  # nesting beyond orjson's limit
+    if kind == 3:
+        return rng.choice([b"[1, 2]", b"42", b'"text"', b"null", b"true"]), "invalid_envelope"
+    if kind == 4:
+        return orjson.dumps({"events": {"not": "a list"}}), "invalid_envelope"
+    if kind == 5:
+        return orjson.dumps(dict(good, type="teleport")), "unknown_type"
+    if kind == 6:
+        return orjson.dumps(dict(good, ts="2999-01-01T00:00:00Z")), "ts_in_future"
+    if kind == 7:
+        return orjson.dumps(dict(good, customer_id=rng.randint(0, 10**9))), "schema_violation"
+    if kind == 8:
+        return orjson.dumps({k: v for k, v in good.items() if k != "event_id"}), (
+            "schema_violation"
+        )
+    if kind == 9:
+        return orjson.dumps(dict(good, properties={"deep": {"er": [1]}})), "schema_violation"
+    if kind == 10:
+        return orjson.dumps(dict(good, channel="x" * 5000)), "schema_violation"
+    return orjson.dumps(dict(good, customerId="c-1")), "schema_violation"  # a typo'd field
+
+
+def test_a_flood_of_hostile_messages_lands_in_dead_letters_and_the_valid_ones_in_clickhouse(
+    tmp_path,
+):
+    rng = random.Random(13)
+    bad = [hostile(n, rng) for n in range(100_000)]
+    valid = [make_event(i, customer_id=f"c-{i % 500}") for i in range(10_000)]
+    messages = [(None, value) for value, _ in bad]
+    for position, message in zip(
+        sorted(rng.sample(range(len(messages)), 500)), as_messages(valid, 20), strict=True
+    ):
+        messages.insert(position, message)  # envelopes of valid events in between
+    with (
+        LocalBroker(log_path=tmp_path / "broker.log") as broker,
+        broker.worker(tmp_path, PARCOURS_SINK_BATCH_MAX="20000") as worker,
+    ):
+        produce(broker.bootstrap, "touchpoints", messages)
+        worker.wait_for_rows({"touchpoints": 10_000, "dead_letters": 100_000}, timeout=300)
+        assert worker.process.poll() is None
+    with clickhouse(tmp_path / "clickhouse") as client:
+        reasons = dict(
+            client.query("SELECT reason, count() FROM dead_letters GROUP BY reason").result_rows
+        )
+        stored = client.query("SELECT count(), uniqExact(event_id) FROM touchpoints").result_rows
+    assert reasons == dict(Counter(reason for _, reason in bad))
+    assert stored == [(10_000, 10_000)]
