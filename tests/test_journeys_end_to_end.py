@@ -175,18 +175,47 @@ def arrival_order(customers, seed=11):
     return [event for _, _, event in sorted(timed)]
 
 
-def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
-    now_ms = int(time.time() * 1000)
-    # Customers start 4 to 3.4 hours ago; then a clock touchpoint (a signal in no journey)
-    # on every partition brings each watermark to the present, deciding every leak due.
+def scripted_run(now_ms: int) -> tuple[list[dict], set, set, set]:
+    """(events in arrival order, expected journeys, leaks, survey decisions).
+
+    Customers start 4 to 3.4 hours ago; then a clock touchpoint (a signal in no journey)
+    on every partition brings each watermark to the present, deciding every leak due.
+    """
     customers = [script(i, now_ms - 4 * 3_600_000 + i * 7_000) for i in range(300)]
-    expected = set().union(*(c[2] for c in customers))
-    expected_leaks = set().union(*(c[3] for c in customers))
-    expected_surveys = set().union(*(c[4] for c in customers))
     events = arrival_order(customers)
     clocks = {kafka_partition(f"clock-{n}", 4): f"clock-{n}" for n in range(50)}
     assert len(clocks) == 4
     events += [touch(0, "login", now_ms - 120_000, customer_id=key) for key in clocks.values()]
+    return (
+        events,
+        set().union(*(c[2] for c in customers)),
+        set().union(*(c[3] for c in customers)),
+        set().union(*(c[4] for c in customers)),
+    )
+
+
+def decisions(client) -> tuple[set, set, set]:
+    """(journeys, leaks, survey decisions) as ClickHouse holds them, in the script's terms."""
+    rows = client.query(
+        "SELECT journey, customer_key, status, stage, path FROM journeys FINAL "
+        "WHERE status != 'superseded'"
+    ).result_rows
+    leaks = client.query("SELECT rule, customer_key, anchor_event_id FROM leaks FINAL")
+    invited = client.query(
+        "SELECT rule, customer_key, anchor_event_id, 'sent' FROM survey_invitations FINAL"
+    ).result_rows
+    suppressed = client.query(
+        "SELECT rule, customer_key, anchor_event_id, reason FROM survey_suppressions FINAL"
+    ).result_rows
+    assert len(set(invited) | set(suppressed)) == len(invited) + len(suppressed)
+    journeys = {(j, c, s, st, tuple(p)) for j, c, s, st, p in rows}
+    assert len(journeys) == len(rows)
+    return journeys, set(leaks.result_rows), set(invited) | set(suppressed)
+
+
+def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
+    now_ms = int(time.time() * 1000)
+    events, expected, expected_leaks, expected_surveys = scripted_run(now_ms)
     # Half an hour behind the watermark when it arrives last: late (lateness is 60 s).
     events.append(touch(0, "site_visit", now_ms - 30 * 60_000, customer_id="cust-late"))
     messages = [
@@ -220,10 +249,7 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
         leaks_counted = worker.metric_sum("parcours_leaks_total")
 
     with clickhouse(tmp_path / "clickhouse") as client:
-        rows = client.query(
-            "SELECT journey, customer_key, status, stage, path FROM journeys FINAL "
-            "WHERE status != 'superseded'"
-        ).result_rows
+        journeys, leaks, surveys = decisions(client)
         dangling = client.query(
             "SELECT count() FROM journeys FINAL WHERE status = 'superseded' AND superseded_by "
             "NOT IN (SELECT journey_id FROM journeys FINAL)"
@@ -234,15 +260,6 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
         stored = client.query(
             "SELECT count() FROM touchpoints WHERE customer_key = 'cust-late'"
         ).result_rows[0][0]
-        leaks = client.query(
-            "SELECT rule, customer_key, anchor_event_id FROM leaks FINAL"
-        ).result_rows
-        invited = client.query(
-            "SELECT rule, customer_key, anchor_event_id, 'sent' FROM survey_invitations FINAL"
-        ).result_rows
-        suppressed = client.query(
-            "SELECT rule, customer_key, anchor_event_id, reason FROM survey_suppressions FINAL"
-        ).result_rows
         scores = client.query(
             "SELECT metric, value, responses, score FROM scores WHERE cut = 'touchpoint' "
             "ORDER BY metric"
@@ -263,9 +280,8 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
         linked = client.query(
             "SELECT count() FROM touchpoint_journeys WHERE event_id LIKE 'anon-%'"
         ).result_rows[0][0]
-    got = {(j, c, s, st, tuple(p)) for j, c, s, st, p in rows}
-    assert got == expected
-    assert len(rows) == len(expected) == 300
+    assert journeys == expected
+    assert len(expected) == 300
     assert dangling == 0
     assert late == [("$.ts", "touchpoints-resolved")]  # only the deliberately late one
     assert stored == 1  # kept as a touchpoint, out of journeys
@@ -273,13 +289,11 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
     # 60 s lateness) and ticks carry idle partitions on with the wall clock.
     assert set(watermarks) == {"0", "1", "2", "3"}
     assert all(value >= (now_ms - 180_000) / 1000 for value in watermarks.values())
-    assert set(leaks) == expected_leaks
+    assert leaks == expected_leaks
     # 38 abandoned checkouts, 37 repeat callers, 9 detractors: each once
-    assert len(leaks) == len(expected_leaks) == 84
-    got_surveys = set(invited) | set(suppressed)
-    assert sorted(expected_surveys - got_surveys)[:10] == []
-    assert sorted(got_surveys - expected_surveys)[:10] == []
-    assert len(invited) + len(suppressed) == len(expected_surveys)
+    assert len(expected_leaks) == 84
+    assert sorted(expected_surveys - surveys)[:10] == []
+    assert sorted(surveys - expected_surveys)[:10] == []
 
     # Scores as the views compute them, against the scripted answers.
     csat = [csat_score(i) for i in range(300) if i % 16 == 9 and sampled_in(csat_id(cust(i)), 0.8)]
