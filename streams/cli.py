@@ -113,20 +113,64 @@ def demo(customers: int, seed: int, data_dir: Path, timeout: float) -> None:
     run_demo(customers, seed, data_dir, timeout)
 
 
+def _numbers(kind: type) -> Callable:
+    def parse(_ctx: object, param: click.Parameter, value: str) -> list:
+        try:
+            numbers = [kind(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: give comma-separated numbers, e.g. 1,2") from None
+        if any(n <= 0 for n in numbers):
+            raise click.BadParameter(f"{value!r}: every number must be above 0")
+        return numbers
+
+    return parse
+
+
 @main.command()
 @click.option("--customers", default=10_000, show_default=True, help="synthetic customers")
 @click.option("--envelope", default=50, show_default=True, help="events per batch envelope")
+@click.option(
+    "--partitions", default=4, show_default=True, help="partitions of every topic (parallelism)"
+)
+@click.option(
+    "--workers",
+    default="1,2",
+    show_default=True,
+    callback=_numbers(int),
+    help="worker process counts to compare on envelopes, e.g. 1,2",
+)
+@click.option(
+    "--rate",
+    "rates",
+    default="1000,5000",
+    show_default=True,
+    callback=_numbers(float),
+    help="events/s of the paced live streams whose latency is measured; '' for none",
+)
+@click.option(
+    "--latency-seconds", default=20.0, show_default=True, help="seconds each paced stream lasts"
+)
+@click.option(
+    "--batch-seconds",
+    type=float,
+    help="the agents' batch window for the latency runs [default: PARCOURS_BATCH_SECONDS, 0.5]",
+)
 @click.option("--seed", default=7, show_default=True)
 @_work_dir_option("bench")
 @click.option("--timeout", default=600.0, show_default=True, help="seconds per run")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable figures")
-def bench(
-    customers: int, envelope: int, seed: int, data_dir: Path, timeout: float, as_json: bool
-) -> None:
-    """Measure events/s of the pipeline (journeys on) against the pure core, and memory."""
+def bench(as_json: bool, **options: object) -> None:
+    """Measure throughput, latency and memory against baselines measured in the same run.
+
+    Runs, on the same synthetic events: the pure core in-process; the ClickHouse sink; a
+    bare Faust agent that only decodes the messages (the baseline); the full pipeline
+    on the local stack with one event per message and with batch envelopes, with each
+    worker count of --workers; then a paced live stream per --rate, timing every event
+    to its row in ClickHouse and to its survey invitation. Takes a few minutes.
+    """
     from streams.bench import run_bench
 
-    run_bench(customers, envelope, seed, data_dir, timeout, as_json)
+    run_bench(as_json=as_json, **options)
 
 
 @main.command()

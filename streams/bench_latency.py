@@ -1,0 +1,168 @@
+"""Latency of a live stream, for `parcours bench`.
+
+A simulated population sends touchpoints paced at a given rate (event time = the wall
+clock at send) to one worker on the local stack. Afterwards the worker's ClickHouse
+tells, exactly and per row:
+  event → row visible       touchpoints.inserted_at (ClickHouse's clock) - ts
+  event → invitation        survey_invitations.decided_at (the worker's clock when it
+                            decided) - trigger_at, for invitations a touchpoint or a
+                            journey stage triggered.
+Invitations are decided in event-time order once the watermark passes their trigger, so
+in production they also wait `allowed_lateness`; the bench sets it to `lateness` (0 by
+default) to measure the processing itself, and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from clickhouse_connect.driver.client import Client
+
+from streams.clickhouse import connect
+from streams.local_stack import LocalBroker, peak_rss_mb
+from streams.produce import create_topics
+from streams.producer import TouchpointProducer
+from streams.settings import WORKER_TOPICS, Settings
+from streams.simulate import Faults, Pace, Summary, deliveries, run
+
+WARM_UP_SECONDS = 3.0  # left out of the figures: the first batches meet cold caches
+TAIL_SECONDS = 3.0  # left out: the last triggers wait for a tick to pass the watermark
+WINDOW = "BETWEEN {since:DateTime64(3, 'UTC')} AND {until:DateTime64(3, 'UTC')}"
+TO_ROW = f"""
+    SELECT count(), quantiles(0.5, 0.95, 0.99)(dateDiff('ms', ts, inserted_at))
+    FROM touchpoints WHERE ts {WINDOW}"""
+TO_INVITATION = f"""
+    SELECT count(), quantiles(0.5, 0.95, 0.99)(dateDiff('ms', trigger_at, decided_at))
+    FROM survey_invitations FINAL
+    WHERE trigger IN ('touchpoint', 'completion') AND trigger_at {WINDOW}"""
+
+
+@dataclass
+class Percentiles:
+    count: int = 0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+
+    def text(self) -> str:
+        if not self.count:
+            return "no samples"
+        return (
+            f"p50 {self.p50_ms:,.0f} ms, p95 {self.p95_ms:,.0f} ms, p99 {self.p99_ms:,.0f} ms "
+            f"({self.count:,} samples)"
+        )
+
+
+@dataclass
+class Latency:
+    rate_requested: float
+    rate_sent: float
+    events: int
+    lateness: str
+    batch_seconds: float
+    to_row: Percentiles = field(default_factory=Percentiles)
+    to_invitation: Percentiles = field(default_factory=Percentiles)
+    worker_peak_rss_mb: float | None = None
+
+    def summary(self) -> str:
+        return (
+            f"latency at {self.rate_requested:,.0f} events/s requested, "
+            f"{self.rate_sent:,.0f} sent ({self.events:,} events; agent batches "
+            f"≤{self.batch_seconds:g} s; allowed_lateness {self.lateness}):\n"
+            f"  event → row visible in ClickHouse: {self.to_row.text()}\n"
+            f"  event → survey invitation decided: {self.to_invitation.text()}"
+        )
+
+
+def config_with_lateness(source: Path, lateness: str, target: Path) -> Path:
+    text, n = re.subn(r"(?m)^(\s+allowed_lateness:\s*)\S+", rf"\g<1>{lateness}", source.read_text())
+    if n != 1:
+        raise ValueError(f"{source}: no single event_time.allowed_lateness to override")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    return target
+
+
+def percentiles(client: Client, sql: str, parameters: dict) -> Percentiles:
+    count, values = client.query(sql, parameters=parameters).result_rows[0]
+    if not count:
+        return Percentiles()
+    return Percentiles(count, *(float(v) for v in values))
+
+
+def measure_latency(
+    rate: float,
+    seconds: float,
+    batch_seconds: float | None,
+    partitions: int,
+    seed: int,
+    work: Path,
+    timeout: float,
+    lateness: str = "0s",
+) -> Latency:
+    from streams.bench import wait_for, wait_ready  # the throughput runs' helpers
+
+    shutil.rmtree(work, ignore_errors=True)
+    settings = Settings()
+    config = config_with_lateness(settings.config_path, lateness, work / "journeys.yaml")
+    env = {
+        "PARCOURS_CONFIG": str(config),
+        "PARCOURS_PARTITIONS": str(partitions),
+        "PARCOURS_TICK_SECONDS": "1",
+    }
+    if batch_seconds is not None:
+        env["PARCOURS_BATCH_SECONDS"] = str(batch_seconds)
+    limit = int(rate * seconds)
+    with LocalBroker(log_path=work / "broker.log") as broker:
+        asyncio.run(create_topics(broker.bootstrap, WORKER_TOPICS, partitions))
+        with broker.worker(work / "worker", **env) as worker:
+            wait_ready([worker], timeout)
+            started = datetime.now(UTC)
+            summary = asyncio.run(send_paced(broker.bootstrap, rate, limit, seed, started))
+            sent_seconds = time.monotonic() - summary.started
+            wait_for(
+                lambda: worker.sink_rows("touchpoints") >= summary.messages,
+                timeout,
+                "not every touchpoint landed in ClickHouse",
+                poll=0.25,
+            )
+            worker.wait_until_quiet("survey_invitations", quiet_seconds=3.0, timeout=timeout)
+            rss = peak_rss_mb(worker.process.pid)
+        client = connect(worker.clickhouse_url)
+        try:
+            window = {
+                "since": started + timedelta(seconds=WARM_UP_SECONDS),
+                "until": started + timedelta(seconds=sent_seconds - TAIL_SECONDS),
+            }
+            to_row = percentiles(client, TO_ROW, window)
+            to_invitation = percentiles(client, TO_INVITATION, window)
+        finally:
+            client.close()
+    return Latency(
+        rate,
+        summary.messages / sent_seconds,
+        summary.messages,
+        lateness,
+        batch_seconds if batch_seconds is not None else settings.batch_seconds,
+        to_row,
+        to_invitation,
+        rss,
+    )
+
+
+async def send_paced(
+    bootstrap: str, rate: float, limit: int, seed: int, start: datetime
+) -> Summary:
+    """The simulator's population at `rate`, no delivery faults, event time = now."""
+    settings = Settings().with_overrides(broker=bootstrap, producer_idempotent=False)
+    stream = deliveries(seed, start, Pace(rate), faults=Faults(0.0, 0.0), max_gap_seconds=20)
+    async with TouchpointProducer(settings=settings, linger_seconds=0.02) as producer:
+        return await run(
+            stream, producer.send, limit, paced=True, summary=Summary(), progress_every=1e9
+        )
