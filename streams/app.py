@@ -33,7 +33,13 @@ from streams import metrics, worker_metrics
 from streams.config import Config
 from streams.events import LATE, Rejection, parser_for
 from streams.eventtime import NEVER
-from streams.ingest import DeadLetter, RawMessage, ingest_batch, kafka_partition
+from streams.ingest import (
+    DeadLetter,
+    RawMessage,
+    ingest_batch,
+    kafka_partition,
+)
+from streams.payloads import batch_payloads
 from streams.rows import (
     DEAD_LETTER_COLUMNS,
     OUTPUT_ROWS,
@@ -140,10 +146,9 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
                 dedupe_max_ids=settings.dedupe_max_ids_per_key,
             )
             acks = [
-                await resolved.send(
-                    key=None, value=orjson.dumps({"events": batch}), partition=partition
-                )
+                await resolved.send(key=None, value=payload, partition=partition)
                 for partition, batch in outcome.forward.items()
+                for payload in batch_payloads(batch)
             ]
             acks += [
                 await dead_letter_topic.send(
@@ -213,10 +218,16 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
                 await resolved.send(key=key.encode(), value=orjson.dumps(doc))
                 for key, doc in result.sends
             ]
+            # One message per kind and partition, not per customer: each message costs the
+            # producer and every sink agent far more than its rows do.
+            batches: dict[tuple[str, int], list[dict]] = {}
+            for kind, rows_by_key in result.rows.items():
+                for key, rows in rows_by_key.items():
+                    batches.setdefault((kind, result.states[key][0]), []).extend(rows)
             acks += [
-                await outputs[kind].send(key=key.encode(), value=orjson.dumps({kind: rows}))
-                for kind, rows_by_key in result.rows.items()
-                for key, rows in rows_by_key.items()
+                await outputs[kind].send(key=None, value=payload, partition=partition)
+                for (kind, partition), rows in batches.items()
+                for payload in batch_payloads(rows, kind)
             ]
             for message, event in result.late:
                 letter = _late_letter(message, event, resolved.get_topic_name())

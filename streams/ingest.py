@@ -10,6 +10,7 @@ seen ids, then commit offsets. A crash in between re-sends; it never drops.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -72,6 +73,7 @@ class IngestOutcome:
     tally: Counter = field(default_factory=Counter)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # asked twice per event, for few distinct keys
 def kafka_partition(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2) picks for `key`."""
     all_partitions = list(range(partitions))

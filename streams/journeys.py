@@ -15,6 +15,7 @@ sealed instance, so a recompute never reopens what was sealed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ def new_state() -> dict:
     return {"events": [], "floors": {}, "emitted": {}, "alias": None}
 
 
+@functools.lru_cache(maxsize=1 << 16)  # asked for every open journey on each step
 def journey_id(journey: str, entry_event_id: str) -> str:
     """Stable across merges and replays: the journey and the event that opened it."""
     return hashlib.blake2b(f"{journey}/{entry_event_id}".encode(), digest_size=12).hexdigest()

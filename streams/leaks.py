@@ -19,6 +19,7 @@ it is reported once whatever the order of arrival, the batch sizes, merges or re
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ class Leak:
     anchor: list  # the touchpoint the leak is about: [ts_ms, event_id, type, channel]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # hashed again for every open journey on each step
 def leak_id(rule: str, anchor_event_id: str) -> str:
     return hashlib.blake2b(f"{rule}/{anchor_event_id}".encode(), digest_size=12).hexdigest()
 

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
-from streams.ingest import RawMessage, dead_letter_id, ingest_batch, kafka_partition
+from streams.ingest import (
+    RawMessage,
+    dead_letter_id,
+    ingest_batch,
+    kafka_partition,
+)
+from streams.payloads import batch_payloads
 from streams.rows import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, dead_letter_row, touchpoint_row
 from tests.conftest import NOW_MS, make_event
 
@@ -135,3 +143,23 @@ def test_events_are_forwarded_in_arrival_order_across_customers(parser, config):
         assert offsets == sorted(offsets)
     assert sum(len(v) for v in outcome.forward.values()) == 200
     assert len(outcome.forward) == 4  # 40 customers spread over the 4 partitions
+
+
+@given(
+    st.lists(st.dictionaries(st.text(max_size=5), st.text(max_size=300), max_size=4), max_size=60),
+    st.integers(min_value=20, max_value=2000),
+)
+def test_forwarded_batches_are_split_below_the_size_limit_in_order(events, max_bytes):
+    payloads = batch_payloads(events, "events", max_bytes)
+    decoded = [orjson.loads(p)["events"] for p in payloads]
+    assert [e for batch in decoded for e in batch] == events
+    for payload, batch in zip(payloads, decoded, strict=True):
+        assert batch, "no empty payloads"
+        assert len(payload) <= max_bytes or len(batch) == 1
+
+
+def test_a_large_batch_for_one_partition_is_several_messages():
+    events = [make_event(f"e{i}", properties={"note": "x" * 1000}) for i in range(2000)]
+    payloads = batch_payloads(events)
+    assert len(payloads) >= 4
+    assert all(len(p) <= 512 * 1024 for p in payloads)
