@@ -316,6 +316,69 @@ def collector(host: str, **overrides: object) -> None:
         )
 
 
+@main.command()
+@BROKER_OPTION
+@click.option(
+    "--destinations",
+    "destinations_path",
+    type=click.Path(path_type=Path),
+    envvar="PARCOURS_DESTINATIONS",
+    required=True,
+    help="YAML file of webhooks and templates (see README) [env PARCOURS_DESTINATIONS]",
+)
+@click.option(
+    "--ledger",
+    type=click.Path(path_type=Path),
+    help="delivery ledger (SQLite) [default: PARCOURS_DATA_DIR/dispatcher/ledger.db]",
+)
+@click.option(
+    "--group",
+    default="parcours-dispatcher",
+    show_default=True,
+    help="consumer group; dispatchers of one group share the work",
+)
+@click.option(
+    "--metrics-port",
+    default="9110",
+    show_default=True,
+    envvar="PARCOURS_METRICS_PORT",
+    help="/metrics port or range, 0 for none [env PARCOURS_METRICS_PORT]",
+)
+def dispatcher(
+    destinations_path: Path, ledger: Path | None, group: str, metrics_port: str, **overrides: object
+) -> None:
+    """Deliver survey invitations to survey tools' webhooks, once each.
+
+    Reads `survey-invitations`; POSTs each invitation (JSON from the destination's
+    template, HMAC-SHA256 signed, Idempotency-Key = invitation id) to every destination,
+    with retries and backoff, a rate limit, and the `dispatch-dlq` topic after the last
+    attempt. A ledger makes restarts skip what was delivered. Stops on Ctrl-C or SIGTERM.
+    """
+    import asyncio
+    import logging
+
+    from streams import metrics
+    from streams.destinations import DestinationsError, load_destinations
+    from streams.dispatcher import run_dispatcher
+
+    settings = Settings().with_overrides(**overrides)
+    if not settings.broker:
+        raise click.UsageError(LOCAL_STACK_HINT.format(what="broker"))
+    try:
+        destinations = load_destinations(destinations_path)
+    except DestinationsError as exc:
+        raise click.ClickException(str(exc)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    port = metrics.serve(metrics_port)
+    ledger = ledger or settings.data_dir / "dispatcher" / "ledger.db"
+    click.echo(
+        f"dispatcher: {len(destinations)} destination(s), ledger {ledger}"
+        + (f", metrics on :{port}/metrics" if port else "")
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_dispatcher(settings, destinations, ledger, group))
+
+
 RATE = click.FloatRange(0.0, 1.0)
 
 

@@ -215,6 +215,26 @@ class AnswerScores:
             SURVEY_SCORE.labels(metric, subject).set(running_score(metric, *tally))
 
 
+# parcours dispatcher (see streams.dispatcher).
+DISPATCHED = Counter(
+    "parcours_dispatch_total",
+    "Invitations handled by the dispatcher, by destination and result "
+    "(delivered, already_delivered, dead_lettered)",
+    ["destination", "result"],
+)
+DISPATCH_ATTEMPTS = Counter(
+    "parcours_dispatch_attempts_total",
+    "HTTP requests to destinations, by destination and outcome (ok, retry, refused)",
+    ["destination", "outcome"],
+)
+DISPATCH_SECONDS = Histogram(
+    "parcours_dispatch_seconds",
+    "Seconds from taking an invitation to its delivery, retries included",
+    ["destination"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+
+
 def running_score(metric: str, n: float, positive: float, negative: float, total: float) -> float:
     if metric == "nps":
         return 100 * (positive - negative) / n

@@ -23,6 +23,8 @@ LEAKS = "leaks"
 SURVEY_INVITATIONS = "survey-invitations"
 SURVEY_SUPPRESSIONS = "survey-suppressions"
 CUSTOMER_HEALTH = "customer-health"
+# Invitations `parcours dispatcher` gave up on (see streams.dispatcher).
+DISPATCH_DLQ = "dispatch-dlq"
 # What the journey step publishes: kind -> (topic, ClickHouse table). Each message is
 # {kind: [rows]} for one customer key.
 OUTPUT_TOPICS = {

@@ -1,0 +1,343 @@
+"""parcours dispatcher: destinations, templates, signatures, retries, the ledger, and
+end to end through the local broker to an HTTP receiver run by the test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.destinations import (
+    IDEMPOTENCY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    Destination,
+    DestinationsError,
+    TokenBucket,
+    load_destinations,
+    render,
+    sign,
+    verify,
+)
+from streams.dispatcher import Dispatcher, Ledger, invitations_of
+from streams.local_stack import LocalBroker
+from streams.produce import produce
+from streams.settings import SURVEY_INVITATIONS
+
+SECRET = b"test-secret"
+
+
+class Receiver:
+    """A webhook receiver: records each request; answers 500 to the first `fail_first`,
+    then `status`."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.requests: list[dict] = []
+        self.fail_first = 0
+        self.status = 200
+        self.delay = delay
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                time.sleep(receiver.delay)
+                with receiver.lock:
+                    failing = len(receiver.requests) < receiver.fail_first
+                    status = 500 if failing else receiver.status
+                    receiver.requests.append(
+                        {"headers": dict(self.headers), "body": body, "status": status}
+                    )
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def accepted(self) -> list[dict]:
+        with self.lock:
+            return [r for r in self.requests if r["status"] == 200]
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def invitation(n: int, **fields) -> dict:
+    return {
+        "invitation_id": f"inv-{n:04d}",
+        "rule": "ces_after_support_call",
+        "metric": "ces",
+        "customer_key": f"c-{n}",
+        "send_at_ms": 1_700_000_000_000 + n,
+        **fields,
+    }
+
+
+def destination(url: str, **fields) -> Destination:
+    options = {"backoff_seconds": 0.01, "max_backoff_seconds": 0.05, "rate_limit": 1000.0}
+    return Destination("tool", url, SECRET, **{**options, **fields})
+
+
+async def dispatch(tmp_path: Path, dest: Destination, items: list[dict]) -> list:
+    import aiohttp
+
+    dead = []
+
+    async def dead_letter(item, d, reason):
+        dead.append((item["invitation_id"], d.name, reason))
+
+    ledger = Ledger(tmp_path / "ledger.db")
+    async with aiohttp.ClientSession() as session:
+        await Dispatcher([dest], ledger, session, dead_letter).deliver_all(items)
+    ledger.close()
+    return dead
+
+
+# --- templates, signatures, limits ----------------------------------------------------
+
+
+def test_template_keeps_types_formats_strings_and_recurses():
+    template = {
+        "email": "{customer_key}",
+        "when": "{send_at_ms}",
+        "subject": "How was your {metric}?",
+        "tags": ["{rule}", "fixed"],
+        "missing": "{nope}",
+        "n": 3,
+    }
+    assert render(template, invitation(7)) == {
+        "email": "c-7",
+        "when": 1_700_000_000_007,
+        "subject": "How was your ces?",
+        "tags": ["ces_after_support_call", "fixed"],
+        "missing": None,
+        "n": 3,
+    }
+    assert render("x {nope} y", {}) == "x  y"
+
+
+@given(st.binary(max_size=200), st.integers(min_value=0, max_value=2**31))
+def test_a_signature_verifies_and_any_change_breaks_it(body, timestamp):
+    signature = sign(SECRET, timestamp, body)
+    assert verify(SECRET, str(timestamp), body, signature, now=timestamp)
+    assert not verify(SECRET, str(timestamp), body + b"x", signature, now=timestamp)
+    assert not verify(b"other", str(timestamp), body, signature, now=timestamp)
+    assert not verify(SECRET, str(timestamp), body, signature, now=timestamp + 301)
+
+
+def test_backoff_doubles_up_to_the_cap():
+    d = Destination("x", "http://h", backoff_seconds=0.5, max_backoff_seconds=3.0)
+    assert [d.backoff(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def test_token_bucket_holds_the_rate():
+    bucket = TokenBucket(10.0, updated=0.0)
+    waits = [bucket.wait_seconds(now=0.0) for _ in range(30)]
+    assert waits[:10] == [0.0] * 10  # a burst of `rate`
+    assert waits[10:] == pytest.approx([(n + 1) / 10 for n in range(20)])
+
+
+# --- destinations files -----------------------------------------------------------------
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "destinations.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_destinations_file_loads_with_defaults_and_the_secret_from_the_environment(tmp_path):
+    path = write(
+        tmp_path,
+        "destinations:\n  tool:\n    url: https://h/x\n    secret_env: HOOK_SECRET\n"
+        "    timeout: 2s\n    max_attempts: 3\n    template: {email: '{customer_key}'}\n",
+    )
+    [d] = load_destinations(path, env={"HOOK_SECRET": "s3"})
+    assert (d.name, d.url, d.secret, d.timeout_seconds, d.max_attempts) == (
+        "tool",
+        "https://h/x",
+        b"s3",
+        2.0,
+        3,
+    )
+    assert d.body(invitation(1)) == {"email": "c-1"}
+    assert Destination("x", "http://h").body(invitation(1)) == invitation(1)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("destinations:\n  tool: {}\n", "destinations/tool: 'url' is a required property"),
+        (
+            "destinations:\n  tool: {url: ftp://h}\n",
+            "destinations/tool/url: 'ftp://h' does not match",
+        ),
+        ("destinations:\n  tool: {url: 'http://h', timeout: 5}\n", "destinations/tool/timeout"),
+        ("destinations:\n  tool: {url: 'http://h', retries: 5}\n", "'retries' was unexpected"),
+        ("destinations:\n  tool: {url: 'http://h', secret_env: NOPE}\n", "NOPE is not set"),
+        ("destinations: [\n", "not valid YAML"),
+    ],
+)
+def test_destinations_file_errors_name_the_field(tmp_path, text, message):
+    with pytest.raises(DestinationsError, match=r"destinations\.yaml: ") as caught:
+        load_destinations(write(tmp_path, text), env={})
+    assert message in str(caught.value)
+
+
+def test_a_message_that_is_not_invitations_is_recognised():
+    assert invitations_of(b'{"invitations": [{"invitation_id": "a"}]}') == [{"invitation_id": "a"}]
+    for bad in (b"", b"nope", b"[]", b'{"invitations": 3}', b'{"invitations": [1]}', None):
+        assert invitations_of(bad) is None
+
+
+# --- delivery against a receiver -------------------------------------------------------------
+
+
+def test_each_invitation_is_posted_once_signed_with_its_idempotency_key(tmp_path, receiver):
+    items = [invitation(n) for n in range(20)]
+    items += items[:5]  # the same invitation twice in one batch
+    assert asyncio.run(dispatch(tmp_path, destination(receiver.url), items)) == []
+    ids = Counter(r["headers"][IDEMPOTENCY_HEADER] for r in receiver.accepted())
+    assert ids == Counter({f"inv-{n:04d}": 1 for n in range(20)})
+    for r in receiver.accepted():
+        h = r["headers"]
+        assert verify(SECRET, h[TIMESTAMP_HEADER], r["body"], h[SIGNATURE_HEADER])
+        assert orjson.loads(r["body"])["invitation_id"] == h[IDEMPOTENCY_HEADER]
+
+
+def test_a_restart_skips_what_the_ledger_says_was_delivered(tmp_path, receiver):
+    """A stopped dispatcher reads its last batch again: the ledger sends none twice."""
+    items = [invitation(n) for n in range(10)]
+    asyncio.run(dispatch(tmp_path, destination(receiver.url), items[:6]))
+    asyncio.run(dispatch(tmp_path, destination(receiver.url), items))  # reads them all again
+    assert len(receiver.accepted()) == 10
+
+
+def test_server_errors_are_retried_until_accepted(tmp_path, receiver):
+    receiver.fail_first = 5
+    dest = destination(receiver.url, max_attempts=30)
+    assert asyncio.run(dispatch(tmp_path, dest, [invitation(1)])) == []
+    statuses = [r["status"] for r in receiver.requests]
+    assert statuses[-1] == 200 and statuses.count(200) == 1 and 500 in statuses
+
+
+def test_a_refusal_or_the_last_failure_goes_to_the_dead_letters(tmp_path, receiver):
+    receiver.status = 422
+    dead = asyncio.run(dispatch(tmp_path, destination(receiver.url), [invitation(1)]))
+    assert dead == [("inv-0001", "tool", "HTTP 422: ")]
+    assert len(receiver.requests) == 1  # a 4xx is not retried
+    receiver.status = 503
+    dead = asyncio.run(
+        dispatch(tmp_path / "2", destination(receiver.url, max_attempts=3), [invitation(2)])
+    )
+    assert dead == [("inv-0002", "tool", "HTTP 503: ")]
+    assert len(receiver.requests) == 1 + 3
+
+
+def test_an_unreachable_destination_is_retried_then_dead_lettered(tmp_path):
+    dest = destination("http://127.0.0.1:9/hook", max_attempts=2, timeout_seconds=0.5)
+    [(item_id, _, reason)] = asyncio.run(dispatch(tmp_path, dest, [invitation(3)]))
+    assert item_id == "inv-0003" and "Connect" in reason
+
+
+# --- end to end ---------------------------------------------------------------------------
+
+
+def start_dispatcher(broker: LocalBroker, tmp_path: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "KAFKA_BROKER": broker.bootstrap,
+        "PARCOURS_PRODUCER_IDEMPOTENT": "0",
+        "PARCOURS_WEBHOOK_SECRET": SECRET.decode(),
+    }
+    log = open(tmp_path / "dispatcher.log", "ab")  # noqa: SIM115 - the child keeps it
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streams",
+            "dispatcher",
+            "--destinations",
+            str(tmp_path / "destinations.yaml"),
+            "--ledger",
+            str(tmp_path / "ledger.db"),
+            "--metrics-port",
+            "0",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_end_to_end_every_invitation_lands_through_500s_and_a_kill(tmp_path):
+    receiver = Receiver(delay=0.01)
+    (tmp_path / "destinations.yaml").write_text(
+        "destinations:\n"
+        f"  tool:\n    url: {receiver.url}\n    secret_env: PARCOURS_WEBHOOK_SECRET\n"
+        "    backoff: 0.1s\n    max_backoff: 0.5s\n    max_attempts: 50\n    rate_limit: 200\n"
+        "    concurrency: 4\n"
+    )
+    items = [invitation(n) for n in range(300)]
+    # As the worker publishes them: a message per batch; a restarted worker repeats some.
+    messages = [(None, orjson.dumps({"invitations": items[i : i + 10]})) for i in range(0, 300, 10)]
+    messages += [(None, orjson.dumps({"invitations": items[:10]}))]
+    with LocalBroker(log_path=tmp_path / "broker.log") as broker:
+        produce(broker.bootstrap, SURVEY_INVITATIONS, messages)
+        receiver.fail_first = 60  # the survey tool is down at first
+        first = start_dispatcher(broker, tmp_path)
+        try:
+            wait_until(lambda: len(receiver.accepted()) >= 80, 60, "no deliveries")
+            first.send_signal(signal.SIGKILL)  # mid-delivery: requests are in flight
+            first.wait()
+            second = start_dispatcher(broker, tmp_path)
+            try:
+                wait_until(lambda: len(receiver.accepted()) >= 300, 120, "not all delivered")
+                time.sleep(1.0)  # anything more would be a duplicate
+            finally:
+                second.send_signal(signal.SIGTERM)
+                assert second.wait(30) == 0
+        finally:
+            first.kill()
+            receiver.close()
+    accepted = receiver.accepted()
+    ids = Counter(r["headers"][IDEMPOTENCY_HEADER] for r in accepted)
+    assert set(ids) == {item["invitation_id"] for item in items}
+    # Only requests in flight at the SIGKILL can come twice (the destination answered,
+    # the ledger was not written yet); they carry the same Idempotency-Key to dedupe on.
+    assert sum(n - 1 for n in ids.values()) <= 4  # concurrency
+    assert any(r["status"] == 500 for r in receiver.requests)
+    for r in accepted:
+        h = r["headers"]
+        assert verify(SECRET, h[TIMESTAMP_HEADER], r["body"], h[SIGNATURE_HEADER])
