@@ -53,6 +53,15 @@ class Journey:
     goal: frozenset[str]
     expiry_ms: int
     goal_stage: int  # the furthest stage a goal reaches; later stages come after the goal
+    # Re-entry: may an entry touchpoint start another instance? never; after_exit (once
+    # the previous one completed or closed); always (an open one ends, a new one starts).
+    reentry: str = "after_exit"
+    # ... and not within this long after the previous instance's exit (after_exit) or
+    # start (always).
+    cooldown_ms: int = 0
+    # An entry touchpoint that may not start an instance while one is open: attach (it
+    # joins the open one) or ignore (counted, kept out of the journey).
+    blocked_entry: str = "attach"
 
 
 @dataclass(frozen=True)
@@ -161,6 +170,9 @@ def _journey(name: str, spec: dict) -> Journey:
         goal=frozenset(spec["goal"]),
         expiry_ms=duration_ms(spec["expiry"]),
         goal_stage=max(stage_of.get(touchpoint, -1) for touchpoint in spec["goal"]),
+        reentry=spec.get("reentry", "after_exit"),
+        cooldown_ms=duration_ms(spec.get("cooldown", "0s")),
+        blocked_entry=spec.get("blocked_entry", "attach"),
     )
 
 

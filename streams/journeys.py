@@ -3,6 +3,8 @@
 A journey instance opens on an entry touchpoint, advances through stages, completes on
 a goal touchpoint (then, and only then, later stages such as delivery attach), closes after
 `expiry` without any of its touchpoints, or when a new entry starts the next instance.
+Re-entry rules (never, after_exit, always, a cool-down) decide whether an entry may start
+another instance; one that may not joins the open instance or is ignored and counted.
 
 Journeys are a function of the customer's retained events sorted by (ts, event_id):
 any arrival order within the allowed lateness gives the same journeys, and merging two
@@ -30,7 +32,9 @@ MAX_EVENTS = 1000  # retained events per customer; beyond, the oldest go first
 
 # State layout (a JSON-friendly dict, stored in a Faust table per customer key):
 #   events:  [[ts_ms, event_id, type, channel], ...] sorted, not yet evicted
-#   floors:  {journey: [ts_ms, event_id]} last event of the last sealed instance
+#   floors:  {journey: [ts_ms, event_id, exit_ms, start_ms]} last event of the last
+#            sealed instance, and when it was left and started (for re-entry rules)
+#   ignored_entries: ids of retained entry touchpoints re-entry rules kept out (counted)
 #   emitted: {journey_id: [signature, journey, entry_event_id, stage]} what was last sent
 #   seq:     rows emitted so far; a row's version, so the latest row wins in ClickHouse
 #            (a journey id can come back after being superseded: content-based versions
@@ -108,32 +112,59 @@ class Instance:
 
 
 def run_journey(
-    journey: Journey, events: Iterable[Event], floor: Event | None, watermark_ms: int
+    journey: Journey,
+    events: Iterable[Event],
+    floor: Event | None,
+    watermark_ms: int,
+    ignored: list[str] | None = None,
 ) -> list[Instance]:
-    """The instances of one journey over sorted events (see module docstring)."""
+    """The instances of one journey over sorted events (see module docstring); the ids
+    of entry touchpoints the re-entry rules kept out go to `ignored`."""
     instances: list[Instance] = []
     current: Instance | None = None
+    reentry = _Reentry(journey, floor)
     for event in events:
         if floor is not None and event[:2] <= floor[:2]:
             continue
         if current is not None and current.deadline_ms <= event[0]:
             current.close(current.deadline_ms, expired=True)
+            reentry.exited(current)
             current = None
         stage = journey.stage_of.get(event[2])
         if stage is None:
             continue
+        is_entry = event[2] in journey.entry
         if (
             current is not None
             and current.completed_ms is not None
             and stage <= current.journey.goal_stage
         ):
+            if is_entry and not reentry.allowed(event[0], current):
+                _ignore(ignored, event)
+                continue
+            if journey.reentry == "never":  # no next instance: it stays in this one
+                current.add(event)
+                continue
             current.close(event[0], expired=False, by=event)  # the next instance starts here
+            reentry.exited(current)
             current = None
         if current is None:
-            if event[2] not in journey.entry:
+            if not is_entry:
+                continue
+            if not reentry.allowed(event[0]):
+                _ignore(ignored, event)
                 continue
             current = Instance(journey, entry=event)
             instances.append(current)
+        elif is_entry and current.completed_ms is None:  # an entry while one is open
+            if journey.reentry == "always" and reentry.allowed(event[0], current):
+                current.close(event[0], expired=True, by=event)
+                reentry.exited(current)
+                current = Instance(journey, entry=event)
+                instances.append(current)
+            elif journey.blocked_entry == "ignore":
+                _ignore(ignored, event)
+                continue
         elif current.completed_ms is None and stage > current.journey.goal_stage:
             continue  # after-goal stages (delivery) belong to completed journeys only
         current.add(event)
@@ -142,14 +173,62 @@ def run_journey(
     return instances
 
 
-def compute(config: Config, state: dict, watermark_ms: int) -> list[Instance]:
-    instances = [
-        instance
-        for journey in config.journeys.values()
-        for instance in run_journey(
-            journey, state["events"], state["floors"].get(journey.name), watermark_ms
-        )
-    ]
+class _Reentry:
+    """When an entry touchpoint may start another instance (the journey's re-entry rule),
+    given the previous instance: in this run, or sealed before it (its floor)."""
+
+    def __init__(self, journey: Journey, floor: Event | None) -> None:
+        self.journey = journey
+        self.previous = floor is not None
+        # Floors written before re-entry rules existed hold no exit and start times.
+        self.exit_ms = floor_exit_ms(floor) if floor is not None else None
+        self.start_ms = floor[3] if floor is not None and len(floor) > 3 else self.exit_ms
+
+    def exited(self, instance: Instance) -> None:
+        self.previous = True
+        self.exit_ms = exit_ms(instance)
+        self.start_ms = instance.entry[0]
+
+    def allowed(self, ts_ms: int, leaving: Instance | None = None) -> bool:
+        """May an entry at `ts_ms` start an instance (after `leaving`, if one is open)?"""
+        if leaving is not None:
+            previous, exit_at, start_at = True, exit_ms(leaving), leaving.entry[0]
+        else:
+            previous, exit_at, start_at = self.previous, self.exit_ms, self.start_ms
+        if not previous:
+            return True
+        if self.journey.reentry == "never":
+            return False
+        since = start_at if self.journey.reentry == "always" else exit_at
+        return since is None or ts_ms >= since + self.journey.cooldown_ms
+
+
+def exit_ms(instance: Instance) -> int:
+    """When a customer left an instance: its goal, else its close."""
+    if instance.completed_ms is not None:
+        return instance.completed_ms
+    return instance.closed_ms if instance.closed_ms is not None else instance.last_ms
+
+
+def floor_exit_ms(floor: Event) -> int:
+    return floor[2] if len(floor) > 2 and isinstance(floor[2], int) else floor[0]
+
+
+def _ignore(ignored: list[str] | None, event: Event) -> None:
+    if ignored is not None:
+        ignored.append(event[1])
+
+
+def compute(
+    config: Config, state: dict, watermark_ms: int, ignored: dict[str, list[str]] | None = None
+) -> list[Instance]:
+    """Every journey's instances, with their leaks; entries the re-entry rules kept out go
+    to `ignored` by journey."""
+    instances = []
+    for journey in config.journeys.values():
+        kept_out = [] if ignored is None else ignored.setdefault(journey.name, [])
+        floor = state["floors"].get(journey.name)
+        instances += run_journey(journey, state["events"], floor, watermark_ms, kept_out)
     for instance in instances:
         instance.leaks = _leaks(config, instance)
     return instances
@@ -199,7 +278,8 @@ def advance(
     config: Config, state: dict, customer_key: str, watermark_ms: int, now_ms: int = 0
 ) -> Outcome:
     """Recompute journeys at `watermark_ms`; emit what changed; seal and evict what is final."""
-    instances = compute(config, state, watermark_ms)
+    ignored: dict[str, list[str]] = {}
+    instances = compute(config, state, watermark_ms, ignored)
     emitted = dict(state["emitted"])
     floors = dict(state["floors"])
     updates: list[dict] = []
@@ -233,7 +313,12 @@ def advance(
             emitted.pop(jid, None)
             floor = floors.get(instance.journey.name)
             if floor is None or instance.events[-1][:2] > floor[:2]:
-                floors[instance.journey.name] = instance.events[-1][:2]
+                # The last event, and when the instance was left and started (re-entry).
+                floors[instance.journey.name] = [
+                    *instance.events[-1][:2],
+                    exit_ms(instance),
+                    instance.entry[0],
+                ]
         else:
             stage = instance.journey.stages[instance.stage]
             emitted[jid] = [signature, instance.journey.name, instance.entry[1], stage]
@@ -261,6 +346,12 @@ def advance(
             config, state, customer_key, instances, leak_rows, watermark_ms, now_ms
         )
     keep = _retained(state["events"], instances, watermark_ms, config.identity_window_ms)
+    # Entries kept out by re-entry rules: counted once, remembered while still retained.
+    counted = set(state.get("ignored_entries", ()))
+    for journey, ids in ignored.items():
+        transitions += [(journey, "entry_ignored") for i in ids if i not in counted]
+    retained = {e[1] for e in keep}
+    ignored_now = sorted(i for ids in ignored.values() for i in ids if i in retained)
     updated = {
         **state,
         **contact_updates,
@@ -270,6 +361,8 @@ def advance(
         "seq": seq,
         "leaks": reported,
     }
+    if ignored_now or "ignored_entries" in state:
+        updated["ignored_entries"] = ignored_now
     due_ms = _next_due_ms(config, instances, updated, watermark_ms)
     return Outcome(updated, updates, leak_rows, due_ms, transitions, **outcome_extra)
 

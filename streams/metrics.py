@@ -59,7 +59,8 @@ JOURNEY_UPDATES = Counter(
 JOURNEYS = Counter(
     "parcours_journeys_total",
     "Journeys that opened, completed or expired, by journey; superseded counts provisional "
-    "journeys replaced after a late event or an identity merge",
+    "journeys replaced after a late event or an identity merge; entry_ignored counts entry "
+    "touchpoints a re-entry rule kept out",
     ["journey", "outcome"],
 )
 JOURNEYS_OPEN = Gauge(

@@ -12,7 +12,7 @@ from streams.events import REASONS
 from streams.surveys import CAPPED, DUPLICATE, OPTED_OUT, OUTRANKED, SAMPLED_OUT
 
 SUPPRESSION_REASONS = (OPTED_OUT, DUPLICATE, OUTRANKED, SAMPLED_OUT, CAPPED)
-JOURNEY_OUTCOMES = ("opened", "completed", "expired", "superseded")
+JOURNEY_OUTCOMES = ("opened", "completed", "expired", "superseded", "entry_ignored")
 PROCESSING_STEPS = ("ingest", "journeys")
 
 

@@ -1,0 +1,146 @@
+"""Re-entry rules: never, after_exit, always, a cool-down, and blocked entries."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.config import ConfigError, load_config
+from streams.journeys import add_events, advance, new_state, run_journey
+from streams.settings import SCHEMAS_DIR
+
+CONFIG = load_config(SCHEMAS_DIR / "journeys.yaml")
+PURCHASE = CONFIG.journeys["purchase"]  # entry: site_visit...; goal: purchase; expiry 7d
+H = 3_600_000
+
+
+def ev(ts, eid, kind):
+    return [ts, eid, kind, "web"]
+
+
+def journeys(events, floor=None, **rules):
+    ignored: list[str] = []
+    instances = run_journey(replace(PURCHASE, **rules), events, floor, 10 * H, ignored)
+    return [(i.entry[1], i.status, [e[1] for e in i.events]) for i in instances], ignored
+
+
+BOUGHT_THEN_BACK = [
+    ev(0, "a", "site_visit"),
+    ev(1 * H, "b", "purchase"),
+    ev(5 * H, "c", "site_visit"),
+    ev(6 * H, "d", "purchase"),
+]
+
+
+def test_after_exit_is_the_default_a_new_visit_after_the_goal_starts_again():
+    assert journeys(BOUGHT_THEN_BACK) == (
+        [("a", "closed", ["a", "b"]), ("c", "completed", ["c", "d"])],
+        [],
+    )
+
+
+def test_never_keeps_a_customer_in_one_journey_for_good():
+    assert journeys(BOUGHT_THEN_BACK, reentry="never") == (
+        [("a", "completed", ["a", "b", "d"])],  # a second purchase still belongs to it
+        ["c"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("cooldown_hours", "opens_at"),
+    [(3, "c"), (4, "c"), (5, None)],  # c comes exactly 4 h after the goal (b)
+)
+def test_the_cool_down_counts_from_the_exit_and_its_boundary_is_allowed(cooldown_hours, opens_at):
+    found, ignored = journeys(BOUGHT_THEN_BACK, cooldown_ms=cooldown_hours * H)
+    if opens_at:
+        assert [j[0] for j in found] == ["a", "c"] and ignored == []
+    else:
+        assert [j[0] for j in found] == ["a"] and ignored == ["c"]
+
+
+def test_while_open_an_entry_attaches_by_default_or_is_ignored():
+    events = [ev(0, "a", "site_visit"), ev(1, "b", "add_to_cart"), ev(2, "c", "site_visit")]
+    assert journeys(events) == ([("a", "open", ["a", "b", "c"])], [])
+    assert journeys(events, blocked_entry="ignore") == ([("a", "open", ["a", "b"])], ["c"])
+
+
+def test_always_ends_the_open_journey_and_starts_another_outside_the_cool_down():
+    events = [
+        ev(0, "a", "site_visit"),
+        ev(1 * H, "b", "add_to_cart"),
+        ev(2 * H, "c", "site_visit"),
+        ev(4 * H, "d", "site_visit"),
+    ]
+    assert journeys(events, reentry="always") == (
+        [
+            ("a", "expired", ["a", "b"]),
+            ("c", "expired", ["c"]),
+            ("d", "open", ["d"]),
+        ],
+        [],
+    )
+    # A cool-down of 3 h from each start: c (2 h after a) attaches, d (4 h) restarts.
+    assert journeys(events, reentry="always", cooldown_ms=3 * H) == (
+        [("a", "expired", ["a", "b", "c"]), ("d", "open", ["d"])],
+        [],
+    )
+
+
+def test_the_rule_holds_across_a_sealed_journey_through_its_floor():
+    # The first journey was sealed and forgotten; only its floor remains.
+    floor = [1 * H, "b", 1 * H, 0]  # last event, exit (the purchase), start
+    later = [ev(2 * H, "c", "site_visit"), ev(9 * H, "d", "site_visit")]
+    assert journeys(later, floor, reentry="never")[0] == []
+    assert journeys(later, floor, cooldown_ms=3 * H) == ([("d", "open", ["d"])], ["c"])
+    old_floor = [1 * H, "b"]  # written before re-entry rules: its last event is the exit
+    assert journeys(later, old_floor, cooldown_ms=3 * H)[1] == ["c"]
+
+
+def test_ignored_entries_are_counted_once_however_often_the_state_is_recomputed():
+    config = replace(
+        CONFIG, journeys={**CONFIG.journeys, "purchase": replace(PURCHASE, reentry="never")}
+    )
+    state, counted = new_state(), 0
+    for batch in (
+        [ev(0, "a", "site_visit"), ev(H, "b", "purchase")],
+        [ev(2 * H, "c", "site_visit")],
+        [],
+    ):
+        out = advance(config, add_events(state, batch), "c-1", watermark_ms=3 * H)
+        state = out.state
+        counted += out.transitions.count(("purchase", "entry_ignored"))
+    assert counted == 1
+    assert state["ignored_entries"] == ["c"]
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 200), st.sampled_from(["site_visit", "add_to_cart", "purchase"])),
+        max_size=25,
+    ),
+    st.sampled_from(["never", "after_exit", "always"]),
+    st.integers(0, 50),
+    st.sampled_from(["attach", "ignore"]),
+)
+def test_every_touchpoint_is_in_one_journey_or_ignored_or_out_of_any(raw, mode, cooldown, blocked):
+    events = sorted(ev(ts * H, f"e{i:02d}", kind) for i, (ts, kind) in enumerate(raw))
+    found, ignored = journeys(events, reentry=mode, cooldown_ms=cooldown * H, blocked_entry=blocked)
+    placed = [eid for _, _, ids in found for eid in ids]
+    assert len(placed) == len(set(placed))  # no touchpoint in two journeys
+    assert not set(placed) & set(ignored)
+    if mode == "never":
+        assert len(found) <= 1
+    entries = [e[1] for e in events if e[2] in PURCHASE.entry]
+    assert set(ignored) <= set(entries)  # only entry touchpoints are ever ignored
+
+
+def test_config_rejects_an_unknown_mode_with_the_line(tmp_path):
+    text = (SCHEMAS_DIR / "journeys.yaml").read_text()
+    path = tmp_path / "journeys.yaml"
+    path.write_text(text.replace("    expiry: 7d\n", "    expiry: 7d\n    reentry: sometimes\n", 1))
+    with pytest.raises(ConfigError, match="reentry") as caught:
+        load_config(path)
+    assert ":" in str(caught.value)
