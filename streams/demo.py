@@ -17,11 +17,12 @@ from pathlib import Path
 import orjson
 
 from streams.clickhouse import connect
-from streams.local_stack import LocalBroker
+from streams.local_stack import DispatcherProcess, LocalBroker
 from streams.produce import as_messages, produce
 from streams.report import as_text, write_report
 from streams.settings import TOUCHPOINTS
 from streams.synth import generate
+from streams.webhook_receiver import WebhookReceiver
 
 MALFORMED = [
     b"{not json",
@@ -103,10 +104,67 @@ def run_demo(customers: int, seed: int, data_dir: Path, timeout: float) -> dict:
             for table in ("leaks", "survey_invitations", "survey_suppressions"):
                 worker.wait_until_quiet(table, timeout=timeout)
             print(f"  {journey_rows:,} journey updates written in {time.perf_counter() - t:.1f}s")
-            step("stopping the worker and the broker")
+            expected = worker.sink_rows("survey_invitations")
+            delivered = deliver_invitations(broker, demo_dir, expected, timeout)
+            step("stopping the dispatcher, the worker and the broker")
     summary = summarize(clickhouse_url)
+    summary["delivered"] = delivered
+    print(
+        f"\nInvitations delivered to the local webhook: {delivered:,} "
+        f"(ClickHouse holds {summary['invitation_count']:,}), each signed and once"
+    )
     show_journey_map(clickhouse_url, demo_dir / "report.html")
     return summary
+
+
+DEMO_SECRET = "demo-secret"
+DESTINATIONS = """\
+# Written by parcours demo: one webhook, the local receiver it started.
+destinations:
+  local_survey_tool:
+    url: {url}
+    secret_env: PARCOURS_WEBHOOK_SECRET
+    rate_limit: 200
+    template:
+      recipient: "{{customer_key}}"
+      survey: "{{metric}}"
+      channel: "{{channel}}"
+      send_at_ms: "{{send_at_ms}}"
+      reference: "{{invitation_id}}"
+      context: {{rule: "{{rule}}", journey: "{{journey}}", touchpoint: "{{touchpoint}}"}}
+"""
+
+
+def deliver_invitations(
+    broker: LocalBroker, demo_dir: Path, expected: int, timeout: float
+) -> int:
+    """Run `parcours dispatcher` against a local webhook receiver until it is quiet."""
+    t = step("delivering survey invitations to a local webhook (parcours dispatcher)")
+    with WebhookReceiver(DEMO_SECRET.encode()) as receiver:
+        destinations = demo_dir / "destinations.yaml"
+        destinations.write_text(DESTINATIONS.format(url=receiver.url))
+        with DispatcherProcess(
+            broker.bootstrap,
+            destinations,
+            demo_dir / "dispatcher" / "ledger.db",
+            demo_dir / "dispatcher.log",
+            PARCOURS_WEBHOOK_SECRET=DEMO_SECRET,
+        ):
+            # Every invitation row the worker wrote, or quiet for 3 s once deliveries began.
+            deadline = time.monotonic() + timeout
+            last, since = 0, time.monotonic()
+            while receiver.delivered() < expected and time.monotonic() < deadline:
+                if receiver.delivered() != last:
+                    last, since = receiver.delivered(), time.monotonic()
+                elif last and time.monotonic() - since > 3.0:
+                    break
+                time.sleep(0.2)
+        print(
+            f"  {receiver.delivered():,} delivered in {time.perf_counter() - t:.1f}s "
+            f"({receiver.requests:,} requests, {receiver.rejected} with a bad signature); "
+            f"destinations file: {destinations}"
+        )
+        return receiver.delivered()
 
 
 def show_journey_map(clickhouse_url: str, html_path: Path) -> None:
@@ -176,6 +234,7 @@ def summarize(clickhouse_url: str) -> dict:
                 "SELECT segment, count(), round(avg(health), 1), countIf(health < 50) "
                 "FROM customer_health_now GROUP BY segment ORDER BY segment"
             ),
+            "invitation_count": rows("SELECT count() FROM survey_invitations FINAL")[0][0],
             "journey_customers": rows(
                 "SELECT uniqExact(customer_key) FROM journeys FINAL WHERE status != 'superseded'"
             )[0][0],

@@ -4,10 +4,6 @@ end to end through the local broker to an HTTP receiver run by the test."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -32,7 +28,7 @@ from streams.destinations import (
     verify,
 )
 from streams.dispatcher import Dispatcher, Ledger, invitations_of
-from streams.local_stack import LocalBroker
+from streams.local_stack import DispatcherProcess, LocalBroker
 from streams.produce import produce
 from streams.settings import SURVEY_INVITATIONS
 
@@ -267,31 +263,16 @@ def test_an_unreachable_destination_is_retried_then_dead_lettered(tmp_path):
 # --- end to end ---------------------------------------------------------------------------
 
 
-def start_dispatcher(broker: LocalBroker, tmp_path: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "KAFKA_BROKER": broker.bootstrap,
-        "PARCOURS_PRODUCER_IDEMPOTENT": "0",
-        "PARCOURS_WEBHOOK_SECRET": SECRET.decode(),
-    }
-    log = open(tmp_path / "dispatcher.log", "ab")  # noqa: SIM115 - the child keeps it
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streams",
-            "dispatcher",
-            "--destinations",
-            str(tmp_path / "destinations.yaml"),
-            "--ledger",
-            str(tmp_path / "ledger.db"),
-            "--metrics-port",
-            "0",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+def start_dispatcher(broker: LocalBroker, tmp_path: Path) -> DispatcherProcess:
+    dispatcher = DispatcherProcess(
+        broker.bootstrap,
+        tmp_path / "destinations.yaml",
+        tmp_path / "ledger.db",
+        tmp_path / "dispatcher.log",
+        PARCOURS_WEBHOOK_SECRET=SECRET.decode(),
     )
+    dispatcher.start()
+    return dispatcher
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:
@@ -319,15 +300,13 @@ def test_end_to_end_every_invitation_lands_through_500s_and_a_kill(tmp_path):
         first = start_dispatcher(broker, tmp_path)
         try:
             wait_until(lambda: len(receiver.accepted()) >= 80, 60, "no deliveries")
-            first.send_signal(signal.SIGKILL)  # mid-delivery: requests are in flight
-            first.wait()
+            first.kill()  # SIGKILL mid-delivery: requests are in flight
             second = start_dispatcher(broker, tmp_path)
             try:
                 wait_until(lambda: len(receiver.accepted()) >= 300, 120, "not all delivered")
                 time.sleep(1.0)  # anything more would be a duplicate
             finally:
-                second.send_signal(signal.SIGTERM)
-                assert second.wait(30) == 0
+                assert second.stop(30) == 0  # SIGTERM: a clean stop
         finally:
             first.kill()
             receiver.close()

@@ -1,0 +1,67 @@
+"""A local webhook receiver for the demo and for trying a destinations file: it checks
+each request's signature, dedupes on the Idempotency-Key and keeps the bodies."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Self
+
+import orjson
+
+from streams.destinations import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+
+
+class WebhookReceiver:
+    """Listens on 127.0.0.1 (a free port) in a thread; 401 for a bad signature."""
+
+    def __init__(self, secret: bytes) -> None:
+        self.secret = secret
+        self.received: dict[str, dict] = {}  # idempotency key -> body
+        self.requests = 0
+        self.rejected = 0
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                ok = verify(
+                    receiver.secret,
+                    self.headers.get(TIMESTAMP_HEADER, ""),
+                    body,
+                    self.headers.get(SIGNATURE_HEADER, ""),
+                )
+                with receiver._lock:
+                    receiver.requests += 1
+                    if ok:
+                        key = self.headers.get(IDEMPOTENCY_HEADER, "")
+                        receiver.received.setdefault(key, orjson.loads(body))
+                    else:
+                        receiver.rejected += 1
+                self.send_response(200 if ok else 401)
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/invitations"
+
+    def __enter__(self) -> Self:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def delivered(self) -> int:
+        with self._lock:
+            return len(self.received)

@@ -1,0 +1,15 @@
+"""`parcours demo`, the README's first command, on a small population."""
+
+from __future__ import annotations
+
+from streams.demo import run_demo
+
+
+def test_the_demo_lands_every_event_and_delivers_every_invitation(tmp_path, capsys):
+    summary = run_demo(customers=80, seed=3, data_dir=tmp_path, timeout=240)
+    out = capsys.readouterr().out
+    assert summary["tables"]["touchpoints"] >= summary["customers"] > 0
+    assert summary["invitation_count"] > 0
+    assert summary["delivered"] == summary["invitation_count"]
+    assert "Invitations delivered to the local webhook" in out
+    assert (tmp_path / "demo" / "report.html").stat().st_size > 1000
