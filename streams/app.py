@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -56,6 +57,8 @@ from streams.settings import (
 )
 from streams.sink import ClickHouseSink, batch_token
 from streams.stitching import DueIndex, Message, journey_step
+
+log = logging.getLogger("parcours.worker")
 
 
 def kafka_url(broker: str) -> str:
@@ -266,6 +269,8 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
                             done - event["ingested_ms"] / 1000
                         )
 
+    resets = worker_metrics.BrokerResetWatch()
+
     @app.timer(interval=settings.state_scan_seconds)
     async def scan_state() -> None:
         """Journeys open, keys and retained touchpoints, consumer lag (see worker_metrics)."""
@@ -278,7 +283,22 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
                 continue
             with contextlib.suppress(Exception):  # not fetched yet, or revoked meanwhile
                 ends[tp] = app.consumer.highwater(tp)
-        worker_metrics.report_consumer_lag(ends, app.monitor.tp_committed_offsets)
+        committed = app.monitor.tp_committed_offsets
+        worker_metrics.report_consumer_lag(ends, committed)
+        for tp, now, before in resets.check(ends, committed):
+            metrics.BROKER_RESETS.inc()
+            log.warning(
+                "the broker lost its data: %s partition %d starts over at offset %d (this "
+                "worker was at %d). Lost with it: the messages on it not consumed yet, the "
+                "changelogs of this worker's tables (state lives on in this process, but a "
+                "worker started later will not find it), and the committed offsets. Events "
+                "sent from now on are processed; resend what producers sent while the "
+                "broker was down or before it was consumed.",
+                tp.topic,
+                tp.partition,
+                now,
+                before,
+            )
 
     @app.timer(interval=settings.tick_seconds)
     async def tick() -> None:

@@ -135,9 +135,7 @@ destinations:
 """
 
 
-def deliver_invitations(
-    broker: LocalBroker, demo_dir: Path, expected: int, timeout: float
-) -> int:
+def deliver_invitations(broker: LocalBroker, demo_dir: Path, expected: int, timeout: float) -> int:
     """Run `parcours dispatcher` against a local webhook receiver until it is quiet."""
     t = step("delivering survey invitations to a local webhook (parcours dispatcher)")
     with WebhookReceiver(DEMO_SECRET.encode()) as receiver:

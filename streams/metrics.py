@@ -216,6 +216,11 @@ class AnswerScores:
             SURVEY_SCORE.labels(metric, subject).set(running_score(metric, *tally))
 
 
+BROKER_RESETS = Counter(
+    "parcours_broker_resets_total",
+    "Partitions whose broker log started over under this worker (the broker lost its data)",
+)
+
 # parcours dispatcher (see streams.dispatcher).
 DISPATCHED = Counter(
     "parcours_dispatch_total",

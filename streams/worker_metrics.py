@@ -79,3 +79,33 @@ def report_consumer_lag(ends: dict, committed: dict) -> None:
             continue
         done = committed.get(tp) or 0
         metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
+
+
+class BrokerResetWatch:
+    """Notices a broker that lost its data (a restarted in-memory broker, a recreated
+    topic): a partition's end offset falls below the offset committed on it, or the
+    committed offset goes backwards. Each reset is reported once."""
+
+    def __init__(self) -> None:
+        self.highest: dict = {}  # topic partition -> highest committed offset seen
+        self.told: dict = {}  # topic partition -> the stale committed offset reported
+
+    def check(self, ends: dict, committed: dict) -> list[tuple[object, int, int]]:
+        """(topic partition, end or committed offset now, offset before) of new resets."""
+        resets = []
+        for tp, done in committed.items():
+            if done is None:
+                continue
+            before = self.highest.get(tp, 0)
+            end = ends.get(tp)
+            if end is not None and end < done:
+                if self.told.get(tp) != done:  # until a new commit replaces the stale one
+                    resets.append((tp, end, done))
+                    self.told[tp] = done
+                self.highest[tp] = 0  # the new log starts over
+            elif done < before:
+                resets.append((tp, done, before))
+                self.highest[tp] = done
+            else:
+                self.highest[tp] = done
+        return resets

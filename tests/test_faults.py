@@ -183,3 +183,40 @@ def test_a_flood_of_hostile_messages_lands_in_dead_letters_and_the_valid_ones_in
         stored = client.query("SELECT count(), uniqExact(event_id) FROM touchpoints").result_rows
     assert reasons == dict(Counter(reason for _, reason in bad))
     assert stored == [(10_000, 10_000)]
+
+
+def test_a_broker_restarted_empty_is_survived_and_the_loss_is_logged(tmp_path):
+    """The local broker keeps no data: after its restart the worker reconnects by itself,
+    says in its log what went with the broker, and processes what is sent next."""
+    before = [make_event(i, customer_id=f"c-{i % 23}") for i in range(300)]
+    after = [make_event(1000 + i, customer_id=f"c-{i % 23}") for i in range(300)]
+    broker = LocalBroker(log_path=tmp_path / "broker.log")
+    broker.start()
+    restarted = None
+    try:
+        with broker.worker(tmp_path, PARCOURS_STATE_SCAN_SECONDS="1") as worker:
+            produce(broker.bootstrap, "touchpoints", as_messages(before))
+            worker.wait_for_rows({"touchpoints": 300}, 120)
+            broker.kill()
+            time.sleep(2.0)  # the worker sees the broker gone
+            restarted = LocalBroker(port=broker.port, log_path=tmp_path / "broker-2.log")
+            restarted.start()
+            produce(restarted.bootstrap, "touchpoints", as_messages(after))
+            worker.wait_for_rows({"touchpoints": 600}, 120)
+            wait_until(
+                lambda: worker.metric_sum("parcours_broker_resets_total") > 0,
+                30,
+                "no broker reset noticed",
+                worker,
+            )
+            assert worker.process.poll() is None
+        log = (tmp_path / "worker.log").read_text(errors="replace")
+        assert "the broker lost its data: touchpoints" in log
+        assert "Lost with it: the messages on it not consumed yet" in log
+    finally:
+        broker.stop()
+        if restarted is not None:
+            restarted.stop()
+    with clickhouse(tmp_path / "clickhouse") as client:
+        ids = client.query("SELECT event_id FROM touchpoints FINAL").result_rows
+    assert Counter(i for (i,) in ids) == Counter(e["event_id"] for e in before + after)

@@ -118,6 +118,18 @@ def test_consumer_lag_is_end_minus_committed_and_forgets_revoked_partitions():
     assert sample("parcours_consumer_lag_messages", topic="touchpoints", partition="1") == 0.0
 
 
+def test_a_broker_that_lost_its_data_is_noticed_once_per_partition():
+    watch = worker_metrics.BrokerResetWatch()
+    a, b = TP("touchpoints", 0), TP("touchpoints", 1)
+    assert watch.check({a: 120, b: 50}, {a: 100, b: 50}) == []
+    assert watch.check({a: 130, b: 60}, {a: 120, b: 55}) == []
+    # Restarted empty: a's end offset is below what was committed; b was committed again
+    # before the check, from the new log's start.
+    assert watch.check({a: 3, b: 8}, {a: 120, b: 2}) == [(a, 3, 120), (b, 2, 55)]
+    assert watch.check({a: 9, b: 12}, {a: 120, b: 10}) == []  # a: old commit, already told
+    assert watch.check({a: 9, b: 12}, {a: 5, b: 12}) == []
+
+
 def test_a_port_range_lets_two_processes_share_a_host():
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
