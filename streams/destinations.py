@@ -65,6 +65,10 @@ SCHEMA = {
 }
 
 
+# The HMAC key of destinations without `secret_env`; unset, their requests go unsigned.
+DEFAULT_SECRET_ENV = "PARCOURS_WEBHOOK_SECRET"
+
+
 class DestinationsError(ValueError):
     """A destinations file that cannot be used; the message names the field and the fix."""
 
@@ -105,7 +109,7 @@ def load_destinations(path: Path, env: dict[str, str] | None = None) -> list[Des
         raise DestinationsError(f"{path}: {where}: {exc.message}") from None
     destinations = []
     for name, spec in doc["destinations"].items():
-        secret = b""
+        secret = env.get(DEFAULT_SECRET_ENV, "").encode()
         if "secret_env" in spec:
             value = env.get(spec["secret_env"], "")
             if not value:

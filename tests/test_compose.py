@@ -33,11 +33,13 @@ def test_the_stack_has_the_services_users_need():
         "worker",
         "collector",
         "simulator",
+        "dispatcher",
         "prometheus",
         "grafana",
     }
     assert SERVICES["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert SERVICES["simulator"]["profiles"] == ["simulator"]  # only when asked for
+    assert SERVICES["dispatcher"]["profiles"] == ["dispatcher"]  # needs a real webhook
     # The worker scales with --scale: nothing that would clash between replicas.
     assert "ports" not in SERVICES["worker"] and "container_name" not in SERVICES["worker"]
 

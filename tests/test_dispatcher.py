@@ -182,6 +182,10 @@ def test_destinations_file_loads_with_defaults_and_the_secret_from_the_environme
     )
     assert d.body(invitation(1)) == {"email": "c-1"}
     assert Destination("x", "http://h").body(invitation(1)) == invitation(1)
+    # Without secret_env, PARCOURS_WEBHOOK_SECRET signs; without either, nothing does.
+    plain = write(tmp_path, "destinations:\n  tool: {url: 'http://h'}\n")
+    assert load_destinations(plain, env={"PARCOURS_WEBHOOK_SECRET": "k"})[0].secret == b"k"
+    assert load_destinations(plain, env={})[0].secret == b""
 
 
 @pytest.mark.parametrize(
