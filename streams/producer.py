@@ -136,8 +136,12 @@ class TouchpointProducer:
         await self._collect_acks()
 
     async def _send_batch(self, key: str) -> None:
-        events = self._batches.pop(key)
-        del self._opened[key]
+        # The linger task and send_many both pick batches to send, and a send can wait
+        # (the client's buffer is full): the other may have sent this one meanwhile.
+        events = self._batches.pop(key, None)
+        self._opened.pop(key, None)
+        if not events:
+            return
         value = orjson.dumps({"events": events})
         ack = await self._producer.send(self._topic, value=value, key=key.encode())
         ack.add_done_callback(functools.partial(self._count, events=len(events)))

@@ -82,6 +82,30 @@ def test_settings_are_checked():
 
 
 @pytest.mark.e2e
+def test_a_batch_picked_by_two_senders_at_once_is_sent_once():
+    """The linger task and send_many can both pick a batch while a send waits."""
+
+    class SlowClient:  # a Kafka client whose buffer is full for a moment
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future:
+            await asyncio.sleep(0.01)
+            self.sent.append(key)
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    async def race() -> list[bytes]:
+        producer = TouchpointProducer("127.0.0.1:9")
+        producer._producer = client = SlowClient()
+        await producer.send_many([make_event(1), make_event(2)])  # one open batch, key c-1
+        await asyncio.gather(*(producer._send_batch("c-1") for _ in range(3)))
+        return client.sent
+
+    assert asyncio.run(race()) == [b"c-1"]
+
+
 def test_events_are_batched_per_customer_and_flushed_when_the_block_ends(broker):
     settings = LOCAL.__class__(producer_idempotent=False, topic_prefix="sync.")
     events = [make_event(i, customer_id=f"c-{i % 30}") for i in range(250)]
