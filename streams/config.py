@@ -16,12 +16,14 @@ import orjson
 import yaml
 
 from streams.durations import duration_ms
+from streams.follow_ups import FollowUps
 from streams.settings import SCHEMAS_DIR
 from streams.survey_config import (
     Health,
     Segments,
     Surveys,
     first_survey_problem,
+    follow_ups_from,
     health_from,
     segments_from,
     surveys_from,
@@ -93,6 +95,7 @@ class Config:
     idle_timeout_ms: int = 30_000
     identity_window_ms: int = 86_400_000
     surveys: Surveys = field(default_factory=Surveys)
+    follow_ups: FollowUps = field(default_factory=lambda: FollowUps({}))
     segments: Segments = field(default_factory=Segments)
     health: Health = field(default_factory=Health)
 
@@ -151,6 +154,7 @@ def load_config(path: Path | str) -> Config:
         idle_timeout_ms=duration_ms(event_time.get("idle_timeout", "30s")),
         identity_window_ms=duration_ms(event_time.get("identity_window", "1d")),
         surveys=surveys_from(data.get("surveys", {})),
+        follow_ups=follow_ups_from(data.get("follow_ups", {})),
         segments=segments_from(data.get("segments", {})),
         health=health_from(data.get("health", {})),
     )

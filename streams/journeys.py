@@ -22,6 +22,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from streams import follow_ups
 from streams.config import Config, Journey
 from streams.health import update_health
 from streams.leaks import Leak, find, leak_id, leak_row
@@ -252,6 +253,7 @@ class Outcome:
     invitations: list[dict] = field(default_factory=list)  # survey invitations decided
     suppressions: list[dict] = field(default_factory=list)  # ... and those suppressed
     health: list[dict] = field(default_factory=list)  # the customer's health row, if changed
+    follow_ups: list[dict] = field(default_factory=list)  # follow-up tasks opened or closed
 
     def rows(self) -> dict[str, list[dict]]:
         """What to publish, by kind (see streams.settings.OUTPUT_TOPICS)."""
@@ -261,6 +263,7 @@ class Outcome:
             "invitations": self.invitations,
             "suppressions": self.suppressions,
             "health": self.health,
+            "follow_ups": self.follow_ups,
         }
 
 
@@ -394,8 +397,31 @@ def _contact(
     if not fresh and not leak_rows and not triggers:
         return {}, {}
     profile = state.get("profile", {})
+    tasks, follow_up_rows, task_spans = follow_ups.step(
+        config.follow_ups,
+        contact.get("tasks", {}),
+        leak_rows,
+        fresh,
+        instances,
+        customer_key,
+        now_ms,
+    )
+    journey_spans: dict[str, list[tuple]] = {}
+    for instance in instances:
+        journey_spans.setdefault(instance.journey.name, []).append(
+            (instance.id, instance.entry[0], instance.closed_ms)
+        )
     decisions = decide(
-        config, contact, profile, customer_key, fresh, triggers, watermark_ms, now_ms
+        config,
+        contact,
+        profile,
+        customer_key,
+        fresh,
+        triggers,
+        watermark_ms,
+        now_ms,
+        journey_spans=journey_spans,
+        task_spans=task_spans,
     )
     segment = segment_of(config.segments, profile, decisions.contact["orders"])
     health, health_row = update_health(
@@ -408,10 +434,14 @@ def _contact(
         watermark_ms,
         now_ms,
     )
-    return {"contact": decisions.contact, "health": health}, {
+    contact_after = (
+        {**decisions.contact, "tasks": tasks} if tasks or "tasks" in contact else decisions.contact
+    )
+    return {"contact": contact_after, "health": health}, {
         "invitations": decisions.invitations,
         "suppressions": decisions.suppressions,
         "health": [health_row] if health_row else [],
+        "follow_ups": follow_up_rows,
     }
 
 

@@ -257,15 +257,22 @@ class DispatcherProcess(ChildProcess):
     """`parcours dispatcher` in a child process; `env` adds e.g. the webhook secret."""
 
     def __init__(
-        self, broker: str, destinations: Path, ledger: Path, log_path: Path, **env: str
+        self,
+        broker: str,
+        destinations: Path,
+        ledger: Path,
+        log_path: Path,
+        metrics_port: int = 0,
+        **env: str,
     ) -> None:
         self.broker, self.destinations, self.ledger = broker, destinations, ledger
         self.log_path = log_path
+        self.metrics_port = metrics_port  # 0: none
         self.env = env
 
     def start(self) -> None:
         command = [sys.executable, "-m", "streams", "dispatcher"]
         command += ["--destinations", str(self.destinations), "--ledger", str(self.ledger)]
-        command += ["--metrics-port", "0"]
+        command += ["--metrics-port", str(self.metrics_port)]
         env = {"KAFKA_BROKER": self.broker, **LocalBroker.WORKER_ENV, **self.env}
         self.spawn(command, env)

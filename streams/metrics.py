@@ -149,6 +149,8 @@ def count_outputs(rows: dict[str, dict[str, list[dict]]]) -> None:
         SURVEY_INVITATIONS.labels(row["rule"], row["channel"]).inc()
     for row in _all(rows, "suppressions"):
         SURVEY_SUPPRESSIONS.labels(row["rule"], row["reason"]).inc()
+    for row in _all(rows, "follow_ups"):
+        FOLLOW_UPS.labels(row["rule"], row["status"]).inc()
 
 
 def _all(rows: dict[str, dict[str, list[dict]]], kind: str) -> list[dict]:
@@ -216,6 +218,21 @@ class AnswerScores:
             SURVEY_SCORE.labels(metric, subject).set(running_score(metric, *tally))
 
 
+FOLLOW_UPS = Counter(
+    "parcours_follow_ups_total",
+    "Follow-up tasks for a person, by rule and status (open: created; closed)",
+    ["rule", "status"],
+)
+FOLLOW_UPS_OPEN = Gauge(
+    "parcours_follow_ups_open",
+    "Open follow-up tasks on the partitions this process owns, by rule (state scan)",
+    ["rule"],
+)
+FOLLOW_UPS_OVERDUE = Gauge(
+    "parcours_follow_ups_overdue",
+    "Open follow-up tasks past their due time, by rule (state scan)",
+    ["rule"],
+)
 BROKER_RESETS = Counter(
     "parcours_broker_resets_total",
     "Partitions whose broker log started over under this worker (the broker lost its data)",

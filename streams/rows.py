@@ -258,6 +258,42 @@ def health_ch_row(row: dict) -> list:
     ]
 
 
+FOLLOW_UP_COLUMNS = [
+    "task_id",
+    "rule",
+    "customer_key",
+    "reason",
+    "category",
+    "severity",
+    "journey_id",
+    "journey",
+    "stage",
+    "anchor_event_id",
+    "recent_touchpoints",
+    "priority",
+    "status",
+    "created_at",
+    "due_at",
+    "closed_at",
+    "closed_by",
+    "version",
+    "decided_at",
+]
+
+
+def follow_up_ch_row(row: dict) -> list:
+    """A follow-up task row (see streams.follow_ups) as a `follow_ups` row."""
+    return [
+        *(row[c] for c in FOLLOW_UP_COLUMNS[:13]),
+        _utc(row["created_ms"]),
+        _utc(row["due_ms"]),
+        _utc(row["closed_ms"]),
+        row["closed_by"],
+        row["version"],
+        _utc(row["decided_ms"]),
+    ]
+
+
 # ClickHouse table -> (columns, converter of one published row), for OUTPUT_TOPICS.
 OUTPUT_ROWS = {
     "journeys": (JOURNEY_COLUMNS, journey_ch_row),
@@ -265,4 +301,5 @@ OUTPUT_ROWS = {
     "survey_invitations": (INVITATION_COLUMNS, invitation_ch_row),
     "survey_suppressions": (SUPPRESSION_COLUMNS, suppression_ch_row),
     "customer_health": (HEALTH_COLUMNS, health_ch_row),
+    "follow_ups": (FOLLOW_UP_COLUMNS, follow_up_ch_row),
 }

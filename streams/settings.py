@@ -23,6 +23,7 @@ LEAKS = "leaks"
 SURVEY_INVITATIONS = "survey-invitations"
 SURVEY_SUPPRESSIONS = "survey-suppressions"
 CUSTOMER_HEALTH = "customer-health"
+FOLLOW_UPS = "follow-ups"
 # Invitations `parcours dispatcher` gave up on (see streams.dispatcher).
 DISPATCH_DLQ = "dispatch-dlq"
 # What the journey step publishes: kind -> (topic, ClickHouse table). Each message is
@@ -33,6 +34,7 @@ OUTPUT_TOPICS = {
     "invitations": (SURVEY_INVITATIONS, "survey_invitations"),
     "suppressions": (SURVEY_SUPPRESSIONS, "survey_suppressions"),
     "health": (CUSTOMER_HEALTH, "customer_health"),
+    "follow_ups": (FOLLOW_UPS, "follow_ups"),
 }
 # Every topic the worker reads or writes, but the tables' changelogs (Faust makes those).
 WORKER_TOPICS = (

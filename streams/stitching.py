@@ -193,6 +193,8 @@ def _compact(event: dict) -> list:
         extras["score"] = props["score"]
     if isinstance(props.get("amount"), int | float):  # an order's value: segment tiers
         extras["amount"] = props["amount"]
+    if isinstance(props.get("task_id"), str):  # closes that follow-up task
+        extras["task_id"] = props["task_id"]
     if extras:
         compact.append(extras)
     return compact

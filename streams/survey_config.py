@@ -1,4 +1,5 @@
-"""The `surveys`, `segments` and `health` sections of journeys.yaml, as plain data.
+"""The `surveys`, `follow_ups`, `segments` and `health` sections of journeys.yaml, as
+plain data.
 
 `streams.config` validates the file against its JSON Schema first; this module turns
 the three sections into dataclasses and finds what the schema cannot: names that refer
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from streams.durations import duration_ms
+from streams.follow_ups import FollowUpRule, FollowUps
 
 SURVEY_CHANNELS = ("email", "sms", "in_app")
 DEFAULT_SEGMENT = "default"
@@ -35,6 +37,8 @@ class SurveyRule:
     leak: str | None = None  # on leak
     every_ms: int = 0  # relational: at most once per this
     touchpoints: frozenset[str] = frozenset()  # relational: activity (empty: any)
+    unless_open: frozenset[str] = frozenset()  # journeys during which it is suppressed
+    unless_follow_up: bool = False  # suppressed while a follow-up task is open
 
     def sample_rate(self, segment: str) -> float:
         rates = dict(self.sample)
@@ -125,6 +129,24 @@ def _rule(name: str, spec: dict) -> SurveyRule:
         leak=spec.get("leak"),
         every_ms=_ms(spec["every"]) if "every" in spec else 0,
         touchpoints=frozenset(spec.get("touchpoints", [])),
+        unless_open=frozenset(spec.get("unless_open", [])),
+        unless_follow_up=spec.get("unless_follow_up", False),
+    )
+
+
+def follow_ups_from(spec: dict) -> FollowUps:
+    return FollowUps(
+        rules={
+            name: FollowUpRule(
+                name,
+                leaks=frozenset(rule.get("leaks", [])),
+                severities=frozenset(rule.get("severity", [])),
+                priority=rule.get("priority", "medium"),
+                due_ms=_ms(rule.get("due", "1d")),
+            )
+            for name, rule in spec.get("rules", {}).items()
+        },
+        close_on=frozenset(spec.get("close_on", [])),
     )
 
 
@@ -194,11 +216,27 @@ def first_survey_problem(
                     f"stage {rule['stage']!r} is not a stage of {journey.name!r}; its stages "
                     f"are: {', '.join(journey.stages)}"
                 )
+        for i, journey_name in enumerate(rule.get("unless_open", [])):
+            if journey_name not in journeys:
+                return [*where, "unless_open", i], (
+                    f"journey {journey_name!r} is not declared; use one of: {', '.join(journeys)}"
+                )
         if "leak" in rule and rule["leak"] not in leaks:
             return [*where, "leak"], (
                 f"leak rule {rule['leak']!r} is not declared under `leaks`; use one of: "
                 f"{', '.join(sorted(leaks)) or '(none declared)'}"
             )
+    follow_ups = data.get("follow_ups", {})
+    for i, touchpoint in enumerate(follow_ups.get("close_on", [])):
+        if problem := undeclared(["follow_ups", "close_on", i], touchpoint):
+            return problem
+    for name, rule in follow_ups.get("rules", {}).items():
+        for i, leak in enumerate(rule.get("leaks", [])):
+            if leak not in leaks:
+                return ["follow_ups", "rules", name, "leaks", i], (
+                    f"leak rule {leak!r} is not declared under `leaks`; use one of: "
+                    f"{', '.join(sorted(leaks)) or '(none declared)'}"
+                )
     return None
 
 

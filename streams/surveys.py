@@ -39,6 +39,7 @@ OPTED_OUT, DUPLICATE, OUTRANKED, SAMPLED_OUT, CAPPED = (
     "sampled_out",
     "capped",
 )
+JOURNEY_OPEN, HANDED_OFF = "journey_open", "handed_off"
 
 
 def invitation_id(rule: str, anchor_event_id: str) -> str:
@@ -191,8 +192,15 @@ def decide(
     triggers: list[Trigger],
     watermark_ms: int,
     now_ms: int,
+    journey_spans: dict[str, list[tuple]] | None = None,
+    task_spans: Iterable[tuple] = (),
 ) -> Decisions:
-    """Apply the fresh touchpoints (opt-outs, orders) and decide each trigger, in time order."""
+    """Apply the fresh touchpoints (opt-outs, orders) and decide each trigger, in time order.
+
+    `journey_spans` (journey -> (journey id, opened, closed or None) of the customer's
+    instances) and `task_spans` (follow-up tasks, the same) serve `unless_open` and
+    `unless_follow_up`.
+    """
     surveys = config.surveys
     contact = {**new_contact(), **contact}
     # Copies are shallow: lists inside are replaced, never changed in place.
@@ -231,9 +239,12 @@ def decide(
         send_at = send_time(
             trigger.at_ms + rule.delay_ms, surveys.quiet_hours, _profile(profile, "time_zone")
         )
+        waiting = _waiting_out(trigger, journey_spans or {}, task_spans)
         reason, detail = _suppression(
             trigger, opted_out, journeys, sent_at_time, segment, sent, surveys, channel, send_at
         )
+        if waiting and reason != OPTED_OUT:  # checked right after the opt-out
+            reason, detail = waiting
         row = invitation_row(trigger, customer_key, channel, segment, send_at, now_ms)
         if reason:
             out.suppressions.append({**row, "reason": reason, "detail": detail})
@@ -257,6 +268,30 @@ def decide(
         "completed": completed,
     }
     return out
+
+
+def _open_at(spans: Iterable[tuple], at_ms: int, besides: str = "") -> bool:
+    """Is one of `spans` ((id, opened, closed or None)) open at `at_ms`, other than `besides`?"""
+    return any(
+        start <= at_ms and (end is None or at_ms < end) and span_id != besides
+        for span_id, start, end in spans
+    )
+
+
+def _waiting_out(
+    trigger: Trigger,
+    journey_spans: dict[str, list[tuple]],
+    task_spans: Iterable[tuple],
+) -> tuple[str, str] | None:
+    """Journey-aware guardrails: another journey open (not the one the trigger is about),
+    or a person on the case."""
+    rule = trigger.rule
+    for journey in sorted(rule.unless_open):
+        if _open_at(journey_spans.get(journey, ()), trigger.at_ms, trigger.journey_id):
+            return JOURNEY_OPEN, f"a {journey} journey is open"
+    if rule.unless_follow_up and _open_at(task_spans, trigger.at_ms):
+        return HANDED_OFF, "a follow-up task for a person is open"
+    return None
 
 
 def _suppression(

@@ -3,15 +3,32 @@ a periodic scan of its state, and consumer lag."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable
 
 from streams import metrics
 from streams.config import Config
 from streams.events import REASONS
-from streams.surveys import CAPPED, DUPLICATE, OPTED_OUT, OUTRANKED, SAMPLED_OUT
+from streams.surveys import (
+    CAPPED,
+    DUPLICATE,
+    HANDED_OFF,
+    JOURNEY_OPEN,
+    OPTED_OUT,
+    OUTRANKED,
+    SAMPLED_OUT,
+)
 
-SUPPRESSION_REASONS = (OPTED_OUT, DUPLICATE, OUTRANKED, SAMPLED_OUT, CAPPED)
+SUPPRESSION_REASONS = (
+    OPTED_OUT,
+    JOURNEY_OPEN,
+    HANDED_OFF,
+    DUPLICATE,
+    OUTRANKED,
+    SAMPLED_OUT,
+    CAPPED,
+)
 JOURNEY_OUTCOMES = ("opened", "completed", "expired", "superseded", "entry_ignored")
 PROCESSING_STEPS = ("ingest", "journeys")
 
@@ -35,6 +52,11 @@ def show_every_series(config: Config, tables: Iterable[str]) -> None:
     for name in config.surveys.rules:
         for reason in SUPPRESSION_REASONS:
             metrics.SURVEY_SUPPRESSIONS.labels(name, reason)
+    for name in config.follow_ups.rules:
+        for status in ("open", "closed"):
+            metrics.FOLLOW_UPS.labels(name, status)
+        metrics.FOLLOW_UPS_OPEN.labels(name).set(0)
+        metrics.FOLLOW_UPS_OVERDUE.labels(name).set(0)
 
 
 def answer_subjects(config: Config) -> dict[str, str]:
@@ -46,16 +68,25 @@ def answer_subjects(config: Config) -> dict[str, str]:
     return {metric: found.pop() for metric, found in subjects.items() if len(found) == 1}
 
 
-def scan_journey_state(states: Iterable[dict | None], partitions: set[int]) -> None:
-    """Count keys, retained touchpoints and open journeys (by journey and stage) of the
-    states on `partitions` (the ones this process owns; standby copies are skipped)."""
+def scan_journey_state(
+    states: Iterable[dict | None], partitions: set[int], now_ms: int | None = None
+) -> None:
+    """Count keys, retained touchpoints, open journeys (by journey and stage) and open and
+    overdue follow-up tasks (at wall time `now_ms`) of the states on `partitions` (the
+    ones this process owns; standby copies are skipped)."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     keys = events = 0
     open_journeys: Counter = Counter()
+    tasks_open: Counter = Counter()
+    tasks_overdue: Counter = Counter()
     for state in states:
         if not state or state.get("partition") not in partitions:
             continue
         keys += 1
         events += len(state.get("events", ()))
+        for task in (state.get("contact") or {}).get("tasks", {}).values():
+            tasks_open[task["rule"]] += 1
+            tasks_overdue[task["rule"]] += task["due_ms"] < now_ms
         for signature, journey, _, *stage in state.get("emitted", {}).values():
             if signature[1] == "open":
                 open_journeys[journey, stage[0] if stage else "unknown"] += 1
@@ -66,9 +97,17 @@ def scan_journey_state(states: Iterable[dict | None], partitions: set[int]) -> N
     for (journey, stage), n in open_journeys.items():
         metrics.JOURNEYS_OPEN.labels(journey, stage).set(n)
     _open_labels.update(open_journeys)
+    for gauge, counts in (
+        (metrics.FOLLOW_UPS_OPEN, tasks_open),
+        (metrics.FOLLOW_UPS_OVERDUE, tasks_overdue),
+    ):
+        for rule in _task_rules | counts.keys():
+            gauge.labels(rule).set(counts.get(rule, 0))
+    _task_rules.update(tasks_open)
 
 
 _open_labels: set[tuple[str, str]] = set()
+_task_rules: set[str] = set()
 
 
 def report_consumer_lag(ends: dict, committed: dict) -> None:

@@ -123,7 +123,12 @@ def test_prometheus_scrapes_the_workers_and_collector_and_loads_the_alerts():
         for sd in job.get("dns_sd_configs", [])
         for name in sd["names"]
     }
-    assert targets == {("worker", worker_port), ("collector", collector_port)}
+    dispatcher_port = int(SERVICES["dispatcher"]["environment"]["PARCOURS_METRICS_PORT"])
+    assert targets == {
+        ("worker", worker_port),
+        ("collector", collector_port),
+        ("dispatcher", dispatcher_port),
+    }
     assert str(worker_port) in SERVICES["worker"]["expose"]
     assert f"{collector_port}:{collector_port}" in SERVICES["collector"]["ports"]
     for rule_file in config["rule_files"]:

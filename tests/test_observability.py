@@ -27,11 +27,12 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from streams.local_stack import LocalBroker, _wait_for_port, free_port
+from streams.local_stack import DispatcherProcess, LocalBroker, _wait_for_port, free_port
 from streams.produce import as_messages, produce
 from streams.settings import PROJECT_ROOT
 from streams.simulate import Faults, Pace, deliveries
 from streams.synth import generate
+from streams.webhook_receiver import WebhookReceiver
 
 NONE = Faults(duplicate_rate=0.0, out_of_order_rate=0.0)
 
@@ -222,6 +223,12 @@ class Collector:
             return answer.status
 
 
+def write_destinations(folder: Path, url: str) -> Path:
+    path = folder / "destinations.yaml"
+    path.write_text(f"destinations:\n  tool: {{url: '{url}'}}\n")
+    return path
+
+
 def scrape(port: int) -> bytes:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
         return page.read()
@@ -241,7 +248,23 @@ def test_a_real_prometheus_answers_every_dashboard_and_alert_query(tmp_path):
         LocalBroker(log_path=tmp_path / "broker.log") as broker,
         broker.worker(tmp_path, PARCOURS_STATE_SCAN_SECONDS="1") as worker,
         Collector(broker.bootstrap, tmp_path, key="k3y") as collector,
-        Prometheus(tmp_path, {"worker": worker.metrics_port, "collector": collector.port}) as prom,
+        WebhookReceiver(b"s3cret") as receiver,
+        DispatcherProcess(
+            broker.bootstrap,
+            write_destinations(tmp_path, receiver.url),
+            tmp_path / "ledger.db",
+            tmp_path / "dispatcher.log",
+            metrics_port=(dispatcher_port := free_port()),
+            PARCOURS_WEBHOOK_SECRET="s3cret",
+        ),
+        Prometheus(
+            tmp_path,
+            {
+                "worker": worker.metrics_port,
+                "collector": collector.port,
+                "dispatcher": dispatcher_port,
+            },
+        ) as prom,
     ):
         produce(broker.bootstrap, "touchpoints", as_messages(for_kafka, 20, window_ms=30_000))
         produce(broker.bootstrap, "touchpoints", [(b"k", b"{not json")])  # a dead letter
@@ -249,6 +272,9 @@ def test_a_real_prometheus_answers_every_dashboard_and_alert_query(tmp_path):
         statuses = {collector.post(for_collector[i : i + 50]) for i in range(0, 150, 50)}
         worker.wait_for_rows({"touchpoints": len(events)}, timeout=120)
         worker.wait_until_quiet("journeys", quiet_seconds=2)
+        deadline = time.monotonic() + 60
+        while not receiver.delivered() and time.monotonic() < deadline:
+            time.sleep(0.2)  # the dispatcher joins its group, then delivers
         collector.post(for_collector[:5])  # duplicates; a fresh request for the latency panel
         time.sleep(4)  # a few more scrapes and a state scan
 
@@ -256,7 +282,11 @@ def test_a_real_prometheus_answers_every_dashboard_and_alert_query(tmp_path):
             name: subprocess.run(
                 [PROMTOOL, "check", "metrics"], input=scrape(port), capture_output=True
             )
-            for name, port in (("worker", worker.metrics_port), ("collector", collector.port))
+            for name, port in (
+                ("worker", worker.metrics_port),
+                ("collector", collector.port),
+                ("dispatcher", dispatcher_port),
+            )
         }
         empty, failed = [], []
         for where, expr in dashboard_queries():
