@@ -8,8 +8,9 @@ tells, exactly and per row:
                             decided) - trigger_at, for invitations a touchpoint or a
                             journey stage triggered.
 Invitations are decided in event-time order once the watermark passes their trigger, so
-in production they also wait `allowed_lateness`; the bench sets it to `lateness` (0 by
-default) to measure the processing itself, and says so.
+they wait `allowed_lateness` (60 s in the shipped configuration); the bench sets it to
+`lateness` (1 s by default: producers batching per key reorder events by a few tens of
+milliseconds, and with 0 nearly every event would be late) and says so.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class Latency:
     to_row: Percentiles = field(default_factory=Percentiles)
     to_invitation: Percentiles = field(default_factory=Percentiles)
     worker_peak_rss_mb: float | None = None
+    late_events: int = 0  # behind the watermark: kept out of journeys, so of invitations
+    landed: int = 0  # touchpoints in ClickHouse when the figures were taken
 
     def summary(self) -> str:
         return (
@@ -76,7 +79,9 @@ class Latency:
             f"{self.rate_sent:,.0f} sent ({self.events:,} events; agent batches "
             f"≤{self.batch_seconds:g} s; allowed_lateness {self.lateness}):\n"
             f"  event → row visible in ClickHouse: {self.to_row.text()}\n"
-            f"  event → survey invitation decided: {self.to_invitation.text()}"
+            f"  event → survey invitation decided: {self.to_invitation.text()}\n"
+            f"  late events (kept out of journeys): {self.late_events:,}; "
+            f"{self.landed:,} of {self.events:,} in ClickHouse"
         )
 
 
@@ -104,7 +109,7 @@ def measure_latency(
     seed: int,
     work: Path,
     timeout: float,
-    lateness: str = "0s",
+    lateness: str = "1s",
 ) -> Latency:
     from streams.bench import wait_for, wait_ready  # the throughput runs' helpers
 
@@ -126,14 +131,19 @@ def measure_latency(
             started = datetime.now(UTC)
             summary = asyncio.run(send_paced(broker.bootstrap, rate, limit, seed, started))
             sent_seconds = time.monotonic() - summary.started
+            # Every event, or all but the last few: on the local broker the very last
+            # record sometimes stays invisible to consumers until another one follows
+            # (see "Notes on the local broker"); figures come from what landed.
             wait_for(
-                lambda: worker.sink_rows("touchpoints") >= summary.messages,
+                lambda: worker.sink_rows("touchpoints") >= summary.messages * 0.999,
                 timeout,
-                "not every touchpoint landed in ClickHouse",
+                "not even 99.9% of the touchpoints landed in ClickHouse",
                 poll=0.25,
             )
+            landed = worker.wait_until_quiet("touchpoints", quiet_seconds=3.0, timeout=timeout)
             worker.wait_until_quiet("survey_invitations", quiet_seconds=3.0, timeout=timeout)
             rss = peak_rss_mb(worker.process.pid)
+            late = int(worker.metric_sum("parcours_events_ingested_total", result="late"))
         client = connect(worker.clickhouse_url)
         try:
             window = {
@@ -153,6 +163,8 @@ def measure_latency(
         to_row,
         to_invitation,
         rss,
+        late,
+        landed,
     )
 
 
@@ -160,7 +172,9 @@ async def send_paced(
     bootstrap: str, rate: float, limit: int, seed: int, start: datetime
 ) -> Summary:
     """The simulator's population at `rate`, no delivery faults, event time = now."""
-    settings = Settings().with_overrides(broker=bootstrap, producer_idempotent=False)
+    settings = Settings().with_overrides(
+        broker=bootstrap, producer_idempotent=False, producer_max_batch_bytes=1
+    )
     stream = deliveries(seed, start, Pace(rate), faults=Faults(0.0, 0.0), max_gap_seconds=20)
     async with TouchpointProducer(settings=settings, linger_seconds=0.02) as producer:
         return await run(

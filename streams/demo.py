@@ -232,6 +232,11 @@ def summarize(clickhouse_url: str) -> dict:
                 "SELECT segment, count(), round(avg(health), 1), countIf(health < 50) "
                 "FROM customer_health_now GROUP BY segment ORDER BY segment"
             ),
+            "follow_ups": rows(
+                "SELECT rule, reason, priority, countIf(status = 'open'), "
+                "countIf(status = 'closed') FROM follow_ups FINAL "
+                "GROUP BY rule, reason, priority ORDER BY rule"
+            ),
             "invitation_count": rows("SELECT count() FROM survey_invitations FINAL")[0][0],
             "journey_customers": rows(
                 "SELECT uniqExact(customer_key) FROM journeys FINAL WHERE status != 'superseded'"
@@ -264,6 +269,9 @@ def print_summary(summary: dict) -> None:
     print("\nSurvey invitations suppressed   reason        count")
     for rule, reason, n in summary["suppressions"]:
         print(f"  {rule:<29} {reason:<12} {n:>6,}")
+    print("\nFollow-up tasks for a person     leak                   priority  open  closed")
+    for rule, reason, priority, open_, closed in summary["follow_ups"]:
+        print(f"  {rule:<29} {reason:<22} {priority:<8} {open_:>5,} {closed:>7,}")
     print("\nResponse rate by rule           sent  answered   rate")
     for rule, sent, answered, rate in summary["response_rates"]:
         print(f"  {rule:<29} {sent:>5,} {answered:>8,} {rate:>5}%")

@@ -59,12 +59,14 @@ def step(
     tasks after, the rows to publish, and each known task's (id, created, closed or None)
     span, for the survey guardrail `unless_follow_up`.
     """
+    timeline = [(leak["due_ms"], 0, n) for n, leak in enumerate(leak_rows)]
+    timeline += [(e[0], 1, n) for n, e in enumerate(fresh) if e[2] in config.close_on]
+    if not timeline:  # the common case, on every step of every customer: nothing to do
+        return open_tasks, [], [(t, row["created_ms"], None) for t, row in open_tasks.items()]
     tasks = dict(open_tasks)
     rows: list[dict] = []
     spans: list[tuple] = []
     recent = {i.id: [e[2] for e in i.events[-RECENT_TOUCHPOINTS:]] for i in instances}
-    timeline = [(leak["due_ms"], 0, n) for n, leak in enumerate(leak_rows)]
-    timeline += [(e[0], 1, n) for n, e in enumerate(fresh) if e[2] in config.close_on]
     for at_ms, what, n in sorted(timeline):
         if what == 0:
             leak = leak_rows[n]

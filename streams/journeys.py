@@ -407,10 +407,11 @@ def _contact(
         now_ms,
     )
     journey_spans: dict[str, list[tuple]] = {}
-    for instance in instances:
-        journey_spans.setdefault(instance.journey.name, []).append(
-            (instance.id, instance.entry[0], instance.closed_ms)
-        )
+    if any(t.rule.unless_open for t in triggers):
+        for instance in instances:
+            journey_spans.setdefault(instance.journey.name, []).append(
+                (instance.id, instance.entry[0], instance.closed_ms)
+            )
     decisions = decide(
         config,
         contact,

@@ -69,7 +69,10 @@ class TouchpointProducer:
             raise ValueError(f"max_events must be at least 1, not {max_events}")
         self._parser = parser_for(load_config(settings.config_path).touchpoint_types, settings)
         self._topic = settings.topic(TOUCHPOINTS)
-        self._producer = kafka_producer(bootstrap, settings.producer_idempotent)
+        batch = settings.producer_max_batch_bytes  # 1 on the local broker (see LocalBroker)
+        self._producer = kafka_producer(
+            bootstrap, settings.producer_idempotent, **({"max_batch_size": batch} if batch else {})
+        )
         self._max_events, self._linger = max_events, linger_seconds
         self._max_span_ms = int(max_span_seconds * 1000)
         self._batches: dict[str, list[dict]] = {}

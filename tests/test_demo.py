@@ -12,4 +12,6 @@ def test_the_demo_lands_every_event_and_delivers_every_invitation(tmp_path, caps
     assert summary["invitation_count"] > 0
     assert summary["delivered"] == summary["invitation_count"]
     assert "Invitations delivered to the local webhook" in out
+    assert sum(n for *_, n, _ in summary["follow_ups"]) > 0  # detractors, repeated calls
+    assert "Follow-up tasks for a person" in out
     assert (tmp_path / "demo" / "report.html").stat().st_size > 1000
