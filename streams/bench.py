@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import sys
 import time
 from contextlib import ExitStack
@@ -32,15 +33,20 @@ from streams.clickhouse import connect, migrate
 from streams.config import load_config
 from streams.events import EventParser
 from streams.ingest import IngestOutcome, RawMessage, ingest_batch, kafka_partition
-from streams.local_stack import ChildProcess, LocalBroker, WorkerProcess, peak_rss_mb
+from streams.local_stack import (
+    ChildProcess,
+    LocalBroker,
+    WorkerProcess,
+    peak_rss_mb,
+    wait_for,
+    wait_ready,
+)
 from streams.produce import as_messages, create_topics, send_messages
 from streams.rows import TOUCHPOINT_COLUMNS, touchpoint_row
 from streams.settings import TOUCHPOINTS, WORKER_TOPICS, Settings
 from streams.sink import ClickHouseSink
 from streams.stitching import DueIndex, Message, StepResult, journey_step
 from streams.synth import generate
-
-SETTLE_SECONDS = 6.0  # for a consumer group to finish rebalancing (session 6 s, rebalance 3 s)
 
 
 @dataclass
@@ -166,27 +172,6 @@ def run_sink(rows: list[list], work: Path, batch: int) -> float:
     return len(rows) / seconds
 
 
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} within {timeout:.0f}s")
-        time.sleep(poll)
-
-
-def wait_ready(processes: list[ChildProcess], timeout: float) -> None:
-    """Until every Faust worker logged Ready, then the group's rebalance settles."""
-
-    def ready(p: ChildProcess) -> bool:
-        if p.process is not None and p.process.poll() is not None:
-            raise RuntimeError(f"{p.log_path}: exited with {p.process.returncode} while starting")
-        return "[^Worker]: Ready" in p.log_path.read_text(errors="replace")
-
-    for p in processes:
-        wait_for(lambda p=p: ready(p), timeout, f"{p.log_path} shows no Ready", poll=0.2)
-    time.sleep(SETTLE_SECONDS)
-
-
 def send_all(broker: LocalBroker, messages: list[tuple[bytes, bytes]]) -> float:
     """Send `messages`; return the wall time (time.time) of the first send."""
     started = time.time()
@@ -231,7 +216,7 @@ def run_baseline(
         with BaselineProcess(broker.bootstrap, events, work) as baseline:
             wait_ready([baseline], timeout)
             started = send_all(broker, messages)
-            wait_for(lambda: baseline.finished_at() is not None, timeout, "the baseline not done")
+            wait_for(lambda: baseline.finished_at() is not None, timeout, "the baseline to finish")
             seconds = baseline.finished_at() - started
             rss = [peak_rss_mb(baseline.process.pid)]
     return Throughput(
@@ -261,7 +246,7 @@ def run_pipeline(
         wait_for(
             lambda: sum(w.sink_rows("touchpoints") for w in running) >= events,
             timeout,
-            "not every touchpoint landed in ClickHouse",
+            "every touchpoint in ClickHouse",
         )
         seconds = time.time() - started
         rss = [peak_rss_mb(w.process.pid) for w in running]
@@ -283,6 +268,9 @@ def run_bench(
     timeout: float,
     as_json: bool,
 ) -> Report:
+    # SIGTERM (timeout, Ctrl-\, a CI cancel) unwinds like Ctrl-C, so the broker and the
+    # workers this started are stopped rather than left running in their own sessions.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     say = (lambda *_: None) if as_json else (lambda *a: print(*a, flush=True))
     # Live traffic is dense: customers arrive over ten minutes, acting every 5 to 20 s,
     # so a producer flushing every 30 s has several events of a customer to batch.

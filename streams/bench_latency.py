@@ -26,7 +26,7 @@ from pathlib import Path
 from clickhouse_connect.driver.client import Client
 
 from streams.clickhouse import connect
-from streams.local_stack import LocalBroker, peak_rss_mb
+from streams.local_stack import LocalBroker, peak_rss_mb, wait_for, wait_ready
 from streams.produce import create_topics
 from streams.producer import TouchpointProducer
 from streams.settings import WORKER_TOPICS, Settings
@@ -111,8 +111,6 @@ def measure_latency(
     timeout: float,
     lateness: str = "1s",
 ) -> Latency:
-    from streams.bench import wait_for, wait_ready  # the throughput runs' helpers
-
     shutil.rmtree(work, ignore_errors=True)
     settings = Settings()
     config = config_with_lateness(settings.config_path, lateness, work / "journeys.yaml")
@@ -137,7 +135,7 @@ def measure_latency(
             wait_for(
                 lambda: worker.sink_rows("touchpoints") >= summary.messages * 0.999,
                 timeout,
-                "not even 99.9% of the touchpoints landed in ClickHouse",
+                "99.9% of the touchpoints in ClickHouse",
                 poll=0.25,
             )
             landed = worker.wait_until_quiet("touchpoints", quiet_seconds=3.0, timeout=timeout)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
@@ -39,6 +40,9 @@ def _wait_for_port(port: int, timeout: float, process: subprocess.Popen, what: s
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+SETTLE_SECONDS = 6.0  # for a consumer group to finish rebalancing (session 6 s, rebalance 3 s)
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -251,6 +255,28 @@ class WorkerProcess(ChildProcess):
                     f"{self.log_tail()}"
                 )
             time.sleep(0.25)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.05) -> None:
+    """Until `predicate()` holds; TimeoutError naming `what` was awaited otherwise."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f}s for {what}")
+        time.sleep(poll)
+
+
+def wait_ready(processes: list[ChildProcess], timeout: float) -> None:
+    """Until every Faust worker logged Ready, then the group's rebalance settles."""
+
+    def ready(p: ChildProcess) -> bool:
+        if p.process is not None and p.process.poll() is not None:
+            raise RuntimeError(f"{p.log_path}: exited with {p.process.returncode} while starting")
+        return "[^Worker]: Ready" in p.log_path.read_text(errors="replace")
+
+    for p in processes:
+        wait_for(lambda p=p: ready(p), timeout, f"{p.log_path} to show Ready", poll=0.2)
+    time.sleep(SETTLE_SECONDS)
 
 
 class DispatcherProcess(ChildProcess):

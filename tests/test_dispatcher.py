@@ -28,7 +28,7 @@ from streams.destinations import (
     verify,
 )
 from streams.dispatcher import Dispatcher, Ledger, invitations_of
-from streams.local_stack import DispatcherProcess, LocalBroker
+from streams.local_stack import DispatcherProcess, LocalBroker, wait_for
 from streams.produce import produce
 from streams.settings import SURVEY_INVITATIONS
 
@@ -279,13 +279,6 @@ def start_dispatcher(broker: LocalBroker, tmp_path: Path) -> DispatcherProcess:
     return dispatcher
 
 
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 def test_end_to_end_every_invitation_lands_through_500s_and_a_kill(tmp_path):
     receiver = Receiver(delay=0.01)
     (tmp_path / "destinations.yaml").write_text(
@@ -303,11 +296,11 @@ def test_end_to_end_every_invitation_lands_through_500s_and_a_kill(tmp_path):
         receiver.fail_first = 60  # the survey tool is down at first
         first = start_dispatcher(broker, tmp_path)
         try:
-            wait_until(lambda: len(receiver.accepted()) >= 80, 60, "no deliveries")
+            wait_for(lambda: len(receiver.accepted()) >= 80, 60, "80 deliveries")
             first.kill()  # SIGKILL mid-delivery: requests are in flight
             second = start_dispatcher(broker, tmp_path)
             try:
-                wait_until(lambda: len(receiver.accepted()) >= 300, 120, "not all delivered")
+                wait_for(lambda: len(receiver.accepted()) >= 300, 120, "every delivery")
                 time.sleep(1.0)  # anything more would be a duplicate
             finally:
                 assert second.stop(30) == 0  # SIGTERM: a clean stop
