@@ -257,6 +257,7 @@ def run_pipeline(
 
 def run_bench(
     customers: int,
+    max_events: int | None,
     envelope: int,
     partitions: int,
     workers: list[int],
@@ -275,6 +276,7 @@ def run_bench(
     # Live traffic is dense: customers arrive over ten minutes, acting every 5 to 20 s,
     # so a producer flushing every 30 s has several events of a customer to batch.
     events = generate(customers, seed=seed, arrivals_seconds=600, max_gap_seconds=20)
+    events = events[:max_events] if max_events else events
     singles = as_messages(events)
     batched = as_messages(events, envelope_size=envelope, window_ms=30_000)
     work = data_dir / "bench"

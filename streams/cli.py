@@ -128,6 +128,12 @@ def _numbers(kind: type) -> Callable:
 
 @main.command()
 @click.option("--customers", default=10_000, show_default=True, help="synthetic customers")
+@click.option(
+    "--events",
+    "max_events",
+    type=click.IntRange(min=1),
+    help="at most this many of their events (the first in time) [default: all, ~5.6 each]",
+)
 @click.option("--envelope", default=50, show_default=True, help="events per batch envelope")
 @click.option(
     "--partitions", default=4, show_default=True, help="partitions of every topic (parallelism)"

@@ -129,6 +129,9 @@ class TouchpointProducer:
             batch.append(event)
             if len(batch) >= self._max_events:
                 await self._send_batch(key)
+            # Lingered batches go here too: a caller that sends without pause never lets
+            # the linger task run, and its batches would wait, out of order, for seconds.
+            await self._send_lingered()
         if len(self._acks) >= 1000:  # bound what waits for an ack
             await self._collect_acks()
 
@@ -170,13 +173,22 @@ class TouchpointProducer:
             spanned.append(key)
         return spanned
 
+    async def _send_lingered(self) -> None:
+        """Send the batches open for `linger_seconds` or more (oldest first, in open order)."""
+        due = time.monotonic() - self._linger
+        lingered = []
+        for key, (opened, _) in self._opened.items():
+            if opened > due:
+                break
+            lingered.append(key)
+        for key in lingered:
+            await self._send_batch(key)
+
     async def _send_lingering(self) -> None:
         try:
             while True:
                 await asyncio.sleep(self._linger / 4)
-                due = time.monotonic() - self._linger
-                for key in [k for k, (opened, _) in self._opened.items() if opened <= due]:
-                    await self._send_batch(key)
+                await self._send_lingered()
         except Exception as exc:  # kept for the next flush to raise
             self._failure = exc
 

@@ -7,6 +7,7 @@ simulator's run goes on through a real worker into ClickHouse.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 
 import orjson
@@ -104,6 +105,34 @@ def test_a_batch_picked_by_two_senders_at_once_is_sent_once():
         return client.sent
 
     assert asyncio.run(race()) == [b"c-1"]
+
+
+def test_batches_linger_no_longer_than_asked_when_the_caller_never_pauses():
+    """A busy caller never yields to the linger task: batches go out from send itself."""
+
+    class Client:
+        def __init__(self) -> None:
+            self.sent: list[tuple[float, bytes]] = []
+
+        async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future:
+            self.sent.append((time.monotonic(), key))
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    async def busy() -> list[tuple[float, bytes]]:
+        producer = TouchpointProducer("127.0.0.1:9", linger_seconds=0.05, max_events=10**9)
+        producer._producer = client = Client()
+        started = time.monotonic()
+        n = 0
+        while time.monotonic() - started < 0.5:  # no await that would let other tasks run
+            await producer.send(make_event(n, customer_id=f"c-{n % 7}"))
+            n += 1
+        return client.sent, started
+
+    sent, started = asyncio.run(busy())
+    assert sent, "nothing left within the half second"
+    assert sent[0][0] - started < 0.1  # the first batch went after its linger, not at the end
 
 
 def test_events_are_batched_per_customer_and_flushed_when_the_block_ends(broker):

@@ -1,0 +1,54 @@
+"""`parcours bench` runs end to end and reports every figure (the figures themselves are
+measured, not asserted: see README, Performance)."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from streams.cli import main
+
+
+def test_bench_measures_every_run_and_prints_json(tmp_path):
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "--customers", "150",
+            "--events", "600",
+            "--workers", "1",
+            "--rate", "200",
+            "--latency-seconds", "10",
+            "--data-dir", str(tmp_path),
+            "--json",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["events"] == 600
+    runs = {(f["run"], f["messages_kind"], f["workers"]) for f in report["throughput"]}
+    assert runs == {
+        ("core (in-process)", "1 event/message", 0),
+        ("baseline (bare Faust)", "1 event/message", 1),
+        ("pipeline", "1 event/message", 1),
+        ("baseline (bare Faust)", "envelopes of ≤50", 1),
+        ("pipeline", "envelopes of ≤50", 1),
+    }
+    for figure in report["throughput"]:
+        assert figure["events"] == 600 and figure["events_per_second"] > 0
+        if figure["run"] == "pipeline":
+            assert figure["vs_baseline"] > 0 and figure["peak_rss_mb"][0] > 50
+    assert report["sink_rows_per_second"] > 0
+    assert 100 < report["state_bytes_per_customer"] < 10_000
+    [latency] = report["latency"]
+    assert latency["landed"] >= 0.999 * latency["events"] > 0
+    assert latency["late_events"] == 0
+    assert 0 < latency["to_row"]["p50_ms"] <= latency["to_row"]["p99_ms"]
+
+
+def test_bench_rejects_bad_lists():
+    result = CliRunner().invoke(main, ["bench", "--workers", "1,x"])
+    assert result.exit_code == 2 and "comma-separated numbers" in result.output
+    result = CliRunner().invoke(main, ["bench", "--workers", "0"])
+    assert result.exit_code == 2 and "above 0" in result.output
