@@ -26,7 +26,15 @@ from streams import follow_ups
 from streams.config import Config, Journey
 from streams.health import update_health
 from streams.leaks import Leak, find, leak_id, leak_row
-from streams.surveys import decide, find_triggers, new_contact, segment_of, unseen
+from streams.surveys import (
+    decide,
+    find_triggers,
+    has_due,
+    held_due_ms,
+    new_contact,
+    segment_of,
+    unseen,
+)
 
 MAX_PATH = 100  # touchpoints kept in a journey's path; longer paths say so
 MAX_EVENTS = 1000  # retained events per customer; beyond, the oldest go first
@@ -394,7 +402,7 @@ def _contact(
     contact = state.get("contact") or new_contact()
     fresh = unseen(contact, state["events"], watermark_ms)
     triggers = find_triggers(config.surveys, fresh, instances, leak_rows, contact, watermark_ms)
-    if not fresh and not leak_rows and not triggers:
+    if not fresh and not leak_rows and not triggers and not has_due(contact, watermark_ms):
         return {}, {}
     profile = state.get("profile", {})
     tasks, follow_up_rows, task_spans = follow_ups.step(
@@ -406,11 +414,12 @@ def _contact(
         customer_key,
         now_ms,
     )
-    journey_spans: dict[str, list[tuple]] = {}
-    if any(t.rule.unless_open for t in triggers):
+    journey_spans: dict[str, list[tuple]] = {}  # for `unless_open`: until it completes or closes
+    if any(rule.unless_open for rule in config.surveys.rules.values()):
         for instance in instances:
+            ended = instance.closed_ms if instance.completed_ms is None else instance.completed_ms
             journey_spans.setdefault(instance.journey.name, []).append(
-                (instance.id, instance.entry[0], instance.closed_ms)
+                (instance.id, instance.entry[0], ended)
             )
     decisions = decide(
         config,
@@ -517,6 +526,8 @@ def _next_due_ms(
     ]
     if state.get("identified"):  # touchpoints surveys have not looked at yet
         times += [e[0] for e in state["events"] if e[0] > watermark_ms][:1]
+        held = held_due_ms(state.get("contact", {}), config.surveys, watermark_ms)
+        times += [held] if held is not None else []
     in_instances = {e[1] for i in instances for e in i.events}
     times += [  # to evict stray events once the identity window has passed them
         e[0] + config.identity_window_ms + 1 for e in state["events"] if e[1] not in in_instances

@@ -212,6 +212,7 @@ INVITATION_COLUMNS = [
     "trigger_at",
     "send_at",
     "decided_at",
+    "held_for",
 ]
 SUPPRESSION_COLUMNS = [*INVITATION_COLUMNS, "reason", "detail"]
 
@@ -223,6 +224,7 @@ def invitation_ch_row(row: dict) -> list:
         _utc(row["trigger_ms"]),
         _utc(row["send_at_ms"]),
         _utc(row["decided_ms"]),
+        row.get("held_for", ""),
     ]
 
 

@@ -15,6 +15,7 @@ from streams.follow_ups import FollowUpRule, FollowUps
 
 SURVEY_CHANNELS = ("email", "sms", "in_app")
 DEFAULT_SEGMENT = "default"
+DEFAULT_MAX_WAIT_MS = 30 * 86_400_000
 
 
 _ms = duration_ms
@@ -37,8 +38,9 @@ class SurveyRule:
     leak: str | None = None  # on leak
     every_ms: int = 0  # relational: at most once per this
     touchpoints: frozenset[str] = frozenset()  # relational: activity (empty: any)
-    unless_open: frozenset[str] = frozenset()  # journeys during which it is suppressed
+    unless_open: frozenset[str] = frozenset()  # held while one of these journeys is open
     unless_follow_up: bool = False  # suppressed while a follow-up task is open
+    unless_surveyed_within_ms: int = 0  # held until other rules sent nothing for this long
 
     def sample_rate(self, segment: str) -> float:
         rates = dict(self.sample)
@@ -61,6 +63,7 @@ class Surveys:
     channel_cap_ms: dict[str, int] = field(default_factory=dict)  # ... and per channel
     quiet_hours: QuietHours | None = None
     default_channel: str = "email"
+    max_wait_ms: int = DEFAULT_MAX_WAIT_MS  # after the trigger, a held invitation expires
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ def surveys_from(spec: dict) -> Surveys:
             _minute(quiet["from"]), _minute(quiet["to"]), quiet.get("time_zone", "UTC")
         ),
         default_channel=spec.get("default_channel", "email"),
+        max_wait_ms=_ms(spec["max_wait"]) if "max_wait" in spec else DEFAULT_MAX_WAIT_MS,
     )
 
 
@@ -131,6 +135,9 @@ def _rule(name: str, spec: dict) -> SurveyRule:
         touchpoints=frozenset(spec.get("touchpoints", [])),
         unless_open=frozenset(spec.get("unless_open", [])),
         unless_follow_up=spec.get("unless_follow_up", False),
+        unless_surveyed_within_ms=_ms(spec["unless_surveyed_within"])
+        if "unless_surveyed_within" in spec
+        else 0,
     )
 
 
@@ -196,8 +203,14 @@ def first_survey_problem(
         return ["surveys", "quiet_hours", "time_zone"], (
             f"{quiet['time_zone']!r} is not a time zone; use an IANA name like Europe/Paris"
         )
+    max_wait = surveys.get("max_wait", "30d")
     for name, rule in surveys.get("rules", {}).items():
         where = ["surveys", "rules", name]
+        if "delay" in rule and _ms(rule["delay"]) >= _ms(max_wait):
+            return [*where, "delay"], (
+                f"delay {rule['delay']} is not shorter than surveys.max_wait ({max_wait}): "
+                "every invitation would expire; shorten the delay or raise max_wait"
+            )
         named = [(["touchpoint"], rule["touchpoint"])] if "touchpoint" in rule else []
         named += [(["touchpoints", i], t) for i, t in enumerate(rule.get("touchpoints", []))]
         for keys, touchpoint in named:

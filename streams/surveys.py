@@ -11,10 +11,19 @@ decided concurrently. Triggers:
     leak         a leak rule fires (the leak's decision time is the trigger time)
     relational   an active customer, at most once per `every`
 
-Guardrails, in order: opted out, duplicate (same rule and journey), outranked (a rule
-with a higher priority sent at the same trigger time), sampled out (a deterministic
-draw on the invitation id), capped (another invitation too close, overall or on the
-channel). Quiet hours move `send_at` out of the night in the customer's time zone.
+Guardrails at the trigger, in order: opted out, handed off (a person's follow-up task
+is open), duplicate (same rule and journey), outranked (a rule with a higher priority
+sent at the same trigger time), sampled out (a deterministic draw on the invitation
+id), capped (another invitation too close, overall or on the channel, counting those
+still held). Quiet hours move `send_at` out of the night in the customer's time zone.
+
+An invitation that passes is held in the customer's state until the watermark reaches
+its `send_at`, and checked again then, in event time: an opt-out or a follow-up task
+since cancels it, another journey open (`unless_open`) or another rule's recent
+invitation (`unless_surveyed_within`) holds it on until that ends, and a cap it would
+now break cancels it. What waits longer than `max_wait` after its trigger expires. So
+nothing is sent that would not pass the guardrails at send time; the row says what it
+waited for (`held_for`).
 
 An invitation's id is its rule and the touchpoint it is about: a sender can dedupe on
 it, and a restart that re-sends a decision re-sends the same id.
@@ -23,6 +32,7 @@ it, and a restart that re-sends a decision re-sends the same id.
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -39,7 +49,9 @@ OPTED_OUT, DUPLICATE, OUTRANKED, SAMPLED_OUT, CAPPED = (
     "sampled_out",
     "capped",
 )
-JOURNEY_OPEN, HANDED_OFF = "journey_open", "handed_off"
+HANDED_OFF, EXPIRED, RULE_REMOVED = "handed_off", "expired", "rule_removed"
+EVENT, TRIGGER, SEND = 0, 1, 2  # at the same time: touchpoints first, sends last
+SEND_NOW, DROP, KEEP = "send", "drop", "keep"  # what becomes of a held invitation when due
 
 
 def invitation_id(rule: str, anchor_event_id: str) -> str:
@@ -81,6 +93,7 @@ def new_contact() -> dict:
         "opted_out": False,
         "orders": [0, 0.0],  # purchases, sum of their amounts
         "sent": [],  # [[send_at_ms, channel, rule, trigger_ms]] within the caps' reach
+        "held": [],  # invitation rows waiting for their send time (see decide)
         "journeys": {},  # rule -> journey ids it invited for
         "relational": {},  # rule -> trigger time of its last decision
         "completed": {},  # completion rule -> anchors decided (a merge may bring them late)
@@ -195,9 +208,10 @@ def decide(
     journey_spans: dict[str, list[tuple]] | None = None,
     task_spans: Iterable[tuple] = (),
 ) -> Decisions:
-    """Apply the fresh touchpoints (opt-outs, orders) and decide each trigger, in time order.
+    """Apply the fresh touchpoints (opt-outs, orders), decide each trigger and send each
+    held invitation the watermark has reached, all in event-time order.
 
-    `journey_spans` (journey -> (journey id, opened, closed or None) of the customer's
+    `journey_spans` (journey -> (journey id, opened, ended or None) of the customer's
     instances) and `task_spans` (follow-up tasks, the same) serve `unless_open` and
     `unless_follow_up`.
     """
@@ -205,29 +219,50 @@ def decide(
     contact = {**new_contact(), **contact}
     # Copies are shallow: lists inside are replaced, never changed in place.
     sent = list(contact["sent"])
+    held = list(contact["held"])
     journeys = dict(contact["journeys"])
     relational = dict(contact["relational"])
     completed = dict(contact["completed"])
     opted_out = contact["opted_out"]
     orders = contact["orders"]
     out = Decisions(contact)
+    spans = journey_spans or {}
 
-    # Touchpoints before triggers at the same time: an opt-out wins over every rule.
-    timeline = [(e[0], 0, i) for i, e in enumerate(fresh)]
-    if triggers:
-        timeline = sorted(timeline + [(t.at_ms, 1, i) for i, t in enumerate(triggers)])
-    sent_at_time: dict[int, bool] = {}  # trigger time -> an invitation was sent then
-    for _, what, i in timeline:
-        if what == 0:
-            event = fresh[i]
-            if event[2] in surveys.opt_out:
+    # A heap: held invitations become due while it is worked through.
+    timeline = [(e[0], EVENT, i, e) for i, e in enumerate(fresh)]
+    timeline += [(t.at_ms, TRIGGER, i, t) for i, t in enumerate(triggers)]
+    timeline += [(row["send_at_ms"], SEND, i, row) for i, row in _due(held, watermark_ms)]
+    heapq.heapify(timeline)
+    order = len(timeline)  # ties broken by arrival in the heap: deterministic
+    sent_at_time: dict[int, bool] = {}  # trigger time -> an invitation passed then
+    while timeline:
+        at_ms, what, _, item = heapq.heappop(timeline)
+        if what == EVENT:
+            if item[2] in surveys.opt_out:
                 opted_out = True
-            elif event[2] in surveys.opt_in:
+            elif item[2] in surveys.opt_in:
                 opted_out = False
-            if event[2] == "purchase":
-                orders = [orders[0] + 1, orders[1] + _amount(event)]
+            if item[2] == "purchase":
+                orders = [orders[0] + 1, orders[1] + _amount(item)]
             continue
-        trigger = triggers[i]
+        if what == SEND:
+            held = [row for row in held if row is not item]
+            action, row, look_again = _at_send_time(
+                item, at_ms, opted_out, sent, surveys, spans, task_spans,
+                _profile(profile, "time_zone"),
+            )  # fmt: skip
+            if action == KEEP:
+                held.append(row)
+                if look_again is not None and look_again <= watermark_ms:
+                    heapq.heappush(timeline, (look_again, SEND, order, row))
+                    order += 1
+            elif action == DROP:
+                out.suppressions.append({**row, "decided_ms": now_ms})
+            else:
+                out.invitations.append({**row, "decided_ms": now_ms})
+                sent.append([at_ms, row["channel"], row["rule"], row["trigger_ms"]])
+            continue
+        trigger: Trigger = item
         rule = trigger.rule
         if rule.trigger == "relational":
             relational[rule.name] = trigger.at_ms
@@ -239,30 +274,31 @@ def decide(
         send_at = send_time(
             trigger.at_ms + rule.delay_ms, surveys.quiet_hours, _profile(profile, "time_zone")
         )
-        waiting = _waiting_out(trigger, journey_spans or {}, task_spans)
+        booked = sent + [_booking(row) for row in held]
         reason, detail = _suppression(
-            trigger, opted_out, journeys, sent_at_time, segment, sent, surveys, channel, send_at
-        )
-        if waiting and reason != OPTED_OUT:  # checked right after the opt-out
-            reason, detail = waiting
+            trigger, opted_out, task_spans, journeys, sent_at_time, segment, booked, surveys,
+            channel, send_at,
+        )  # fmt: skip
         row = invitation_row(trigger, customer_key, channel, segment, send_at, now_ms)
         if reason:
             out.suppressions.append({**row, "reason": reason, "detail": detail})
             continue
-        out.invitations.append(row)
-        sent.append([send_at, channel, rule.name, trigger.at_ms])
+        held.append(row)
+        if send_at <= watermark_ms:
+            heapq.heappush(timeline, (send_at, SEND, order, row))
+            order += 1
         sent_at_time[trigger.at_ms] = True
         if trigger.journey_id:
             ids = journeys.setdefault(rule.name, [])
             journeys[rule.name] = [*ids, trigger.journey_id][-MAX_JOURNEYS_PER_RULE:]
 
-    reach = max([surveys.cap_ms, *surveys.channel_cap_ms.values()])
     out.contact = {
         **contact,
         "cursor": moved_cursor(contact, fresh),
         "opted_out": opted_out,
         "orders": orders,
-        "sent": [s for s in sent if s[0] > watermark_ms - reach],
+        "sent": [s for s in sent if s[0] > watermark_ms - _reach(surveys)],
+        "held": held,
         "journeys": journeys,
         "relational": relational,
         "completed": completed,
@@ -270,37 +306,123 @@ def decide(
     return out
 
 
-def _open_at(spans: Iterable[tuple], at_ms: int, besides: str = "") -> bool:
-    """Is one of `spans` ((id, opened, closed or None)) open at `at_ms`, other than `besides`?"""
-    return any(
-        start <= at_ms and (end is None or at_ms < end) and span_id != besides
-        for span_id, start, end in spans
-    )
+def _due(held: list[dict], watermark_ms: int) -> Iterable[tuple[int, dict]]:
+    return ((i, row) for i, row in enumerate(held) if row["send_at_ms"] <= watermark_ms)
 
 
-def _waiting_out(
-    trigger: Trigger,
+def held_due_ms(contact: dict, surveys: Surveys, watermark_ms: int) -> int | None:
+    """When the held invitations next need a look without new events: the first to come
+    due, or the expiry of one waiting for a journey to end. None if there are none."""
+    times = [
+        row["send_at_ms"] if row["send_at_ms"] > watermark_ms else _expiry(row, surveys)
+        for row in contact.get("held", ())
+    ]
+    return min(times, default=None)
+
+
+def has_due(contact: dict, watermark_ms: int) -> bool:
+    return any(row["send_at_ms"] <= watermark_ms for row in contact.get("held", ()))
+
+
+def _expiry(row: dict, surveys: Surveys) -> int:
+    return row["trigger_ms"] + surveys.max_wait_ms
+
+
+def _booking(row: dict) -> list:
+    """A held invitation as an entry of `sent`: it holds its place under the caps."""
+    return [row["send_at_ms"], row["channel"], row["rule"], row["trigger_ms"]]
+
+
+def _reach(surveys: Surveys) -> int:
+    """How long a sent invitation matters to the guardrails."""
+    waits = [r.unless_surveyed_within_ms for r in surveys.rules.values()]
+    return max([surveys.cap_ms, *surveys.channel_cap_ms.values(), *waits])
+
+
+def _at_send_time(
+    row: dict,
+    at_ms: int,
+    opted_out: bool,
+    sent: list[list],
+    surveys: Surveys,
     journey_spans: dict[str, list[tuple]],
     task_spans: Iterable[tuple],
-) -> tuple[str, str] | None:
-    """Journey-aware guardrails: another journey open (not the one the trigger is about),
-    or a person on the case."""
-    rule = trigger.rule
+    time_zone: str | None,
+) -> tuple[str, dict, int | None]:
+    """A held invitation looked at, at `at_ms` (its send time, or a time to look again):
+    (SEND_NOW, row, None), (DROP, row with the reason, None), or (KEEP, row, look again
+    at, or None if not known yet).
+
+    Only what is known at `at_ms` counts: a journey that holds it on is open at `at_ms`,
+    and when it ends is used only once the timeline gets there, so that the order and
+    batching of events cannot change what is sent or when.
+    """
+
+    def drop(reason: str, detail: str) -> tuple[str, dict, None]:
+        return DROP, {**row, "reason": reason, "detail": detail}, None
+
+    rule = surveys.rules.get(row["rule"])
+    if rule is None:
+        return drop(RULE_REMOVED, f"rule {row['rule']} is no longer configured")
+    if opted_out:
+        return drop(OPTED_OUT, "the customer opted out before it was sent")
+    if rule.unless_follow_up and _open_at(task_spans, at_ms):
+        return drop(HANDED_OFF, "a follow-up task for a person opened before it was sent")
+    expiry = _expiry(row, surveys)
+    wait = _waiting_for(rule, row, at_ms, journey_spans, sent)
+    if wait is not None:
+        until_ms, why = wait
+        if expiry <= at_ms:
+            return drop(EXPIRED, f"held longer than max_wait: {why}")
+        look_again = expiry if until_ms is None else min(until_ms, expiry)
+        return KEEP, {**row, "held_for": why}, look_again
+    later = send_time(at_ms, surveys.quiet_hours, time_zone)  # released at night: morning
+    if later > at_ms:
+        if expiry <= later:
+            return drop(EXPIRED, f"held longer than max_wait: {row['held_for']}")
+        return KEEP, {**row, "send_at_ms": later}, later
+    for other_send_at, other_channel, other_rule, _ in sent:
+        gap = abs(at_ms - other_send_at)
+        if gap < surveys.cap_ms:
+            return drop(CAPPED, f"{other_rule} was sent within the contact cap meanwhile")
+        if other_channel == row["channel"] and gap < surveys.channel_cap_ms.get(row["channel"], 0):
+            return drop(CAPPED, f"{other_rule} was sent on {row['channel']} within its cap")
+    return SEND_NOW, {**row, "send_at_ms": at_ms}, None
+
+
+def _waiting_for(
+    rule: SurveyRule,
+    row: dict,
+    at_ms: int,
+    journey_spans: dict[str, list[tuple]],
+    sent: list[list],
+) -> tuple[int | None, str] | None:
+    """What holds the invitation at `at_ms`: (until when, or None if not known yet, why)."""
     for journey in sorted(rule.unless_open):
-        if _open_at(journey_spans.get(journey, ()), trigger.at_ms, trigger.journey_id):
-            return JOURNEY_OPEN, f"a {journey} journey is open"
-    if rule.unless_follow_up and _open_at(task_spans, trigger.at_ms):
-        return HANDED_OFF, "a follow-up task for a person is open"
+        for span_id, start, end in journey_spans.get(journey, ()):
+            if span_id != row["journey_id"] and start <= at_ms and (end is None or at_ms < end):
+                return end, f"a {journey} journey was open"
+    window = rule.unless_surveyed_within_ms
+    recent = [s for s in sent if s[2] != rule.name and at_ms - window < s[0] <= at_ms]
+    if window and recent:
+        last = max(recent)
+        return last[0] + window, f"{last[2]} was sent within {window // 86_400_000}d"
     return None
+
+
+def _open_at(spans: Iterable[tuple], at_ms: int) -> bool:
+    """Is one of `spans` ((id, opened, ended or None)) open at `at_ms`?"""
+    return any(start <= at_ms and (end is None or at_ms < end) for _, start, end in spans)
 
 
 def _suppression(
     trigger: Trigger,
     opted_out: bool,
+    task_spans: Iterable[tuple],
     journeys: dict[str, list[str]],
     sent_at_time: dict[int, bool],
     segment: str,
-    sent: list[list],
+    booked: list[list],
     surveys: Surveys,
     channel: str,
     send_at: int,
@@ -309,6 +431,8 @@ def _suppression(
     rule = trigger.rule
     if opted_out:
         return OPTED_OUT, "the customer opted out of surveys"
+    if rule.unless_follow_up and _open_at(task_spans, trigger.at_ms):
+        return HANDED_OFF, "a follow-up task for a person is open"
     if trigger.journey_id and trigger.journey_id in journeys.get(rule.name, []):
         return DUPLICATE, f"{rule.name} already invited for journey {trigger.journey_id}"
     if sent_at_time.get(trigger.at_ms):
@@ -316,7 +440,7 @@ def _suppression(
     rate = rule.sample_rate(segment)
     if not sampled_in(trigger.invitation_id, rate):
         return SAMPLED_OUT, f"sample rate {rate:g} for segment {segment}"
-    for other_send_at, other_channel, other_rule, _ in sent:
+    for other_send_at, other_channel, other_rule, _ in booked:
         gap = abs(send_at - other_send_at)
         if gap < surveys.cap_ms:
             return CAPPED, f"{other_rule} is sent within the contact cap"

@@ -13,21 +13,23 @@ from streams.events import REASONS
 from streams.surveys import (
     CAPPED,
     DUPLICATE,
+    EXPIRED,
     HANDED_OFF,
-    JOURNEY_OPEN,
     OPTED_OUT,
     OUTRANKED,
+    RULE_REMOVED,
     SAMPLED_OUT,
 )
 
 SUPPRESSION_REASONS = (
     OPTED_OUT,
-    JOURNEY_OPEN,
     HANDED_OFF,
     DUPLICATE,
     OUTRANKED,
     SAMPLED_OUT,
     CAPPED,
+    EXPIRED,
+    RULE_REMOVED,
 )
 JOURNEY_OUTCOMES = ("opened", "completed", "expired", "superseded", "entry_ignored")
 PROCESSING_STEPS = ("ingest", "journeys")

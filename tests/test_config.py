@@ -175,6 +175,16 @@ def test_survey_rules_load_with_their_guardrails(tmp_path):
         ("time_zone: Europe/Paris", "time_zone: Mars/Base", [":13:", "IANA name"]),
         ('from: "21:00"', 'from: "9pm"', [":13:", "quiet_hours.from"]),
         ("metric: csat", "metric: csat\n      sample: 1.5", [":20:", "sample"]),
+        (
+            "metric: csat",
+            "metric: csat\n      delay: 45d",
+            [":20:", "rules.after_buying.delay", "not shorter than surveys.max_wait (30d)"],
+        ),
+        (
+            "metric: csat",
+            "metric: csat\n      unless_surveyed_within: soon",
+            [":20:", "unless_surveyed_within"],
+        ),
     ],
 )
 def test_survey_errors_point_at_the_line_and_say_how_to_fix(tmp_path, old, new, expected):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import orjson
 
 from streams import follow_ups, metrics, worker_metrics
@@ -12,7 +10,7 @@ from streams.journeys import add_events, advance, new_state
 from streams.rows import FOLLOW_UP_COLUMNS, follow_up_ch_row
 from tests.conftest import clickhouse
 from tests.test_journeys import CONFIG, H
-from tests.test_surveys import decisions, ev, only_rules, summary
+from tests.test_surveys import ev
 
 BOUGHT = [ev(0, "a", "site_visit"), ev(H, "b", "purchase"), ev(2 * H, "c", "delivery")]
 
@@ -102,50 +100,6 @@ def test_open_and_overdue_tasks_are_counted_in_the_state_scan():
     assert (open_, late) == (3, 2)
     worker_metrics.scan_journey_state([], {0}, now_ms=500)
     assert metrics.FOLLOW_UPS_OVERDUE.labels("call_back_detractor")._value.get() == 0
-
-
-# --- survey guardrails that look at other journeys and at people ----------------------
-
-
-def test_a_survey_waits_out_another_open_journey_but_not_its_own():
-    config = only_rules("csat_after_delivery")
-    rule = dataclasses.replace(
-        config.surveys.rules["csat_after_delivery"],
-        unless_open=frozenset({"support_resolution", "purchase"}),
-    )
-    config = dataclasses.replace(
-        config, surveys=dataclasses.replace(config.surveys, rules={rule.name: rule})
-    )
-    calm = summary(*decisions(BOUGHT, config))
-    assert calm == [("csat_after_delivery", "c", "sent")]  # its own purchase journey is open
-    calling = [ev(-H, "call", "support_call", "phone"), *BOUGHT]
-    assert summary(*decisions(calling, config)) == [("csat_after_delivery", "c", "journey_open")]
-    resolved = [*calling[:1], ev(-H // 2, "fix", "ticket_resolved", "email"), *BOUGHT]
-    # Resolved, the support journey completed but stays open for its closure stage.
-    [(_, _, reason)] = summary(*decisions(resolved, config))
-    assert reason == "journey_open"
-    opted = [ev(-2 * H, "u", "unsubscribe", "email"), *calling]
-    assert summary(*decisions(opted, config)) == [("csat_after_delivery", "c", "opted_out")]
-
-
-def test_a_person_on_the_case_takes_over_from_the_survey():
-    config = only_rules("ces_after_support_call")
-    rule = dataclasses.replace(
-        config.surveys.rules["ces_after_support_call"], unless_follow_up=True
-    )
-    config = dataclasses.replace(
-        config, surveys=dataclasses.replace(config.surveys, rules={rule.name: rule})
-    )
-    calls = [ev(n * H, f"call{n}", "support_call", "phone") for n in range(4)]
-    found = summary(*decisions(calls, config))
-    # The third call makes a repeated-contact leak, decided just after it: a task opens
-    # for a person, and the next call's survey goes to them instead.
-    assert found == [
-        ("ces_after_support_call", "call0", "sent"),
-        ("ces_after_support_call", "call1", "duplicate"),  # one CES per support case
-        ("ces_after_support_call", "call2", "duplicate"),
-        ("ces_after_support_call", "call3", "handed_off"),
-    ]
 
 
 def test_follow_up_views_count_open_closed_and_overdue(tmp_path):

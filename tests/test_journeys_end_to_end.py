@@ -178,10 +178,12 @@ def arrival_order(customers, seed=11):
 def scripted_run(now_ms: int) -> tuple[list[dict], set, set, set]:
     """(events in arrival order, expected journeys, leaks, survey decisions).
 
-    Customers start 4 to 3.4 hours ago; then a clock touchpoint (a signal in no journey)
+    Customers start 20 to 19.4 hours ago, so that every invitation's send time (its delay,
+    pushed out of the quiet hours by up to 11 hours) has passed whatever the time of day,
+    and no 1-day stall is due; then a clock touchpoint (a signal in no journey)
     on every partition brings each watermark to the present, deciding every leak due.
     """
-    customers = [script(i, now_ms - 4 * 3_600_000 + i * 7_000) for i in range(300)]
+    customers = [script(i, now_ms - 20 * 3_600_000 + i * 7_000) for i in range(300)]
     events = arrival_order(customers)
     clocks = {kafka_partition(f"clock-{n}", 4): f"clock-{n}" for n in range(50)}
     assert len(clocks) == 4

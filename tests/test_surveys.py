@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -102,20 +103,23 @@ def test_a_delivered_purchase_invites_to_csat_about_the_delivery_after_the_delay
     assert row["channel"] == "email"  # no preferred channel known: the default
 
 
-def test_a_touchpoint_is_decided_only_once_the_watermark_reaches_it():
-    config = only_rules("ces_after_support_call")
+def test_a_touchpoint_is_decided_once_the_watermark_reaches_it_and_sent_at_its_send_time():
+    config = only_rules("ces_after_support_call")  # 30 minutes after the call
     call = [ev(T0, "s", "support_call", "phone")]
     assert decisions(call, config, final_watermark=T0 - 1) == ({}, {})
-    invited, _ = decisions(call, config, final_watermark=T0)
+    # Decided at T0 (it passed the guardrails), held in the state until its send time.
+    assert decisions(call, config, final_watermark=T0 + 30 * MINUTE - 1) == ({}, {})
+    invited, _ = decisions(call, config, final_watermark=T0 + 30 * MINUTE)
     assert [r["anchor_event_id"] for r in invited.values()] == ["s"]
+    assert invited[next(iter(invited))]["send_at_ms"] == T0 + 30 * MINUTE
 
 
 def test_an_abandoned_checkout_invites_to_why_not_buy_when_the_leak_fires():
     events = [ev(T0, "v", "site_visit"), ev(T0 + MINUTE, "k", "checkout_started")]
     config = only_rules("why_not_buy")
     due = T0 + MINUTE + H
-    assert decisions(events, config, final_watermark=due - 1) == ({}, {})
-    invited, _ = decisions(events, config, final_watermark=due)
+    assert decisions(events, config, final_watermark=due + H - 1) == ({}, {})
+    invited, _ = decisions(events, config, final_watermark=due + H)  # its delay is 1 h
     (row,) = invited.values()
     assert (row["trigger"], row["anchor_event_id"], row["trigger_ms"]) == ("leak", "k", due)
     assert row["send_at_ms"] == due + H
@@ -132,12 +136,30 @@ def test_relational_nps_goes_to_active_customers_at_most_once_per_period():
 # --- guardrails ----------------------------------------------------------------------
 
 
-def test_an_opt_out_at_the_same_time_as_a_trigger_wins_and_a_later_one_does_not():
+def test_an_opt_out_at_the_same_time_as_a_trigger_wins_and_one_after_the_send_does_not():
     config = only_rules("ces_after_support_call")
     same_time = [ev(T0, "u", "unsubscribe", "email"), ev(T0, "s", "support_call", "phone")]
     assert summary(*decisions(same_time, config)) == [("ces_after_support_call", "s", "opted_out")]
-    after = [ev(T0, "s", "support_call", "phone"), ev(T0 + 1, "u", "unsubscribe", "email")]
+    sent_at = T0 + 30 * MINUTE
+    after = [ev(T0, "s", "support_call", "phone"), ev(sent_at + 1, "u", "unsubscribe", "email")]
     assert summary(*decisions(after, config)) == [("ces_after_support_call", "s", "sent")]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_an_opt_out_during_the_delay_cancels_the_held_invitation(batch_size):
+    config = only_rules("ces_after_support_call")
+    events = [ev(T0, "s", "support_call", "phone"), ev(T0 + 29 * MINUTE, "u", "unsubscribe")]
+    invited, suppressed = decisions(events, config, batch_size=batch_size, restart=True)
+    assert invited == {}
+    (row,) = suppressed.values()
+    assert (row["reason"], row["detail"]) == (
+        "opted_out",
+        "the customer opted out before it was sent",
+    )
+    assert row["send_at_ms"] == T0 + 30 * MINUTE
+    # At the send time itself, the opt-out still wins (touchpoints before sends).
+    at_send = [events[0], ev(T0 + 30 * MINUTE, "u", "unsubscribe")]
+    assert summary(*decisions(at_send, config)) == [("ces_after_support_call", "s", "opted_out")]
 
 
 def test_an_opt_out_that_arrives_late_but_within_the_lateness_still_wins():
