@@ -39,6 +39,7 @@ from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from streams.config import Config
+from streams.durations import duration_text
 from streams.survey_config import SURVEY_CHANNELS, QuietHours, Segments, SurveyRule, Surveys
 
 MAX_JOURNEYS_PER_RULE = 50  # journey ids remembered per rule, for the duplicate check
@@ -406,7 +407,7 @@ def _waiting_for(
     recent = [s for s in sent if s[2] != rule.name and at_ms - window < s[0] <= at_ms]
     if window and recent:
         last = max(recent)
-        return last[0] + window, f"{last[2]} was sent within {window // 86_400_000}d"
+        return last[0] + window, f"{last[2]} was sent within {duration_text(window)}"
     return None
 
 

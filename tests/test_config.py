@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streams.config import ConfigError, duration_ms, load_config
+from streams.durations import duration_text
 from streams.settings import SCHEMAS_DIR
 from streams.synth import generate
 
@@ -64,6 +65,16 @@ def test_a_minimal_config_loads_with_its_durations(tmp_path):
 @pytest.mark.parametrize(("text", "ms"), [("90s", 90_000), ("1.5m", 90_000), ("7d", 604_800_000)])
 def test_durations(text, ms):
     assert duration_ms(text) == ms
+    assert duration_ms(duration_text(ms)) == ms  # written back in its largest whole unit
+
+
+def test_durations_are_written_in_their_largest_whole_unit():
+    assert [duration_text(ms) for ms in (30 * 86_400_000, 5_400_000, 90_000, 1500)] == [
+        "30d",
+        "90m",
+        "90s",
+        "1.5s",
+    ]
 
 
 @pytest.mark.parametrize(
