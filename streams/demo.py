@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 
 from streams.clickhouse import connect
+from streams.destinations import FOLLOW_UPS, INVITATIONS
 from streams.local_stack import DispatcherProcess, LocalBroker
 from streams.produce import as_messages, produce
 from streams.report import as_text, write_report
@@ -101,17 +102,23 @@ def run_demo(customers: int, seed: int, data_dir: Path, timeout: float) -> dict:
             print(f"  done in {time.perf_counter() - t:.1f}s")
             t = step("waiting for journeys to settle (identity merges, watermarks)")
             journey_rows = worker.wait_until_quiet("journeys", timeout=timeout)
-            for table in ("leaks", "survey_invitations", "survey_suppressions"):
+            for table in ("leaks", "survey_invitations", "survey_suppressions", "follow_ups"):
                 worker.wait_until_quiet(table, timeout=timeout)
             print(f"  {journey_rows:,} journey updates written in {time.perf_counter() - t:.1f}s")
-            expected = worker.sink_rows("survey_invitations")
-            delivered = deliver_invitations(broker, demo_dir, expected, timeout)
+            expected = {
+                INVITATIONS: worker.sink_rows("survey_invitations"),
+                FOLLOW_UPS: worker.sink_rows("follow_ups"),  # opened, and closed
+            }
+            delivered = deliver(broker, demo_dir, expected, timeout)
             step("stopping the dispatcher, the worker and the broker")
     summary = summarize(clickhouse_url)
-    summary["delivered"] = delivered
+    summary["delivered"] = delivered[INVITATIONS]
+    summary["follow_ups_delivered"] = delivered[FOLLOW_UPS]
     print(
-        f"\nInvitations delivered to the local webhook: {delivered:,} "
-        f"(ClickHouse holds {summary['invitation_count']:,}), each signed and once"
+        f"\nDelivered to the local webhook, each signed and once: "
+        f"{delivered[INVITATIONS]:,} invitations (ClickHouse holds "
+        f"{summary['invitation_count']:,}) and {delivered[FOLLOW_UPS]:,} follow-up tasks "
+        "(opened or closed)"
     )
     show_journey_map(clickhouse_url, demo_dir / "report.html")
     return summary
@@ -119,10 +126,10 @@ def run_demo(customers: int, seed: int, data_dir: Path, timeout: float) -> dict:
 
 DEMO_SECRET = "demo-secret"
 DESTINATIONS = """\
-# Written by parcours demo: one webhook, the local receiver it started.
+# Written by parcours demo: two webhooks on the local receiver it started.
 destinations:
   local_survey_tool:
-    url: {url}
+    url: {url}/invitations
     secret_env: PARCOURS_WEBHOOK_SECRET
     rate_limit: 200
     template:
@@ -132,12 +139,28 @@ destinations:
       send_at_ms: "{{send_at_ms}}"
       reference: "{{invitation_id}}"
       context: {{rule: "{{rule}}", journey: "{{journey}}", touchpoint: "{{touchpoint}}"}}
+  local_helpdesk:
+    url: {url}/tasks
+    deliver: [follow_ups]
+    secret_env: PARCOURS_WEBHOOK_SECRET
+    rate_limit: 200
+    template:
+      external_id: "{{task_id}}"
+      status: "{{status}}"
+      customer: "{{customer_key}}"
+      subject: "{{reason}} ({{journey}}, {{stage}})"
+      priority: "{{priority}}"
+      due_ms: "{{due_ms}}"
+      recent_touchpoints: "{{recent_touchpoints}}"
 """
 
 
-def deliver_invitations(broker: LocalBroker, demo_dir: Path, expected: int, timeout: float) -> int:
-    """Run `parcours dispatcher` against a local webhook receiver until it is quiet."""
-    t = step("delivering survey invitations to a local webhook (parcours dispatcher)")
+def deliver(
+    broker: LocalBroker, demo_dir: Path, expected: dict[str, int], timeout: float
+) -> dict[str, int]:
+    """Run `parcours dispatcher` against a local webhook receiver until every expected
+    item of each kind arrived, or it is quiet; return the items received by kind."""
+    t = step("delivering invitations and follow-up tasks to local webhooks (parcours dispatcher)")
     with WebhookReceiver(DEMO_SECRET.encode()) as receiver:
         destinations = demo_dir / "destinations.yaml"
         destinations.write_text(DESTINATIONS.format(url=receiver.url))
@@ -148,10 +171,13 @@ def deliver_invitations(broker: LocalBroker, demo_dir: Path, expected: int, time
             demo_dir / "dispatcher.log",
             PARCOURS_WEBHOOK_SECRET=DEMO_SECRET,
         ):
-            # Every invitation row the worker wrote, or quiet for 3 s once deliveries began.
+            # Every row the worker wrote, or quiet for 3 s once deliveries began.
             deadline = time.monotonic() + timeout
             last, since = 0, time.monotonic()
-            while receiver.delivered() < expected and time.monotonic() < deadline:
+            while (
+                any(receiver.delivered(kind) < n for kind, n in expected.items())
+                and time.monotonic() < deadline
+            ):
                 if receiver.delivered() != last:
                     last, since = receiver.delivered(), time.monotonic()
                 elif last and time.monotonic() - since > 3.0:
@@ -162,7 +188,7 @@ def deliver_invitations(broker: LocalBroker, demo_dir: Path, expected: int, time
             f"({receiver.requests:,} requests, {receiver.rejected} with a bad signature); "
             f"destinations file: {destinations}"
         )
-        return receiver.delivered()
+        return {kind: receiver.delivered(kind) for kind in expected}
 
 
 def show_journey_map(clickhouse_url: str, html_path: Path) -> None:

@@ -1,11 +1,13 @@
-"""Where `parcours dispatcher` delivers invitations: destinations, templates, signatures.
+"""Where `parcours dispatcher` delivers invitations (and follow-up tasks): destinations,
+templates, signatures.
 
-A destinations file (YAML) names each destination's webhook, its secret, limits and
-the template that turns an invitation into the body the survey tool expects:
+A destinations file (YAML) names each destination's webhook, what it takes, its
+secret, limits and the template that turns an item into the body the tool expects:
 
     destinations:
       survey_tool:
         url: https://surveys.example.com/hooks/parcours
+        deliver: [invitations]                 # default; or follow_ups, or both
         secret_env: PARCOURS_WEBHOOK_SECRET   # HMAC-SHA256 key, read from the environment
         timeout: 5s
         rate_limit: 20                         # requests per second
@@ -50,6 +52,12 @@ SCHEMA = {
                 "additionalProperties": False,
                 "properties": {
                     "url": {"type": "string", "pattern": "^https?://"},
+                    "deliver": {
+                        "type": "array",
+                        "items": {"enum": ["invitations", "follow_ups"]},
+                        "minItems": 1,
+                        "uniqueItems": True,
+                    },
                     "secret_env": {"type": "string", "pattern": "^[A-Z_][A-Z0-9_]*$"},
                     "timeout": DURATION,
                     "rate_limit": {"type": "number", "exclusiveMinimum": 0},
@@ -65,6 +73,8 @@ SCHEMA = {
 }
 
 
+INVITATIONS, FOLLOW_UPS = "invitations", "follow_ups"  # what a destination may take
+
 # The HMAC key of destinations without `secret_env`; unset, their requests go unsigned.
 DEFAULT_SECRET_ENV = "PARCOURS_WEBHOOK_SECRET"
 
@@ -78,6 +88,7 @@ class Destination:
     name: str
     url: str
     secret: bytes = b""
+    deliver: tuple[str, ...] = (INVITATIONS,)  # what it takes: invitations, follow_ups
     timeout_seconds: float = 5.0
     rate_limit: float = 50.0  # requests per second
     concurrency: int = 8
@@ -128,6 +139,7 @@ def load_destinations(path: Path, env: dict[str, str] | None = None) -> list[Des
                 name,
                 spec["url"],
                 secret,
+                deliver=tuple(spec.get("deliver", [INVITATIONS])),
                 timeout_seconds=seconds.get("timeout", 5.0),
                 rate_limit=float(spec.get("rate_limit", 50.0)),
                 concurrency=spec.get("concurrency", 8),
@@ -165,6 +177,7 @@ class _Missing(dict):
 SIGNATURE_HEADER = "X-Parcours-Signature"
 TIMESTAMP_HEADER = "X-Parcours-Timestamp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+KIND_HEADER = "X-Parcours-Kind"  # invitations or follow_ups
 
 
 def sign(secret: bytes, timestamp: int, body: bytes) -> str:

@@ -1,18 +1,21 @@
-"""`parcours dispatcher`: deliver survey invitations to survey tools, once each.
+"""`parcours dispatcher`: deliver survey invitations to survey tools, and follow-up
+tasks to the tools people work in, once each.
 
-Consumes `survey-invitations` (messages `{"invitations": [...]}`) and POSTs every
-invitation to every configured destination (see streams.destinations): JSON body from
-the destination's template, signed with HMAC-SHA256, at most `rate_limit` requests/s
-and `concurrency` at a time. Timeouts, connection errors, 408, 429 and 5xx are retried
-with exponential backoff up to `max_attempts`; other 4xx answers and the last failure go
-to the `dispatch-dlq` topic with the reason, and the dispatcher moves on.
+Consumes `survey-invitations` (messages `{"invitations": [...]}`) and, when a
+destination takes them, `follow-ups` (`{"follow_ups": [...]}`: a task when it opens and
+again when it closes), and POSTs every item to every destination that takes its kind
+(see streams.destinations): JSON body from the destination's template, signed with
+HMAC-SHA256, at most `rate_limit` requests/s and `concurrency` at a time. Timeouts,
+connection errors, 408, 429 and 5xx are retried with exponential backoff up to
+`max_attempts`; other 4xx answers and the last failure go to the `dispatch-dlq` topic
+with the reason, and the dispatcher moves on.
 
-Once: a delivery ledger (SQLite, one row per destination and invitation id) is written
-as soon as a destination accepts an invitation, and offsets are committed only after
-every invitation of a batch is delivered or dead-lettered. After a crash the batch is
+Once: a delivery ledger (SQLite, one row per destination and item id) is written as
+soon as a destination accepts an item, and offsets are committed only after every item
+of a batch is delivered or dead-lettered. After a crash the batch is
 read again and the ledger skips what was delivered. The one window left (killed after
 the destination answered, before the ledger write: microseconds) is covered by the
-`Idempotency-Key` header, the invitation id, which receivers should dedupe on.
+`Idempotency-Key` header, the item id (see item_id_of), which receivers should dedupe on.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ from aiokafka import AIOKafkaConsumer
 
 from streams import metrics
 from streams.destinations import (
+    FOLLOW_UPS,
     IDEMPOTENCY_HEADER,
+    INVITATIONS,
+    KIND_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     Destination,
@@ -40,7 +46,7 @@ from streams.destinations import (
     sign,
 )
 from streams.produce import kafka_producer
-from streams.settings import DISPATCH_DLQ, SURVEY_INVITATIONS, Settings
+from streams.settings import DISPATCH_DLQ, OUTPUT_TOPICS, Settings
 
 log = logging.getLogger("parcours.dispatcher")
 
@@ -106,12 +112,20 @@ class Dispatcher:
         self.slots = {d.name: asyncio.Semaphore(d.concurrency) for d in destinations}
         self.in_flight: dict[tuple[str, str], asyncio.Task] = {}
 
-    async def deliver_all(self, items: list[dict]) -> None:
-        """Every item to every destination; returns once each is delivered or dead-lettered."""
-        await asyncio.gather(*(self.deliver(d, item) for item in items for d in self.destinations))
+    async def deliver_all(self, items: list[tuple[str, dict]]) -> None:
+        """Every (kind, item) to every destination that takes its kind; returns once each
+        is delivered or dead-lettered."""
+        await asyncio.gather(
+            *(
+                self.deliver(d, kind, item)
+                for kind, item in items
+                for d in self.destinations
+                if kind in d.deliver
+            )
+        )
 
-    async def deliver(self, destination: Destination, item: dict) -> None:
-        item_id = str(item.get("invitation_id", ""))
+    async def deliver(self, destination: Destination, kind: str, item: dict) -> None:
+        item_id = item_id_of(kind, item)
         key = (destination.name, item_id)
         if key in self.in_flight:  # the same invitation twice in one batch: send once
             await self.in_flight[key]
@@ -119,14 +133,14 @@ class Dispatcher:
         if self.ledger.settled(*key):
             metrics.DISPATCHED.labels(destination.name, "already_delivered").inc()
             return
-        task = asyncio.ensure_future(self._deliver(destination, item, item_id))
+        task = asyncio.ensure_future(self._deliver(destination, kind, item, item_id))
         self.in_flight[key] = task
         try:
             await task
         finally:
             self.in_flight.pop(key, None)
 
-    async def _deliver(self, destination: Destination, item: dict, item_id: str) -> None:
+    async def _deliver(self, destination: Destination, kind: str, item: dict, item_id: str) -> None:
         started = time.monotonic()
         body = orjson.dumps(destination.body(item))
         detail = ""
@@ -135,7 +149,7 @@ class Dispatcher:
             if wait:
                 await asyncio.sleep(wait)
             async with self.slots[destination.name]:
-                result = await self.post(destination, item_id, body)
+                result = await self.post(destination, kind, item_id, body)
             detail = result.detail
             if result.ok:
                 self.ledger.record(destination.name, item_id, "delivered", attempt)
@@ -156,10 +170,11 @@ class Dispatcher:
         self.ledger.record(destination.name, item_id, "dead_lettered", attempt, detail)
         metrics.DISPATCHED.labels(destination.name, "dead_lettered").inc()
 
-    async def post(self, destination: Destination, item_id: str, body: bytes) -> Attempt:
+    async def post(self, destination: Destination, kind: str, item_id: str, body: bytes) -> Attempt:
         timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
+            KIND_HEADER: kind,
             IDEMPOTENCY_HEADER: item_id,
             TIMESTAMP_HEADER: str(timestamp),
         }
@@ -182,16 +197,34 @@ class Dispatcher:
         return Attempt(False, retry, f"HTTP {status}: {text}")
 
 
-def invitations_of(value: bytes | None) -> list[dict] | None:
-    """The invitations of one message, or None if it is not `{"invitations": [...]}`."""
+def items_of(value: bytes | None) -> tuple[str, list[dict]] | None:
+    """(kind, items) of one message, or None if it is neither `{"invitations": [...]}`
+    nor `{"follow_ups": [...]}`."""
     try:
         doc = orjson.loads(value or b"")
     except orjson.JSONDecodeError:
         return None
-    items = doc.get("invitations") if isinstance(doc, dict) else None
-    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+    if not isinstance(doc, dict):
         return None
-    return items
+    for kind in (INVITATIONS, FOLLOW_UPS):
+        items = doc.get(kind)
+        if isinstance(items, list) and all(isinstance(i, dict) for i in items):
+            return kind, items
+    return None
+
+
+def item_id_of(kind: str, item: dict) -> str:
+    """What a receiver dedupes on: the invitation id; a task's id and status (a task is
+    delivered when it opens and again when it closes)."""
+    if kind == FOLLOW_UPS:
+        return f"{item.get('task_id', '')}/{item.get('status', '')}"
+    return str(item.get("invitation_id", ""))
+
+
+def topics_for(settings: Settings, destinations: list[Destination]) -> list[str]:
+    """The topics of the kinds some destination takes."""
+    kinds = sorted({kind for d in destinations for kind in d.deliver})
+    return [settings.topic(OUTPUT_TOPICS[kind][0]) for kind in kinds]
 
 
 async def run_dispatcher(
@@ -208,8 +241,9 @@ async def run_dispatcher(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     bootstrap = settings.broker.removeprefix("kafka://")
+    topics = topics_for(settings, destinations)
     consumer = AIOKafkaConsumer(
-        settings.topic(SURVEY_INVITATIONS),
+        *topics,
         bootstrap_servers=bootstrap,
         group_id=group_id,
         enable_auto_commit=False,
@@ -232,17 +266,18 @@ async def run_dispatcher(
     try:
         async with aiohttp.ClientSession() as session:
             dispatcher = Dispatcher(destinations, ledger, session, dead_letter)
-            log.info("dispatching %s to %s", SURVEY_INVITATIONS, [d.name for d in destinations])
+            log.info("dispatching %s to %s", topics, [d.name for d in destinations])
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=500, max_records=500)
-                items = []
+                items: list[tuple[str, dict]] = []
                 for messages in batches.values():
                     for message in messages:
-                        found = invitations_of(message.value)
+                        found = items_of(message.value)
                         if found is None:
                             await dead_letter(message.value or b"", None, "malformed message")
                             continue
-                        items += found
+                        kind, found_items = found
+                        items += [(kind, item) for item in found_items]
                 if items:
                     await dispatcher.deliver_all(items)
                 if batches:

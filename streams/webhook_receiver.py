@@ -1,5 +1,6 @@
 """A local webhook receiver for the demo and for trying a destinations file: it checks
-each request's signature, dedupes on the Idempotency-Key and keeps the bodies."""
+each request's signature, dedupes on the Idempotency-Key and keeps the bodies, by kind
+(the X-Parcours-Kind header: invitations or follow_ups)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from typing import Self
 
 import orjson
 
-from streams.destinations import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from streams.destinations import (
+    IDEMPOTENCY_HEADER,
+    INVITATIONS,
+    KIND_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    verify,
+)
 
 
 class WebhookReceiver:
@@ -18,7 +26,7 @@ class WebhookReceiver:
 
     def __init__(self, secret: bytes) -> None:
         self.secret = secret
-        self.received: dict[str, dict] = {}  # idempotency key -> body
+        self.received: dict[tuple[str, str], dict] = {}  # (kind, idempotency key) -> body
         self.requests = 0
         self.rejected = 0
         self._lock = threading.Lock()
@@ -36,7 +44,10 @@ class WebhookReceiver:
                 with receiver._lock:
                     receiver.requests += 1
                     if ok:
-                        key = self.headers.get(IDEMPOTENCY_HEADER, "")
+                        key = (
+                            self.headers.get(KIND_HEADER, INVITATIONS),
+                            self.headers.get(IDEMPOTENCY_HEADER, ""),
+                        )
                         receiver.received.setdefault(key, orjson.loads(body))
                     else:
                         receiver.rejected += 1
@@ -47,7 +58,7 @@ class WebhookReceiver:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/invitations"
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"  # any path is taken
 
     def __enter__(self) -> Self:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -62,6 +73,7 @@ class WebhookReceiver:
         self._server.shutdown()
         self._server.server_close()
 
-    def delivered(self) -> int:
+    def delivered(self, kind: str | None = None) -> int:
+        """Distinct items received, of one kind or of all."""
         with self._lock:
-            return len(self.received)
+            return sum(1 for k, _ in self.received if kind is None or k == kind)

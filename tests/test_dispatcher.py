@@ -4,6 +4,7 @@ end to end through the local broker to an HTTP receiver run by the test."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from streams.destinations import (
     IDEMPOTENCY_HEADER,
+    KIND_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     Destination,
@@ -27,7 +29,7 @@ from streams.destinations import (
     sign,
     verify,
 )
-from streams.dispatcher import Dispatcher, Ledger, invitations_of
+from streams.dispatcher import Dispatcher, Ledger, item_id_of, items_of
 from streams.local_stack import DispatcherProcess, LocalBroker, wait_for
 from streams.produce import produce
 from streams.settings import SURVEY_INVITATIONS
@@ -98,7 +100,10 @@ def destination(url: str, **fields) -> Destination:
     return Destination("tool", url, SECRET, **{**options, **fields})
 
 
-async def dispatch(tmp_path: Path, dest: Destination, items: list[dict]) -> list:
+async def dispatch(
+    tmp_path: Path, dest: Destination | list[Destination], items: list[dict]
+) -> list:
+    """Deliver `items` (invitations, or (kind, item) pairs); return what was dead-lettered."""
     import aiohttp
 
     dead = []
@@ -107,8 +112,10 @@ async def dispatch(tmp_path: Path, dest: Destination, items: list[dict]) -> list
         dead.append((item["invitation_id"], d.name, reason))
 
     ledger = Ledger(tmp_path / "ledger.db")
+    pairs = [i if isinstance(i, tuple) else ("invitations", i) for i in items]
+    dests = dest if isinstance(dest, list) else [dest]
     async with aiohttp.ClientSession() as session:
-        await Dispatcher([dest], ledger, session, dead_letter).deliver_all(items)
+        await Dispatcher(dests, ledger, session, dead_letter).deliver_all(pairs)
     ledger.close()
     return dead
 
@@ -186,6 +193,23 @@ def test_destinations_file_loads_with_defaults_and_the_secret_from_the_environme
     plain = write(tmp_path, "destinations:\n  tool: {url: 'http://h'}\n")
     assert load_destinations(plain, env={"PARCOURS_WEBHOOK_SECRET": "k"})[0].secret == b"k"
     assert load_destinations(plain, env={})[0].secret == b""
+    assert load_destinations(plain, env={})[0].deliver == ("invitations",)
+    both = write(tmp_path, "destinations:\n  crm: {url: 'http://h', deliver: [follow_ups]}\n")
+    assert load_destinations(both, env={})[0].deliver == ("follow_ups",)
+
+
+def test_the_shipped_example_loads_and_so_does_its_commented_helpdesk(tmp_path):
+    example = Path(__file__).parents[1] / "deploy" / "dispatcher" / "destinations.yaml"
+    env = {"PARCOURS_WEBHOOK_SECRET": "s"}
+    assert [d.name for d in load_destinations(example, env=env)] == ["survey_tool"]
+    head, commented = example.read_text().split("  # helpdesk:")
+    text = head + "  helpdesk:" + commented.replace("  #   ", "    ")
+    [_, helpdesk] = load_destinations(write(tmp_path, text), env=env)
+    assert (helpdesk.name, helpdesk.deliver) == ("helpdesk", ("follow_ups",))
+    assert (
+        helpdesk.body({"task_id": "t", "reason": "r", "journey": "j", "stage": "s"})["subject"]
+        == "r (j, s)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -200,6 +224,10 @@ def test_destinations_file_loads_with_defaults_and_the_secret_from_the_environme
         ("destinations:\n  tool: {url: 'http://h', retries: 5}\n", "'retries' was unexpected"),
         ("destinations:\n  tool: {url: 'http://h', secret_env: NOPE}\n", "NOPE is not set"),
         ("destinations: [\n", "not valid YAML"),
+        (
+            "destinations:\n  tool: {url: 'http://h', deliver: [tickets]}\n",
+            "destinations/tool/deliver/0: 'tickets' is not one of ['invitations', 'follow_ups']",
+        ),
     ],
 )
 def test_destinations_file_errors_name_the_field(tmp_path, text, message):
@@ -208,10 +236,43 @@ def test_destinations_file_errors_name_the_field(tmp_path, text, message):
     assert message in str(caught.value)
 
 
-def test_a_message_that_is_not_invitations_is_recognised():
-    assert invitations_of(b'{"invitations": [{"invitation_id": "a"}]}') == [{"invitation_id": "a"}]
+def test_a_message_that_is_neither_invitations_nor_follow_ups_is_recognised():
+    assert items_of(b'{"invitations": [{"invitation_id": "a"}]}') == (
+        "invitations",
+        [{"invitation_id": "a"}],
+    )
+    assert items_of(b'{"follow_ups": [{"task_id": "t"}]}') == ("follow_ups", [{"task_id": "t"}])
     for bad in (b"", b"nope", b"[]", b'{"invitations": 3}', b'{"invitations": [1]}', None):
-        assert invitations_of(bad) is None
+        assert items_of(bad) is None
+    assert items_of(b'{"journeys": []}') is None
+
+
+def task(n: int, status: str) -> dict:
+    return {"task_id": f"task-{n}", "customer_key": f"c-{n}", "status": status, "version": 1}
+
+
+def test_follow_ups_go_only_where_asked_once_when_opened_and_once_when_closed(tmp_path, receiver):
+    survey_tool = destination(receiver.url)  # invitations only, the default
+    helpdesk = destination(receiver.url + "/tasks", deliver=("follow_ups",))
+    helpdesk = dataclasses.replace(helpdesk, name="helpdesk")
+    items = [invitation(1), ("follow_ups", task(1, "open")), ("follow_ups", task(2, "open"))]
+    items += [("follow_ups", task(1, "closed")), ("follow_ups", task(1, "open"))]  # again
+    assert asyncio.run(dispatch(tmp_path, [survey_tool, helpdesk], items)) == []
+    got = Counter(
+        (r["headers"][KIND_HEADER], r["headers"][IDEMPOTENCY_HEADER]) for r in receiver.accepted()
+    )
+    assert got == Counter(
+        {
+            ("invitations", "inv-0001"): 1,
+            ("follow_ups", "task-1/open"): 1,
+            ("follow_ups", "task-2/open"): 1,
+            ("follow_ups", "task-1/closed"): 1,
+        }
+    )
+    for r in receiver.accepted():
+        h = r["headers"]
+        assert verify(SECRET, h[TIMESTAMP_HEADER], r["body"], h[SIGNATURE_HEADER])
+    assert item_id_of("follow_ups", task(3, "closed")) == "task-3/closed"
 
 
 # --- delivery against a receiver -------------------------------------------------------------
