@@ -223,6 +223,13 @@ FOLLOW_UPS = Counter(
     "Follow-up tasks for a person, by rule and status (open: created; closed)",
     ["rule", "status"],
 )
+INVITATIONS_HELD = Gauge(
+    "parcours_survey_invitations_held",
+    "Invitations waiting in the state for their send time, by rule and whether something "
+    "holds them beyond it (waiting: delay or quiet hours; held: unless_open, "
+    "unless_surveyed_within); the partitions this process owns (state scan)",
+    ["rule", "why"],
+)
 FOLLOW_UPS_OPEN = Gauge(
     "parcours_follow_ups_open",
     "Open follow-up tasks on the partitions this process owns, by rule (state scan)",

@@ -54,6 +54,8 @@ def show_every_series(config: Config, tables: Iterable[str]) -> None:
     for name in config.surveys.rules:
         for reason in SUPPRESSION_REASONS:
             metrics.SURVEY_SUPPRESSIONS.labels(name, reason)
+        for why in ("waiting", "held"):
+            metrics.INVITATIONS_HELD.labels(name, why).set(0)
     for name in config.follow_ups.rules:
         for status in ("open", "closed"):
             metrics.FOLLOW_UPS.labels(name, status)
@@ -73,22 +75,26 @@ def answer_subjects(config: Config) -> dict[str, str]:
 def scan_journey_state(
     states: Iterable[dict | None], partitions: set[int], now_ms: int | None = None
 ) -> None:
-    """Count keys, retained touchpoints, open journeys (by journey and stage) and open and
-    overdue follow-up tasks (at wall time `now_ms`) of the states on `partitions` (the
-    ones this process owns; standby copies are skipped)."""
+    """Count keys, retained touchpoints, open journeys (by journey and stage), held
+    invitations, and open and overdue follow-up tasks (at wall time `now_ms`) of the
+    states on `partitions` (the ones this process owns; standby copies are skipped)."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     keys = events = 0
     open_journeys: Counter = Counter()
     tasks_open: Counter = Counter()
     tasks_overdue: Counter = Counter()
+    held: Counter = Counter()
     for state in states:
         if not state or state.get("partition") not in partitions:
             continue
         keys += 1
         events += len(state.get("events", ()))
-        for task in (state.get("contact") or {}).get("tasks", {}).values():
+        contact = state.get("contact") or {}
+        for task in contact.get("tasks", {}).values():
             tasks_open[task["rule"]] += 1
             tasks_overdue[task["rule"]] += task["due_ms"] < now_ms
+        for row in contact.get("held", ()):
+            held[row["rule"], "held" if row.get("held_for") else "waiting"] += 1
         for signature, journey, _, *stage in state.get("emitted", {}).values():
             if signature[1] == "open":
                 open_journeys[journey, stage[0] if stage else "unknown"] += 1
@@ -106,10 +112,14 @@ def scan_journey_state(
         for rule in _task_rules | counts.keys():
             gauge.labels(rule).set(counts.get(rule, 0))
     _task_rules.update(tasks_open)
+    for labels in _held_labels | held.keys():
+        metrics.INVITATIONS_HELD.labels(*labels).set(held.get(labels, 0))
+    _held_labels.update(held)
 
 
 _open_labels: set[tuple[str, str]] = set()
 _task_rules: set[str] = set()
+_held_labels: set[tuple[str, str]] = set()
 
 
 def report_consumer_lag(ends: dict, committed: dict) -> None:

@@ -203,3 +203,21 @@ def test_nothing_is_sent_that_fails_a_guardrail_at_its_send_time(events, batch):
     for row in nps:
         others = [r["send_at_ms"] for r in invited.values() if r["rule"] != "relational_nps"]
         assert not any(row["send_at_ms"] - 20 * DAY < t <= row["send_at_ms"] for t in others)
+
+
+def test_the_state_scan_counts_held_invitations_by_rule_and_why():
+    from streams import metrics, worker_metrics
+
+    def state(*rows):
+        return {"partition": 0, "events": [], "emitted": {}, "contact": {"held": list(rows)}}
+
+    waiting = {"rule": "csat_after_delivery"}
+    held = {"rule": "csat_after_delivery", "held_for": SUPPORT}
+    worker_metrics.scan_journey_state([state(waiting, held), state(waiting), None], {0})
+
+    def gauge(why):
+        return metrics.INVITATIONS_HELD.labels("csat_after_delivery", why)._value.get()
+
+    assert (gauge("waiting"), gauge("held")) == (2, 1)
+    worker_metrics.scan_journey_state([], {0})  # all sent: back to zero
+    assert (gauge("waiting"), gauge("held")) == (0, 0)
