@@ -52,3 +52,16 @@ def test_bench_rejects_bad_lists():
     assert result.exit_code == 2 and "comma-separated numbers" in result.output
     result = CliRunner().invoke(main, ["bench", "--workers", "0"])
     assert result.exit_code == 2 and "above 0" in result.output
+
+
+def test_the_latency_runs_use_the_shipped_config_without_delays_or_quiet_hours(tmp_path):
+    from streams.bench_latency import bench_config
+    from streams.config import load_config
+    from streams.settings import SCHEMAS_DIR
+
+    shipped = load_config(SCHEMAS_DIR / "journeys.yaml")
+    config = load_config(bench_config(SCHEMAS_DIR / "journeys.yaml", "1s", tmp_path / "j.yaml"))
+    assert config.allowed_lateness_ms == 1000 and config.surveys.quiet_hours is None
+    assert {r.delay_ms for r in config.surveys.rules.values()} == {0}
+    assert config.surveys.rules.keys() == shipped.surveys.rules.keys()
+    assert config.journeys.keys() == shipped.journeys.keys()
