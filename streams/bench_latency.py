@@ -92,7 +92,7 @@ def bench_config(source: Path, lateness: str, target: Path) -> Path:
     """`source` with `allowed_lateness` set to `lateness`, every survey delay 0 and no
     quiet hours: the configuration of the latency runs."""
     doc = yaml.safe_load(source.read_text())
-    doc["event_time"]["allowed_lateness"] = lateness
+    doc.setdefault("event_time", {})["allowed_lateness"] = lateness
     surveys = doc.get("surveys", {})
     surveys.pop("quiet_hours", None)
     for rule in surveys.get("rules", {}).values():

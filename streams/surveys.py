@@ -382,12 +382,8 @@ def _at_send_time(
         if expiry <= later:
             return drop(EXPIRED, f"held longer than max_wait: {row['held_for']}")
         return KEEP, {**row, "send_at_ms": later}, later
-    for other_send_at, other_channel, other_rule, _ in sent:
-        gap = abs(at_ms - other_send_at)
-        if gap < surveys.cap_ms:
-            return drop(CAPPED, f"{other_rule} was sent within the contact cap meanwhile")
-        if other_channel == row["channel"] and gap < surveys.channel_cap_ms.get(row["channel"], 0):
-            return drop(CAPPED, f"{other_rule} was sent on {row['channel']} within its cap")
+    if breach := _cap_breach(at_ms, row["channel"], sent, surveys):
+        return drop(CAPPED, _cap_detail(breach, "was sent") + " meanwhile")
     return SEND_NOW, {**row, "send_at_ms": at_ms}, None
 
 
@@ -400,9 +396,9 @@ def _waiting_for(
 ) -> tuple[int | None, str] | None:
     """What holds the invitation at `at_ms`: (until when, or None if not known yet, why)."""
     for journey in sorted(rule.unless_open):
-        for span_id, start, end in journey_spans.get(journey, ()):
-            if span_id != row["journey_id"] and start <= at_ms and (end is None or at_ms < end):
-                return end, f"a {journey} journey was open"
+        span = _open_span(journey_spans.get(journey, ()), at_ms, besides=row["journey_id"])
+        if span is not None:
+            return span[2], f"a {journey} journey was open"
     window = rule.unless_surveyed_within_ms
     recent = [s for s in sent if s[2] != rule.name and at_ms - window < s[0] <= at_ms]
     if window and recent:
@@ -411,9 +407,41 @@ def _waiting_for(
     return None
 
 
+def _open_span(spans: Iterable[tuple], at_ms: int, besides: str = "") -> tuple | None:
+    """The first of `spans` ((id, opened, ended or None)) open at `at_ms`, but `besides`."""
+    return next(
+        (
+            span
+            for span in spans
+            if span[1] <= at_ms and (span[2] is None or at_ms < span[2]) and span[0] != besides
+        ),
+        None,
+    )
+
+
 def _open_at(spans: Iterable[tuple], at_ms: int) -> bool:
-    """Is one of `spans` ((id, opened, ended or None)) open at `at_ms`?"""
-    return any(start <= at_ms and (end is None or at_ms < end) for _, start, end in spans)
+    return _open_span(spans, at_ms) is not None
+
+
+def _cap_breach(
+    send_at: int, channel: str, others: list[list], surveys: Surveys
+) -> tuple[str, str] | None:
+    """(its rule, "contact" or the channel) of another invitation (of `others`, entries
+    of `sent`) within the contact cap or the channel's cap of this one, or None."""
+    for other_send_at, other_channel, other_rule, _ in others:
+        gap = abs(send_at - other_send_at)
+        if gap < surveys.cap_ms:
+            return other_rule, "contact"
+        if other_channel == channel and gap < surveys.channel_cap_ms.get(channel, 0):
+            return other_rule, channel
+    return None
+
+
+def _cap_detail(breach: tuple[str, str], tense: str) -> str:
+    other_rule, cap = breach
+    if cap == "contact":
+        return f"{other_rule} {tense} within the contact cap"
+    return f"{other_rule} {tense} on {cap} within its cap"
 
 
 def _suppression(
@@ -441,13 +469,8 @@ def _suppression(
     rate = rule.sample_rate(segment)
     if not sampled_in(trigger.invitation_id, rate):
         return SAMPLED_OUT, f"sample rate {rate:g} for segment {segment}"
-    for other_send_at, other_channel, other_rule, _ in booked:
-        gap = abs(send_at - other_send_at)
-        if gap < surveys.cap_ms:
-            return CAPPED, f"{other_rule} is sent within the contact cap"
-        channel_cap = surveys.channel_cap_ms.get(channel, 0)
-        if other_channel == channel and gap < channel_cap:
-            return CAPPED, f"{other_rule} is sent on {channel} within its cap"
+    if breach := _cap_breach(send_at, channel, booked, surveys):
+        return CAPPED, _cap_detail(breach, "is sent")
     return "", ""
 
 
