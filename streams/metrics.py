@@ -94,7 +94,9 @@ LEAKS = Counter(
     "parcours_leaks_total", "Leaks detected, by rule and pain-point category", ["rule", "category"]
 )
 SURVEY_INVITATIONS = Counter(
-    "parcours_survey_invitations_total", "Survey invitations decided, by rule", ["rule", "channel"]
+    "parcours_survey_invitations_total",
+    "Survey invitations sent (published when due), by rule and channel",
+    ["rule", "channel"],
 )
 SURVEY_SUPPRESSIONS = Counter(
     "parcours_survey_suppressions_total",
