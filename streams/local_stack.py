@@ -209,8 +209,10 @@ class WorkerProcess(ChildProcess):
         wanted = set(labels.items())
         return sum(v for (n, ls), v in self.metrics().items() if n == name and wanted <= set(ls))
 
-    def sink_rows(self, table: str) -> int:
-        return int(self.metrics().get(("parcours_sink_rows_total", (("table", table),)), 0))
+    def sink_rows(self, table: str, scraped: dict | None = None) -> int:
+        """Rows ClickHouse accepted into `table`, from `scraped` metrics or a fresh look."""
+        found = self.metrics() if scraped is None else scraped
+        return int(found.get(("parcours_sink_rows_total", (("table", table),)), 0))
 
     def wait_until_quiet(
         self, table: str, quiet_seconds: float = 4.0, timeout: float = 120.0
@@ -242,7 +244,8 @@ class WorkerProcess(ChildProcess):
         while True:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"worker exited early:\n{self.log_tail()}")
-            landed = {table: self.sink_rows(table) for table in expected}
+            scraped = self.metrics()  # one look for every table: each costs the worker CPU
+            landed = {table: self.sink_rows(table, scraped) for table in expected}
             if progress and landed != last_shown:
                 shown = ", ".join(f"{t} {landed[t]:,}/{n:,}" for t, n in expected.items())
                 print(f"  landed in ClickHouse: {shown}", flush=True)

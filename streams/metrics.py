@@ -125,6 +125,11 @@ SINK_BATCHES = Counter("parcours_sink_batches_total", "Batches accepted by Click
 SINK_FAILURES = Counter(
     "parcours_sink_failures_total", "Failed ClickHouse inserts (each is retried)", ["table"]
 )
+SINK_LAST_WRITE = Gauge(
+    "parcours_sink_last_write_timestamp_seconds",
+    "Unix time ClickHouse last accepted a batch, by table (0: none yet)",
+    ["table"],
+)
 SINK_BACKLOG = Gauge(
     "parcours_sink_backlog_rows", "Rows waiting for ClickHouse to accept them", ["table"]
 )

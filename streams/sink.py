@@ -97,6 +97,7 @@ class ClickHouseSink:
             metrics.SINK_ROWS.labels(table).inc(len(rows))
             metrics.SINK_BATCHES.labels(table).inc()
             metrics.SINK_BACKLOG.labels(table).dec(len(rows))
+            metrics.SINK_LAST_WRITE.labels(table).set(time.time())
             return
 
     def close(self) -> None:

@@ -46,6 +46,7 @@ def show_every_series(config: Config, tables: Iterable[str]) -> None:
         for family in (metrics.SINK_ROWS, metrics.SINK_BATCHES, metrics.SINK_FAILURES):
             family.labels(table)
         metrics.SINK_BACKLOG.labels(table)
+        metrics.SINK_LAST_WRITE.labels(table)
     for journey in config.journeys:
         for outcome in JOURNEY_OUTCOMES:
             metrics.JOURNEYS.labels(journey, outcome)
