@@ -261,7 +261,7 @@ def decide(
                 out.suppressions.append({**row, "decided_ms": now_ms})
             else:
                 out.invitations.append({**row, "decided_ms": now_ms})
-                sent.append([at_ms, row["channel"], row["rule"], row["trigger_ms"]])
+                sent.append(_booking(row))  # its send_at_ms is now at_ms
             continue
         trigger: Trigger = item
         rule = trigger.rule
@@ -322,7 +322,7 @@ def held_due_ms(contact: dict, surveys: Surveys, watermark_ms: int) -> int | Non
 
 
 def has_due(contact: dict, watermark_ms: int) -> bool:
-    return any(row["send_at_ms"] <= watermark_ms for row in contact.get("held", ()))
+    return next(_due(contact.get("held", []), watermark_ms), None) is not None
 
 
 def _expiry(row: dict, surveys: Surveys) -> int:
@@ -330,7 +330,7 @@ def _expiry(row: dict, surveys: Surveys) -> int:
 
 
 def _booking(row: dict) -> list:
-    """A held invitation as an entry of `sent`: it holds its place under the caps."""
+    """An invitation as an entry of `sent`: held, it holds its place under the caps."""
     return [row["send_at_ms"], row["channel"], row["rule"], row["trigger_ms"]]
 
 
