@@ -377,10 +377,11 @@ def _at_send_time(
             return drop(EXPIRED, f"held longer than max_wait: {why}")
         look_again = expiry if until_ms is None else min(until_ms, expiry)
         return KEEP, {**row, "held_for": why}, look_again
-    later = send_time(at_ms, surveys.quiet_hours, time_zone)  # released at night: morning
+    # Released at night, or the customer's time zone learnt meanwhile: the morning.
+    later = send_time(at_ms, surveys.quiet_hours, time_zone)
+    if expiry <= later:
+        return drop(EXPIRED, f"held longer than max_wait: {row.get('held_for') or 'quiet hours'}")
     if later > at_ms:
-        if expiry <= later:
-            return drop(EXPIRED, f"held longer than max_wait: {row['held_for']}")
         return KEEP, {**row, "send_at_ms": later}, later
     if breach := _cap_breach(at_ms, row["channel"], sent, surveys):
         return drop(CAPPED, _cap_detail(breach, "was sent") + " meanwhile")

@@ -10,6 +10,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams.journeys import add_events, advance, new_state
 from tests.test_journeys import CONFIG, DAY, H, histories
 from tests.test_journeys import shuffled_within_lateness as shuffled
 from tests.test_surveys import T0, decisions, ev, only_rules, summary
@@ -221,3 +222,27 @@ def test_the_state_scan_counts_held_invitations_by_rule_and_why():
     assert (gauge("waiting"), gauge("held")) == (2, 1)
     worker_metrics.scan_journey_state([], {0})  # all sent: back to zero
     assert (gauge("waiting"), gauge("held")) == (0, 0)
+
+
+def test_a_time_zone_learnt_during_the_delay_moves_the_send_into_the_morning_or_expires_it():
+    """Due at 12:00 UTC: noon in Paris, but 21:00 in Tokyo (quiet until 08:00)."""
+    config = with_rule(
+        only_rules("ces_after_support_call"), "ces_after_support_call", delay_ms=2 * H
+    )
+    short = dataclasses.replace(
+        config, surveys=dataclasses.replace(config.surveys, max_wait_ms=6 * H)
+    )
+    for rules, expected in ((config, T0 + 13 * H), (short, None)):  # 08:00 in Tokyo
+        state = {**new_state(), "identified": True}
+        out = advance(rules, add_events(state, [ev(T0, "s", "support_call", "phone")]), "c", T0)
+        assert out.invitations == out.suppressions == []  # held, due at T0 + 2 h
+        learnt = {**out.state, "profile": {"time_zone": [T0 + H, "Asia/Tokyo"]}}
+        out = advance(rules, learnt, "c", T0 + DAY)
+        [row] = out.invitations + out.suppressions
+        if expected:
+            assert "reason" not in row and row["send_at_ms"] == expected
+        else:
+            assert (row["reason"], row["detail"]) == (
+                "expired",
+                "held longer than max_wait: quiet hours",
+            )
