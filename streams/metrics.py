@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from streams.health import answer_class
+from streams.core.health import answer_class
 
 MAX_SOURCES = 30
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -252,7 +252,7 @@ BROKER_RESETS = Counter(
     "Partitions whose broker log started over under this worker (the broker lost its data)",
 )
 
-# parcours dispatcher (see streams.dispatcher).
+# parcours dispatcher (see streams.edge.dispatcher).
 DISPATCHED = Counter(
     "parcours_dispatch_total",
     "Invitations handled by the dispatcher, by destination and result "

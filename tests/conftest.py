@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from streams.clickhouse import connect
+from streams.clickhouse.client import connect
 from streams.config import load_config
-from streams.events import EventParser
-from streams.settings import SCHEMAS_DIR
+from streams.config.settings import SCHEMAS_DIR
+from streams.core.events import EventParser
 
 NOW_MS = int(time.time() * 1000)
 

@@ -55,9 +55,9 @@ def test_bench_rejects_bad_lists():
 
 
 def test_the_latency_runs_use_the_shipped_config_without_delays_or_quiet_hours(tmp_path):
-    from streams.bench_latency import bench_config
     from streams.config import load_config
-    from streams.settings import SCHEMAS_DIR
+    from streams.config.settings import SCHEMAS_DIR
+    from streams.dev.bench_latency import bench_config
 
     shipped = load_config(SCHEMAS_DIR / "journeys.yaml")
     config = load_config(bench_config(SCHEMAS_DIR / "journeys.yaml", "1s", tmp_path / "j.yaml"))

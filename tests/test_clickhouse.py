@@ -8,15 +8,15 @@ from datetime import UTC, datetime
 import pytest
 
 from streams import metrics
-from streams.clickhouse import (
+from streams.clickhouse.client import (
     MIGRATIONS_DIR,
     ClickHouseUrlError,
     client_args,
     migrate,
     split_statements,
 )
-from streams.rows import TOUCHPOINT_COLUMNS
-from streams.sink import ClickHouseSink, batch_token
+from streams.clickhouse.rows import TOUCHPOINT_COLUMNS
+from streams.clickhouse.sink import ClickHouseSink, batch_token
 from tests.conftest import clickhouse
 
 

@@ -12,10 +12,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.collector import CollectorSettings, create_collector, parse_write_keys
 from streams.config import load_config
-from streams.events import EventParser
-from streams.settings import SCHEMAS_DIR
+from streams.config.settings import SCHEMAS_DIR
+from streams.core.events import EventParser
+from streams.edge.collector import CollectorSettings, create_collector, parse_write_keys
 
 CONFIG = load_config(SCHEMAS_DIR / "journeys.yaml")
 PARSER = EventParser(CONFIG.touchpoint_types)
@@ -295,8 +295,8 @@ def test_fuzzed_requests_never_fail_the_server_and_every_accepted_event_is_publi
 
 @pytest.mark.e2e
 def test_collected_events_land_in_clickhouse_once_and_rejections_in_dead_letters(tmp_path):
-    from streams.collector import KafkaPublisher
-    from streams.local_stack import LocalBroker
+    from streams.dev.local_stack import LocalBroker
+    from streams.edge.collector import KafkaPublisher
     from tests.conftest import clickhouse
 
     batches = [[event(i * 10 + j, f"c{i}") for j in range(10)] for i in range(20)]

@@ -16,11 +16,11 @@ import pytest
 import yaml
 
 from streams.cli import main as cli
-from streams.settings import PROJECT_ROOT
+from streams.config.settings import PROJECT_ROOT
 
 COMPOSE = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-CODE = "\n".join(p.read_text() for p in (PROJECT_ROOT / "streams").glob("*.py"))
+CODE = "\n".join(p.read_text() for p in (PROJECT_ROOT / "streams").rglob("*.py"))
 
 
 PARCOURS_SERVICES = sorted(name for name, s in SERVICES.items() if "build" in s)

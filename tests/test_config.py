@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from streams.config import ConfigError, duration_ms, load_config
-from streams.durations import duration_text
-from streams.settings import SCHEMAS_DIR
-from streams.synth import generate
+from streams.config.durations import duration_text
+from streams.config.settings import SCHEMAS_DIR
+from streams.dev.synth import generate
 
 BASE = """\
 touchpoint_types:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.dedupe import drop_duplicates
+from streams.core.dedupe import drop_duplicates
 
 WINDOW = 10_000
 

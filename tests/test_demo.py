@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.demo import run_demo
+from streams.dev.demo import run_demo
 
 
 def test_the_demo_lands_every_event_and_delivers_every_invitation(tmp_path, capsys):

@@ -16,7 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.destinations import (
+from streams.config.settings import SURVEY_INVITATIONS
+from streams.dev.local_stack import DispatcherProcess, LocalBroker, wait_for
+from streams.edge.destinations import (
     IDEMPOTENCY_HEADER,
     KIND_HEADER,
     SIGNATURE_HEADER,
@@ -29,10 +31,8 @@ from streams.destinations import (
     sign,
     verify,
 )
-from streams.dispatcher import Dispatcher, Ledger, item_id_of, items_of
-from streams.local_stack import DispatcherProcess, LocalBroker, wait_for
-from streams.produce import produce
-from streams.settings import SURVEY_INVITATIONS
+from streams.edge.dispatcher import Dispatcher, Ledger, item_id_of, items_of
+from streams.edge.produce import produce
 
 SECRET = b"test-secret"
 

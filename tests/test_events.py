@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from streams import events as ev
+from streams.core import events as ev
 from tests.conftest import NOW_MS, make_event
 
 

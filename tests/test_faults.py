@@ -9,8 +9,8 @@ from collections import Counter
 import orjson
 import pytest
 
-from streams.local_stack import LocalBroker
-from streams.produce import as_messages, produce
+from streams.dev.local_stack import LocalBroker
+from streams.edge.produce import as_messages, produce
 from tests.conftest import clickhouse, make_event
 
 pytestmark = pytest.mark.e2e

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import orjson
 
-from streams import follow_ups, metrics, worker_metrics
-from streams.clickhouse import migrate
-from streams.journeys import add_events, advance, new_state
-from streams.rows import FOLLOW_UP_COLUMNS, follow_up_ch_row
+from streams import metrics
+from streams.clickhouse.client import migrate
+from streams.clickhouse.rows import FOLLOW_UP_COLUMNS, follow_up_ch_row
+from streams.core import follow_ups
+from streams.core.journeys import add_events, advance, new_state
+from streams.pipeline import worker_metrics
 from tests.conftest import clickhouse
 from tests.test_journeys import CONFIG, H
 from tests.test_surveys import ev

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.health import answer_class, update_health
-from streams.survey_config import Health
+from streams.config.rules import Health
+from streams.core.health import answer_class, update_health
 
 DAY = 86_400_000
 HEALTH = Health(window_ms=30 * DAY, contacts=frozenset({"support_call"}))

@@ -10,7 +10,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.journeys import add_events, advance, new_state
+from streams.core.journeys import add_events, advance, new_state
 from tests.test_journeys import CONFIG, DAY, H, histories
 from tests.test_journeys import shuffled_within_lateness as shuffled
 from tests.test_surveys import T0, decisions, ev, only_rules, summary
@@ -207,7 +207,8 @@ def test_nothing_is_sent_that_fails_a_guardrail_at_its_send_time(events, batch):
 
 
 def test_the_state_scan_counts_held_invitations_by_rule_and_why():
-    from streams import metrics, worker_metrics
+    from streams import metrics
+    from streams.pipeline import worker_metrics
 
     def state(*rows):
         return {"partition": 0, "events": [], "emitted": {}, "contact": {"held": list(rows)}}

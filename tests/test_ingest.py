@@ -6,14 +6,19 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.ingest import (
+from streams.clickhouse.rows import (
+    DEAD_LETTER_COLUMNS,
+    TOUCHPOINT_COLUMNS,
+    dead_letter_row,
+    touchpoint_row,
+)
+from streams.core.ingest import (
     RawMessage,
     dead_letter_id,
     ingest_batch,
     kafka_partition,
 )
-from streams.payloads import batch_payloads
-from streams.rows import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, dead_letter_row, touchpoint_row
+from streams.pipeline.payloads import batch_payloads
 from tests.conftest import NOW_MS, make_event
 
 

@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from streams.clickhouse import migrate, write_stage_order
-from streams.rows import (
+from streams.clickhouse.client import migrate, write_stage_order
+from streams.clickhouse.rows import (
     HEALTH_COLUMNS,
     JOURNEY_COLUMNS,
     LEAK_COLUMNS,

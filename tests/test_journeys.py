@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.config import load_config
-from streams.eventtime import Watermark
-from streams.journeys import add_events, advance, merge_states, new_state
-from streams.settings import SCHEMAS_DIR
+from streams.config.settings import SCHEMAS_DIR
+from streams.core.eventtime import Watermark
+from streams.core.journeys import add_events, advance, merge_states, new_state
 
 CONFIG = load_config(SCHEMAS_DIR / "journeys.yaml")
 H = 3_600_000

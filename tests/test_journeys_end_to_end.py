@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from streams.ingest import kafka_partition
-from streams.local_stack import LocalBroker
-from streams.produce import produce
-from streams.surveys import invitation_id, sampled_in
+from streams.core.ingest import kafka_partition
+from streams.core.surveys import invitation_id, sampled_in
+from streams.dev.local_stack import LocalBroker
+from streams.edge.produce import produce
 from tests.conftest import clickhouse
 
 JOURNEYS = ("purchase", "support_resolution", "onboarding")

@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.config import load_config
-from streams.eventtime import Watermark
-from streams.journeys import add_events, advance, new_state
-from streams.settings import SCHEMAS_DIR
+from streams.config.settings import SCHEMAS_DIR
+from streams.core.eventtime import Watermark
+from streams.core.journeys import add_events, advance, new_state
 from tests.test_journeys import histories, shuffled_within_lateness
 
 CONFIG = load_config(SCHEMAS_DIR / "journeys.yaml")

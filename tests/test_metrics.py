@@ -9,7 +9,8 @@ from collections import namedtuple
 import pytest
 from prometheus_client import REGISTRY
 
-from streams import metrics, worker_metrics
+from streams import metrics
+from streams.pipeline import worker_metrics
 from tests.conftest import make_event
 
 TP = namedtuple("TP", "topic partition")

@@ -27,12 +27,12 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from streams.local_stack import DispatcherProcess, LocalBroker, _wait_for_port, free_port
-from streams.produce import as_messages, produce
-from streams.settings import PROJECT_ROOT
-from streams.simulate import Faults, Pace, deliveries
-from streams.synth import generate
-from streams.webhook_receiver import WebhookReceiver
+from streams.config.settings import PROJECT_ROOT
+from streams.dev.local_stack import DispatcherProcess, LocalBroker, _wait_for_port, free_port
+from streams.dev.simulate import Faults, Pace, deliveries
+from streams.dev.synth import generate
+from streams.dev.webhook_receiver import WebhookReceiver
+from streams.edge.produce import as_messages, produce
 
 NONE = Faults(duplicate_rate=0.0, out_of_order_rate=0.0)
 
@@ -74,7 +74,7 @@ def for_prometheus(expr: str) -> str:
 
 
 def defined_series() -> set[str]:
-    for module in ("streams.metrics", "streams.collector"):  # they register their metrics
+    for module in ("streams.metrics", "streams.edge.collector"):  # they register their metrics
         importlib.import_module(module)
     names = set()
     for family in REGISTRY.collect():

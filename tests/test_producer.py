@@ -16,9 +16,9 @@ from aiokafka import AIOKafkaConsumer
 from click.testing import CliRunner
 
 from streams.cli import main
-from streams.local_stack import LocalBroker
-from streams.producer import InvalidEvent, SyncTouchpointProducer, TouchpointProducer
-from streams.settings import Settings
+from streams.config.settings import Settings
+from streams.dev.local_stack import LocalBroker
+from streams.edge.producer import InvalidEvent, SyncTouchpointProducer, TouchpointProducer
 from tests.conftest import clickhouse, make_event
 
 # The local broker has no idempotent producers (see LocalBroker.WORKER_ENV).

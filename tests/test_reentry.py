@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.config import ConfigError, load_config
-from streams.journeys import add_events, advance, new_state, run_journey
-from streams.settings import SCHEMAS_DIR
+from streams.config.settings import SCHEMAS_DIR
+from streams.core.journeys import add_events, advance, new_state, run_journey
 
 CONFIG = load_config(SCHEMAS_DIR / "journeys.yaml")
 PURCHASE = CONFIG.journeys["purchase"]  # entry: site_visit...; goal: purchase; expiry 7d

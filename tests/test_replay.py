@@ -9,10 +9,10 @@ import sys
 import orjson
 import pytest
 
-from streams.events import EventParser
-from streams.local_stack import LocalBroker
-from streams.replay import MappingError, Summary, load_mapping, read_events
-from streams.settings import PROJECT_ROOT
+from streams.config.settings import PROJECT_ROOT
+from streams.core.events import EventParser
+from streams.dev.local_stack import LocalBroker
+from streams.edge.replay import MappingError, Summary, load_mapping, read_events
 from tests.conftest import clickhouse, make_event
 
 HELPDESK_MAPPING = PROJECT_ROOT / "schemas" / "mappings" / "helpdesk.yaml"

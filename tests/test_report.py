@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from PIL import Image, ImageStat
 
 from streams.cli import main
-from streams.local_stack import _wait_for_port, free_port
-from streams.report import as_html, as_json, as_text, read_map
+from streams.clickhouse.report import as_html, as_json, as_text, read_map
+from streams.dev.local_stack import _wait_for_port, free_port
 from tests.conftest import clickhouse
 from tests.test_journey_map import fill
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from streams.clickhouse import migrate
-from streams.rows import (
+from streams.clickhouse.client import migrate
+from streams.clickhouse.rows import (
     HEALTH_COLUMNS,
     INVITATION_COLUMNS,
     TOUCHPOINT_COLUMNS,

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.simulate import Faults, Pace, deliveries
-from streams.synth import Mix
+from streams.dev.simulate import Faults, Pace, deliveries
+from streams.dev.synth import Mix
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 

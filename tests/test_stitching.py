@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.config import load_config
-from streams.settings import SCHEMAS_DIR
-from streams.stitching import DueIndex, Message, journey_step
+from streams.config.settings import SCHEMAS_DIR
+from streams.core.stitching import DueIndex, Message, journey_step
 
 CONFIG = load_config(SCHEMAS_DIR / "journeys.yaml")
 PARTITIONS = 4

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.eventtime import Watermark
-from streams.journeys import add_events, advance, new_state
-from streams.survey_config import QuietHours, Segments, SurveyRule, Tier
-from streams.surveys import sampled_in, segment_of, send_time
+from streams.config.rules import QuietHours, Segments, SurveyRule, Tier
+from streams.core.eventtime import Watermark
+from streams.core.journeys import add_events, advance, new_state
+from streams.core.surveys import sampled_in, segment_of, send_time
 from tests.test_journeys import CONFIG, DAY, FAR_FUTURE, LATENESS, H, histories
 from tests.test_journeys import shuffled_within_lateness as shuffled
 

@@ -1,0 +1,1 @@
+"""ClickHouse: client and migrations, rows, the sink, the journey-map report."""

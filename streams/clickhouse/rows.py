@@ -1,0 +1,307 @@
+"""Kafka records to ClickHouse rows, one function per table. Pure."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+
+from streams.core.ingest import dead_letter_id
+
+TOUCHPOINT_COLUMNS = [
+    "event_id",
+    "customer_key",
+    "customer_id",
+    "anonymous_id",
+    "type",
+    "phase",
+    "ts",
+    "channel",
+    "source",
+    "session_id",
+    "segment",
+    "properties",
+    "src_partition",
+    "src_offset",
+    "ingested_at",
+]
+
+DEAD_LETTER_COLUMNS = [
+    "dead_letter_id",
+    "reason",
+    "detail",
+    "path",
+    "payload",
+    "origin_topic",
+    "origin_partition",
+    "origin_offset",
+    "origin_index",
+    "source",
+    "received_at",
+]
+
+
+def _utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def touchpoint_row(event: dict) -> list:
+    """A resolved event (see ingest.resolved_event) as a `touchpoints` row."""
+    return [
+        event["event_id"],
+        event["customer_key"],
+        event.get("customer_id", ""),
+        event.get("anonymous_id", ""),
+        event["type"],
+        event.get("phase", ""),
+        _utc(event["ts_ms"]),
+        event["channel"],
+        event["source"],
+        event.get("session_id", ""),
+        event.get("segment", ""),
+        {k: _text(v) for k, v in (event.get("properties") or {}).items()},
+        event["src_partition"],
+        event["src_offset"],
+        _utc(event["ingested_ms"]),
+    ]
+
+
+JOURNEY_COLUMNS = [
+    "journey_id",
+    "journey",
+    "customer_key",
+    "status",
+    "stage",
+    "stage_index",
+    "stages_reached",
+    "stages_reached_at",
+    "path",
+    "path_event_ids",
+    "path_stages",
+    "path_truncated",
+    "touchpoints",
+    "entry_event_id",
+    "opened_at",
+    "last_event_at",
+    "completed_at",
+    "closed_at",
+    "superseded_by",
+    "version",
+    "updated_at",
+    "entry_channel",
+    "segment",
+]
+
+
+def journey_ch_row(row: dict) -> list:
+    """A journey row of `journey-updates` (see journeys.journey_row) as a `journeys` row."""
+
+    def maybe(ms: int | None) -> datetime | None:
+        return None if ms is None else _utc(ms)
+
+    return [
+        row["journey_id"],
+        row["journey"],
+        row["customer_key"],
+        row["status"],
+        row["stage"],
+        row["stage_index"],
+        row["stages_reached"],
+        [_utc(ms) for ms in row["stages_reached_ms"]],
+        row["path"],
+        row["path_event_ids"],
+        row["path_stages"],
+        row["path_truncated"],
+        row["touchpoints"],
+        row["entry_event_id"],
+        _utc(row["opened_ms"]),
+        _utc(row["last_event_ms"]),
+        maybe(row["completed_ms"]),
+        maybe(row["closed_ms"]),
+        row["superseded_by"],
+        row["version"],
+        _utc(row["updated_ms"]),
+        row.get("entry_channel", ""),
+        row.get("segment", ""),
+    ]
+
+
+LEAK_COLUMNS = [
+    "leak_id",
+    "rule",
+    "kind",
+    "category",
+    "severity",
+    "customer_key",
+    "journey_id",
+    "journey",
+    "stage",
+    "anchor_event_id",
+    "anchor_type",
+    "anchor_at",
+    "due_at",
+    "detected_at",
+]
+
+
+def leak_ch_row(row: dict) -> list:
+    """A leak row of the `leaks` topic (see leaks.leak_row) as a `leaks` row."""
+    return [
+        row["leak_id"],
+        row["rule"],
+        row["kind"],
+        row["category"],
+        row["severity"],
+        row["customer_key"],
+        row["journey_id"],
+        row["journey"],
+        row["stage"],
+        row["anchor_event_id"],
+        row["anchor_type"],
+        _utc(row["anchor_ms"]),
+        _utc(row["due_ms"]),
+        _utc(row["detected_ms"]),
+    ]
+
+
+def dead_letter_row(payload: bytes, headers: dict[str, bytes]) -> list:
+    """A `touchpoints-dlq` message (original bytes + parcours.* headers) as a row."""
+
+    def h(name: str) -> str:
+        return headers.get(f"parcours.{name}", b"").decode("utf-8", "replace")
+
+    topic, partition, offset, index = (
+        h("origin.topic"),
+        int(h("origin.partition") or 0),
+        int(h("origin.offset") or 0),
+        int(h("index") or -1),
+    )
+    return [
+        dead_letter_id(topic, partition, offset, index),
+        h("reason"),
+        h("detail"),
+        h("path"),
+        payload,
+        topic,
+        partition,
+        offset,
+        index,
+        h("source"),
+        _utc(int(h("received_ms") or 0)),
+    ]
+
+
+INVITATION_COLUMNS = [
+    "invitation_id",
+    "rule",
+    "trigger",
+    "metric",
+    "customer_key",
+    "journey_id",
+    "journey",
+    "stage",
+    "touchpoint",
+    "anchor_event_id",
+    "channel",
+    "segment",
+    "priority",
+    "trigger_at",
+    "send_at",
+    "decided_at",
+    "held_for",
+]
+SUPPRESSION_COLUMNS = [*INVITATION_COLUMNS, "reason", "detail"]
+
+
+def invitation_ch_row(row: dict) -> list:
+    """An invitation (see surveys.invitation_row) as a `survey_invitations` row."""
+    return [
+        *(row[c] for c in INVITATION_COLUMNS[:13]),
+        _utc(row["trigger_ms"]),
+        _utc(row["send_at_ms"]),
+        _utc(row["decided_ms"]),
+        row.get("held_for", ""),
+    ]
+
+
+def suppression_ch_row(row: dict) -> list:
+    return [*invitation_ch_row(row), row["reason"], row["detail"]]
+
+
+HEALTH_COLUMNS = [
+    "customer_key",
+    "score",
+    "segment",
+    "leaks",
+    "detractors",
+    "promoters",
+    "contacts",
+    "last_touchpoint_at",
+    "idle_day_weight",
+    "window_days",
+    "version",
+    "updated_at",
+]
+
+
+def health_ch_row(row: dict) -> list:
+    """A health row (see health.update_health) as a `customer_health` row."""
+    return [
+        *(row[c] for c in HEALTH_COLUMNS[:7]),
+        _utc(row["last_touchpoint_ms"]),
+        row["idle_day_weight"],
+        row["window_days"],
+        row["version"],
+        _utc(row["updated_ms"]),
+    ]
+
+
+FOLLOW_UP_COLUMNS = [
+    "task_id",
+    "rule",
+    "customer_key",
+    "reason",
+    "category",
+    "severity",
+    "journey_id",
+    "journey",
+    "stage",
+    "anchor_event_id",
+    "recent_touchpoints",
+    "priority",
+    "status",
+    "created_at",
+    "due_at",
+    "closed_at",
+    "closed_by",
+    "version",
+    "decided_at",
+]
+
+
+def follow_up_ch_row(row: dict) -> list:
+    """A follow-up task row (see streams.core.follow_ups) as a `follow_ups` row."""
+    return [
+        *(row[c] for c in FOLLOW_UP_COLUMNS[:13]),
+        _utc(row["created_ms"]),
+        _utc(row["due_ms"]),
+        _utc(row["closed_ms"]),
+        row["closed_by"],
+        row["version"],
+        _utc(row["decided_ms"]),
+    ]
+
+
+# ClickHouse table -> (columns, converter of one published row), for OUTPUT_TOPICS.
+OUTPUT_ROWS = {
+    "journeys": (JOURNEY_COLUMNS, journey_ch_row),
+    "leaks": (LEAK_COLUMNS, leak_ch_row),
+    "survey_invitations": (INVITATION_COLUMNS, invitation_ch_row),
+    "survey_suppressions": (SUPPRESSION_COLUMNS, suppression_ch_row),
+    "customer_health": (HEALTH_COLUMNS, health_ch_row),
+    "follow_ups": (FOLLOW_UP_COLUMNS, follow_up_ch_row),
+}

@@ -1,0 +1,181 @@
+"""Parse and validate raw Kafka message values into touchpoint events.
+
+A message value is one event object or a batch envelope ``{"events": [...]}``.
+Every event either comes out valid (with its event time in epoch milliseconds)
+or as a Rejection that names the reason, the JSON path and the bytes to keep.
+Validation runs a compiled schema (fastjsonschema) on the hot path; only a
+failing event pays for jsonschema, which finds the most relevant error and path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import fastjsonschema
+import jsonschema
+import orjson
+
+from streams.config.settings import SCHEMAS_DIR, Settings
+
+TOUCHPOINT_SCHEMA_PATH = SCHEMAS_DIR / "touchpoint.schema.json"
+
+# Dead-letter reasons: a closed set, so metrics labels stay bounded.
+INVALID_JSON = "invalid_json"
+INVALID_ENVELOPE = "invalid_envelope"
+SCHEMA_VIOLATION = "schema_violation"
+UNKNOWN_TYPE = "unknown_type"
+TS_IN_FUTURE = "ts_in_future"
+TS_TOO_OLD = "ts_too_old"
+OVERSIZE = "oversize"
+LATE = "late"  # behind the watermark: stored as a touchpoint, kept out of journeys
+REASONS = (
+    INVALID_JSON,
+    INVALID_ENVELOPE,
+    SCHEMA_VIOLATION,
+    UNKNOWN_TYPE,
+    TS_IN_FUTURE,
+    TS_TOO_OLD,
+    OVERSIZE,
+    LATE,
+)
+
+WHOLE_MESSAGE = -1  # Rejection.index when the message itself, not one event, is bad
+_DETAIL_LIMIT = 300  # error texts quote the bad value; a 1 MB string must not follow it around
+
+
+@dataclass(frozen=True, slots=True)
+class ValidEvent:
+    event: dict[str, Any]
+    ts_ms: int
+    index: int  # position in the envelope, 0 for a single-event message
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: str
+    detail: str
+    path: str  # JSON path of the offending value; "$" for the whole message or event
+    index: int
+    payload: bytes  # the original message bytes, or the one bad event re-encoded
+
+
+def load_touchpoint_schema() -> dict[str, Any]:
+    return orjson.loads(TOUCHPOINT_SCHEMA_PATH.read_bytes())
+
+
+class EventParser:
+    """Turns message bytes into valid events and rejections; holds no state between calls."""
+
+    def __init__(
+        self,
+        known_types: Iterable[str],
+        *,
+        max_message_bytes: int = 1_048_576,
+        max_future_seconds: float = 3600.0,
+        max_age_seconds: float = 0.0,
+        schema: dict[str, Any] | None = None,
+    ) -> None:
+        schema = schema or load_touchpoint_schema()
+        self._fast_check = fastjsonschema.compile(schema)
+        self._explainer = jsonschema.Draft202012Validator(schema)
+        self._known_types = frozenset(known_types)
+        self._max_bytes = max_message_bytes
+        self._max_future_ms = int(max_future_seconds * 1000)
+        self._max_age_ms = int(max_age_seconds * 1000)
+
+    def parse(self, raw: bytes | None, now_ms: int) -> tuple[list[ValidEvent], list[Rejection]]:
+        """Split one message into its valid events and its rejections, in envelope order."""
+        raw = raw or b""
+        if len(raw) > self._max_bytes:
+            return [], [_whole(OVERSIZE, f"{len(raw)} bytes > limit {self._max_bytes}", raw)]
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:  # also empty input, bad UTF-8, nesting > 1024
+            return [], [_whole(INVALID_JSON, _clip(str(exc)), raw)]
+
+        if isinstance(doc, dict) and set(doc) == {"events"}:
+            items = doc["events"]
+            if not isinstance(items, list):
+                return [], [_whole(INVALID_ENVELOPE, "'events' must be an array of events", raw)]
+            single = False
+        elif isinstance(doc, dict):
+            items, single = [doc], True
+        else:
+            kind = type(doc).__name__
+            detail = f'a message is one event object or {{"events": [...]}}, not a JSON {kind}'
+            return [], [_whole(INVALID_ENVELOPE, detail, raw)]
+
+        # A single-event message keeps its exact bytes; an envelope member is re-encoded.
+        return self.check_items(items, now_ms, raw if single else None)
+
+    def check_items(
+        self, items: list[Any], now_ms: int, single_raw: bytes | None = None
+    ) -> tuple[list[ValidEvent], list[Rejection]]:
+        """Validate decoded events one by one (an envelope's, or an HTTP batch's)."""
+        valid: list[ValidEvent] = []
+        rejected: list[Rejection] = []
+        for index, item in enumerate(items):
+            outcome = self._check_event(item, index, now_ms)
+            if isinstance(outcome, ValidEvent):
+                valid.append(outcome)
+            else:
+                reason, detail, path = outcome
+                payload = single_raw if single_raw is not None else orjson.dumps(item)
+                rejected.append(Rejection(reason, detail, path, index, payload))
+        return valid, rejected
+
+    def _check_event(self, item: Any, index: int, now_ms: int) -> ValidEvent | tuple[str, str, str]:
+        try:
+            self._fast_check(item)
+        except fastjsonschema.JsonSchemaException:
+            return self._explain(item)
+        if item["type"] not in self._known_types:
+            return (
+                UNKNOWN_TYPE,
+                _clip(f"type {item['type']!r} is not declared in touchpoint_types"),
+                "$.type",
+            )
+        try:
+            ts_ms = int(datetime.fromisoformat(item["ts"]).timestamp() * 1000)
+        except ValueError as exc:
+            return SCHEMA_VIOLATION, _clip(f"ts {item['ts']!r}: {exc}"), "$.ts"
+        if ts_ms > now_ms + self._max_future_ms:
+            return (
+                TS_IN_FUTURE,
+                f"ts {item['ts']} is more than {self._max_future_ms // 1000}s ahead of now",
+                "$.ts",
+            )
+        if self._max_age_ms and ts_ms < now_ms - self._max_age_ms:
+            return TS_TOO_OLD, f"ts {item['ts']} is older than {self._max_age_ms // 1000}s", "$.ts"
+        return ValidEvent(item, ts_ms, index)
+
+    def _explain(self, item: Any) -> tuple[str, str, str]:
+        error = jsonschema.exceptions.best_match(self._explainer.iter_errors(item))
+        if error is None:  # the two validators disagree: keep the event out, say so
+            return SCHEMA_VIOLATION, "rejected by the compiled schema", "$"
+        alternatives = [s.get("required") for s in error.schema.get("anyOf", [])]
+        if error.validator == "anyOf" and all(alternatives):  # "customer_id or anonymous_id"
+            fields = " or ".join(name for names in alternatives for name in names)
+            return SCHEMA_VIOLATION, f"an event needs {fields}", error.json_path
+        return SCHEMA_VIOLATION, _clip(error.message), error.json_path
+
+
+def _whole(reason: str, detail: str, raw: bytes) -> Rejection:
+    return Rejection(reason, detail, "$", WHOLE_MESSAGE, raw)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
+
+
+def parser_for(known_types: Iterable[str], settings: Settings) -> EventParser:
+    """The parser the worker and the collector share: same schema, same limits."""
+    return EventParser(
+        known_types,
+        max_message_bytes=settings.max_message_bytes,
+        max_future_seconds=settings.max_future_seconds,
+        max_age_seconds=settings.max_age_seconds,
+    )

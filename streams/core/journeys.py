@@ -1,0 +1,605 @@
+"""Journeys of one customer, computed from their touchpoints in event time. Pure.
+
+A journey instance opens on an entry touchpoint, advances through stages, completes on
+a goal touchpoint (then, and only then, later stages such as delivery attach), closes after
+`expiry` without any of its touchpoints, or when a new entry starts the next instance.
+Re-entry rules (never, after_exit, always, a cool-down) decide whether an entry may start
+another instance; one that may not joins the open instance or is ignored and counted.
+
+Journeys are a function of the customer's retained events sorted by (ts, event_id):
+any arrival order within the allowed lateness gives the same journeys, and merging two
+customers is the union of their events. The watermark (event time minus lateness)
+decides what is final: an instance closed before it is *sealed* (emitted one last time,
+then forgotten), and events before it that belong to no unsealed instance are evicted,
+which keeps state bounded. `floors` remember, per journey, the last event of the last
+sealed instance, so a recompute never reopens what was sealed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from streams.config import Config, Journey
+from streams.core import follow_ups
+from streams.core.health import update_health
+from streams.core.leaks import Leak, find, leak_id, leak_row
+from streams.core.surveys import (
+    decide,
+    find_triggers,
+    has_due,
+    held_due_ms,
+    new_contact,
+    segment_of,
+    unseen,
+)
+
+MAX_PATH = 100  # touchpoints kept in a journey's path; longer paths say so
+MAX_EVENTS = 1000  # retained events per customer; beyond, the oldest go first
+
+# State layout (a JSON-friendly dict, stored in a Faust table per customer key):
+#   events:  [[ts_ms, event_id, type, channel], ...] sorted, not yet evicted
+#   floors:  {journey: [ts_ms, event_id, exit_ms, start_ms]} last event of the last
+#            sealed instance, and when it was left and started (for re-entry rules)
+#   ignored_entries: ids of retained entry touchpoints re-entry rules kept out (counted)
+#   emitted: {journey_id: [signature, journey, entry_event_id, stage]} what was last sent
+#   seq:     rows emitted so far; a row's version, so the latest row wins in ClickHouse
+#            (a journey id can come back after being superseded: content-based versions
+#            could not order that)
+#   alias:   customer key this key was merged into (then it holds nothing else)
+#   identified: the key is a customer id (not an anonymous id): only those get surveys
+#   profile: {attribute: [ts_ms, value]} latest segment, time_zone, preferred_channel
+#   contact: survey decisions so far (see streams.core.surveys.new_contact)
+#   health:  the customer's health items (see streams.core.health)
+#   generation: merges absorbed so far; part of signatures, so that every journey is
+#            re-sent under the merged customer's key
+Event = list  # [ts_ms, event_id, type, channel] + [{"metric", "score"}] for survey answers
+
+
+def new_state() -> dict:
+    return {"events": [], "floors": {}, "emitted": {}, "alias": None}
+
+
+@functools.lru_cache(maxsize=1 << 16)  # asked for every open journey on each step
+def journey_id(journey: str, entry_event_id: str) -> str:
+    """Stable across merges and replays: the journey and the event that opened it."""
+    return hashlib.blake2b(f"{journey}/{entry_event_id}".encode(), digest_size=12).hexdigest()
+
+
+@dataclass
+class Instance:
+    journey: Journey
+    entry: Event
+    events: list[Event] = field(default_factory=list)
+    stage: int = 0
+    stage_reached: dict[int, int] = field(default_factory=dict)  # stage -> first ts
+    completed_ms: int | None = None
+    closed_ms: int | None = None
+    expired: bool = False
+    closed_by: Event | None = None  # the touchpoint that closed it, if one did
+    leaks: list[Leak] = field(default_factory=list)  # what the leak rules find in it
+
+    @property
+    def id(self) -> str:
+        return journey_id(self.journey.name, self.entry[1])
+
+    @property
+    def last_ms(self) -> int:
+        return self.events[-1][0]
+
+    @property
+    def deadline_ms(self) -> int:
+        return self.last_ms + self.journey.expiry_ms
+
+    def add(self, event: Event) -> None:
+        stage = self.journey.stage_of[event[2]]
+        self.events.append(event)
+        self.stage = max(self.stage, stage)
+        self.stage_reached.setdefault(stage, event[0])
+        if event[2] in self.journey.goal and self.completed_ms is None:
+            self.completed_ms = event[0]
+
+    def close(self, at_ms: int, expired: bool, by: Event | None = None) -> None:
+        self.closed_ms = at_ms
+        self.closed_by = by
+        self.expired = expired and self.completed_ms is None
+
+    @property
+    def status(self) -> str:
+        if self.expired:
+            return "expired"
+        if self.completed_ms is not None:
+            return "closed" if self.closed_ms is not None else "completed"
+        return "open"
+
+    def signature(self, generation: int) -> tuple[str, str, int]:
+        """Changes whenever the journey's row would (events, status) or a merge happens."""
+        ids = hashlib.blake2b("\n".join(e[1] for e in self.events).encode(), digest_size=8)
+        return (ids.hexdigest(), self.status, generation)
+
+
+def run_journey(
+    journey: Journey,
+    events: Iterable[Event],
+    floor: Event | None,
+    watermark_ms: int,
+    ignored: list[str] | None = None,
+) -> list[Instance]:
+    """The instances of one journey over sorted events (see module docstring); the ids
+    of entry touchpoints the re-entry rules kept out go to `ignored`."""
+    instances: list[Instance] = []
+    current: Instance | None = None
+    reentry = _Reentry(journey, floor)
+    for event in events:
+        if floor is not None and event[:2] <= floor[:2]:
+            continue
+        if current is not None and current.deadline_ms <= event[0]:
+            current.close(current.deadline_ms, expired=True)
+            reentry.exited(current)
+            current = None
+        stage = journey.stage_of.get(event[2])
+        if stage is None:
+            continue
+        is_entry = event[2] in journey.entry
+        if (
+            current is not None
+            and current.completed_ms is not None
+            and stage <= current.journey.goal_stage
+        ):
+            if is_entry and not reentry.allowed(event[0], current):
+                _ignore(ignored, event)
+                continue
+            if journey.reentry == "never":  # no next instance: it stays in this one
+                current.add(event)
+                continue
+            current.close(event[0], expired=False, by=event)  # the next instance starts here
+            reentry.exited(current)
+            current = None
+        if current is None:
+            if not is_entry:
+                continue
+            if not reentry.allowed(event[0]):
+                _ignore(ignored, event)
+                continue
+            current = Instance(journey, entry=event)
+            instances.append(current)
+        elif is_entry and current.completed_ms is None:  # an entry while one is open
+            if journey.reentry == "always" and reentry.allowed(event[0], current):
+                current.close(event[0], expired=True, by=event)
+                reentry.exited(current)
+                current = Instance(journey, entry=event)
+                instances.append(current)
+            elif journey.blocked_entry == "ignore":
+                _ignore(ignored, event)
+                continue
+        elif current.completed_ms is None and stage > current.journey.goal_stage:
+            continue  # after-goal stages (delivery) belong to completed journeys only
+        current.add(event)
+    if current is not None and current.deadline_ms <= watermark_ms:
+        current.close(current.deadline_ms, expired=True)
+    return instances
+
+
+class _Reentry:
+    """When an entry touchpoint may start another instance (the journey's re-entry rule),
+    given the previous instance: in this run, or sealed before it (its floor)."""
+
+    def __init__(self, journey: Journey, floor: Event | None) -> None:
+        self.journey = journey
+        self.previous = floor is not None
+        # Floors written before re-entry rules existed hold no exit and start times.
+        self.exit_ms = floor_exit_ms(floor) if floor is not None else None
+        self.start_ms = floor[3] if floor is not None and len(floor) > 3 else self.exit_ms
+
+    def exited(self, instance: Instance) -> None:
+        self.previous = True
+        self.exit_ms = exit_ms(instance)
+        self.start_ms = instance.entry[0]
+
+    def allowed(self, ts_ms: int, leaving: Instance | None = None) -> bool:
+        """May an entry at `ts_ms` start an instance (after `leaving`, if one is open)?"""
+        if leaving is not None:
+            previous, exit_at, start_at = True, exit_ms(leaving), leaving.entry[0]
+        else:
+            previous, exit_at, start_at = self.previous, self.exit_ms, self.start_ms
+        if not previous:
+            return True
+        if self.journey.reentry == "never":
+            return False
+        since = start_at if self.journey.reentry == "always" else exit_at
+        return since is None or ts_ms >= since + self.journey.cooldown_ms
+
+
+def exit_ms(instance: Instance) -> int:
+    """When a customer left an instance: its goal, else its close."""
+    if instance.completed_ms is not None:
+        return instance.completed_ms
+    return instance.closed_ms if instance.closed_ms is not None else instance.last_ms
+
+
+def floor_exit_ms(floor: Event) -> int:
+    return floor[2] if len(floor) > 2 and isinstance(floor[2], int) else floor[0]
+
+
+def _ignore(ignored: list[str] | None, event: Event) -> None:
+    if ignored is not None:
+        ignored.append(event[1])
+
+
+def compute(
+    config: Config, state: dict, watermark_ms: int, ignored: dict[str, list[str]] | None = None
+) -> list[Instance]:
+    """Every journey's instances, with their leaks; entries the re-entry rules kept out go
+    to `ignored` by journey."""
+    instances = []
+    for journey in config.journeys.values():
+        kept_out = [] if ignored is None else ignored.setdefault(journey.name, [])
+        floor = state["floors"].get(journey.name)
+        instances += run_journey(journey, state["events"], floor, watermark_ms, kept_out)
+    for instance in instances:
+        instance.leaks = _leaks(config, instance)
+    return instances
+
+
+def sealed(instance: Instance, watermark_ms: int) -> bool:
+    """Final: closed, and every leak it may hold decided, before the watermark."""
+    if instance.closed_ms is None:
+        return False
+    return max([instance.closed_ms, *(leak.due_ms for leak in instance.leaks)]) <= watermark_ms
+
+
+@dataclass
+class Outcome:
+    state: dict
+    updates: list[dict]  # journey rows to emit, in a stable order
+    leaks: list[dict] = field(default_factory=list)  # leak rows, each reported once
+    due_ms: int | None = None  # the watermark at which this state changes by itself
+    # (journey, opened | completed | expired | superseded), for metrics
+    transitions: list[tuple[str, str]] = field(default_factory=list)
+    invitations: list[dict] = field(default_factory=list)  # survey invitations decided
+    suppressions: list[dict] = field(default_factory=list)  # ... and those suppressed
+    health: list[dict] = field(default_factory=list)  # the customer's health row, if changed
+    follow_ups: list[dict] = field(default_factory=list)  # follow-up tasks opened or closed
+
+    def rows(self) -> dict[str, list[dict]]:
+        """What to publish, by kind (see streams.config.settings.OUTPUT_TOPICS)."""
+        return {
+            "journeys": self.updates,
+            "leaks": self.leaks,
+            "invitations": self.invitations,
+            "suppressions": self.suppressions,
+            "health": self.health,
+            "follow_ups": self.follow_ups,
+        }
+
+
+def add_events(state: dict, events: Iterable[Event]) -> dict:
+    """State with `events` merged in, kept sorted and free of repeated event ids."""
+    known = {e[1] for e in state["events"]}
+    fresh = [list(e) for e in events if e[1] not in known]
+    if not fresh:
+        return state
+    merged = sorted(state["events"] + fresh, key=lambda e: (e[0], e[1]))
+    return {**state, "events": merged}
+
+
+def advance(
+    config: Config, state: dict, customer_key: str, watermark_ms: int, now_ms: int = 0
+) -> Outcome:
+    """Recompute journeys at `watermark_ms`; emit what changed; seal and evict what is final."""
+    ignored: dict[str, list[str]] = {}
+    instances = compute(config, state, watermark_ms, ignored)
+    emitted = dict(state["emitted"])
+    floors = dict(state["floors"])
+    updates: list[dict] = []
+    live_ids: set[str] = set()
+    transitions: list[tuple[str, str]] = []
+
+    generation = state.get("generation", 0)
+    seq = state.get("seq", 0)
+    orders = state.get("contact", {}).get("orders", [0, 0])
+    segment = segment_of(config.segments, state.get("profile", {}), orders)
+    reported = {jid: list(ids) for jid, ids in state.get("leaks", {}).items()}
+    already = {lid for ids in reported.values() for lid in ids}
+    leak_rows = []
+    for instance in instances:
+        jid = instance.id
+        live_ids.add(jid)
+        for leak in instance.leaks:
+            lid = leak_id(leak.rule.name, leak.anchor[1])
+            if leak.due_ms <= watermark_ms and lid not in already:
+                already.add(lid)
+                reported.setdefault(jid, []).append(lid)
+                leak_rows.append(leak_row(leak, customer_key, instance.journey, now_ms))
+        signature = list(instance.signature(generation))  # a list, as it reads back from JSON
+        before = emitted.get(jid)
+        if before is None or before[0] != signature:
+            seq += 1
+            updates.append(journey_row(instance, customer_key, seq, now_ms, segment))
+            transitions += _transitions(instance, before[0][1] if before else None)
+        if sealed(instance, watermark_ms):  # final: emitted for the last time, then forgotten
+            reported.pop(jid, None)
+            emitted.pop(jid, None)
+            floor = floors.get(instance.journey.name)
+            if floor is None or instance.events[-1][:2] > floor[:2]:
+                # The last event, and when the instance was left and started (re-entry).
+                floors[instance.journey.name] = [
+                    *instance.events[-1][:2],
+                    exit_ms(instance),
+                    instance.entry[0],
+                ]
+        else:
+            stage = instance.journey.stages[instance.stage]
+            emitted[jid] = [signature, instance.journey.name, instance.entry[1], stage]
+
+    # Emitted journeys that no longer exist were provisional: an earlier event arrived
+    # (within the lateness) or an identity merge brought one. Point them to their successor.
+    for jid in sorted(set(emitted) - live_ids):
+        _, journey, entry_id, *_ = emitted.pop(jid)
+        transitions.append((journey, "superseded"))
+        successor = next(
+            (
+                i.id
+                for i in instances
+                if i.journey.name == journey and any(e[1] == entry_id for e in i.events)
+            ),
+            "",
+        )
+        seq += 1
+        updates.append(superseded_row(jid, journey, customer_key, seq, successor, now_ms))
+
+    # Surveys and health look at the events before eviction forgets them.
+    contact_updates, outcome_extra = {}, {}
+    if state.get("identified"):
+        contact_updates, outcome_extra = _contact(
+            config, state, customer_key, instances, leak_rows, watermark_ms, now_ms
+        )
+    keep = _retained(state["events"], instances, watermark_ms, config.identity_window_ms)
+    # Entries kept out by re-entry rules: counted once, remembered while still retained.
+    counted = set(state.get("ignored_entries", ()))
+    for journey, ids in ignored.items():
+        transitions += [(journey, "entry_ignored") for i in ids if i not in counted]
+    retained = {e[1] for e in keep}
+    ignored_now = sorted(i for ids in ignored.values() for i in ids if i in retained)
+    updated = {
+        **state,
+        **contact_updates,
+        "events": keep,
+        "floors": floors,
+        "emitted": emitted,
+        "seq": seq,
+        "leaks": reported,
+    }
+    if ignored_now or "ignored_entries" in state:
+        updated["ignored_entries"] = ignored_now
+    due_ms = _next_due_ms(config, instances, updated, watermark_ms)
+    return Outcome(updated, updates, leak_rows, due_ms, transitions, **outcome_extra)
+
+
+def _transitions(instance: Instance, before: str | None) -> list[tuple[str, str]]:
+    """(journey, what happened) when a journey opens, completes or expires."""
+    name, status, done = instance.journey.name, instance.status, ("completed", "closed")
+    happened = [(name, "opened")] if before is None else []
+    if status in done and before not in done:
+        happened.append((name, "completed"))
+    if status == "expired" and before != "expired":
+        happened.append((name, "expired"))
+    return happened
+
+
+def _contact(
+    config: Config,
+    state: dict,
+    customer_key: str,
+    instances: list[Instance],
+    leak_rows: list[dict],
+    watermark_ms: int,
+    now_ms: int,
+) -> tuple[dict, dict]:
+    """Survey decisions and health for the touchpoints the watermark has passed."""
+    contact = state.get("contact") or new_contact()
+    fresh = unseen(contact, state["events"], watermark_ms)
+    triggers = find_triggers(config.surveys, fresh, instances, leak_rows, contact, watermark_ms)
+    if not fresh and not leak_rows and not triggers and not has_due(contact, watermark_ms):
+        return {}, {}
+    profile = state.get("profile", {})
+    tasks, follow_up_rows, task_spans = follow_ups.step(
+        config.follow_ups,
+        contact.get("tasks", {}),
+        leak_rows,
+        fresh,
+        instances,
+        customer_key,
+        now_ms,
+    )
+    journey_spans: dict[str, list[tuple]] = {}  # for `unless_open`: until it completes or closes
+    if any(rule.unless_open for rule in config.surveys.rules.values()):
+        for instance in instances:
+            ended = instance.closed_ms if instance.completed_ms is None else instance.completed_ms
+            journey_spans.setdefault(instance.journey.name, []).append(
+                (instance.id, instance.entry[0], ended)
+            )
+    decisions = decide(
+        config,
+        contact,
+        profile,
+        customer_key,
+        fresh,
+        triggers,
+        watermark_ms,
+        now_ms,
+        journey_spans=journey_spans,
+        task_spans=task_spans,
+    )
+    segment = segment_of(config.segments, profile, decisions.contact["orders"])
+    health, health_row = update_health(
+        config.health,
+        state.get("health"),
+        customer_key,
+        fresh,
+        leak_rows,
+        segment,
+        watermark_ms,
+        now_ms,
+    )
+    contact_after = (
+        {**decisions.contact, "tasks": tasks} if tasks or "tasks" in contact else decisions.contact
+    )
+    return {"contact": contact_after, "health": health}, {
+        "invitations": decisions.invitations,
+        "suppressions": decisions.suppressions,
+        "health": [health_row] if health_row else [],
+        "follow_ups": follow_up_rows,
+    }
+
+
+def _leaks(config: Config, instance: Instance) -> list[Leak]:
+    """The leaks (decided or pending) the configured rules find in one instance."""
+    found = []
+    for rule in config.leaks.values():
+        if rule.journey == instance.journey.name:
+            leak = find(
+                rule, instance.id, instance.events, instance.journey.stage_of, instance.completed_ms
+            )
+            if leak is not None:
+                found.append(leak)
+    return found
+
+
+def _retained(
+    events: list[Event], instances: list[Instance], watermark_ms: int, identity_window_ms: int
+) -> list[Event]:
+    """Events still needed: in an unsealed instance, or in none and within the identity window.
+
+    An identity merge may bring older history that a stray event (in no journey yet)
+    belongs to; events of sealed instances are covered by the floors.
+    """
+    in_sealed = {e[1] for i in instances if sealed(i, watermark_ms) for e in i.events}
+    unsealed = [i for i in instances if not sealed(i, watermark_ms)]
+    needed = {e[1] for i in unsealed for e in i.events}
+    needed |= {i.closed_by[1] for i in unsealed if i.closed_by is not None}
+    horizon_ms = watermark_ms - identity_window_ms
+    keep = [e for e in events if e[1] in needed or (e[1] not in in_sealed and e[0] >= horizon_ms)]
+    return keep[-MAX_EVENTS:]
+
+
+def merge_states(into: dict, other: dict) -> dict:
+    """The state of a customer after absorbing another key's (identity stitching)."""
+    merged = add_events(into, other["events"])
+    floors = dict(merged["floors"])
+    for journey, floor in other["floors"].items():
+        if journey not in floors or floor[:2] > floors[journey][:2]:
+            floors[journey] = floor
+    return {
+        **merged,
+        "floors": floors,
+        "emitted": {**other["emitted"], **merged["emitted"]},
+        "seq": max(into.get("seq", 0), other.get("seq", 0)),
+        "profile": merge_profiles(into.get("profile", {}), other.get("profile", {})),
+        "leaks": {
+            jid: sorted(set(other.get("leaks", {}).get(jid, [])) | set(ids))
+            for jid, ids in {**other.get("leaks", {}), **into.get("leaks", {})}.items()
+        },
+    }
+
+
+def _next_due_ms(
+    config: Config, instances: list[Instance], state: dict, watermark_ms: int
+) -> int | None:
+    """The watermark at which `state` (with these journeys) changes without new events."""
+    times = [  # closing, then sealing
+        max([i.closed_ms, *(leak.due_ms for leak in i.leaks)])
+        if i.closed_ms is not None
+        else i.deadline_ms
+        for i in instances
+        if not sealed(i, watermark_ms)
+    ]
+    already = {lid for ids in state.get("leaks", {}).values() for lid in ids}
+    times += [  # leaks to report once the watermark reaches them
+        leak.due_ms
+        for i in instances
+        if not sealed(i, watermark_ms)
+        for leak in i.leaks
+        if leak_id(leak.rule.name, leak.anchor[1]) not in already
+    ]
+    if state.get("identified"):  # touchpoints surveys have not looked at yet
+        times += [e[0] for e in state["events"] if e[0] > watermark_ms][:1]
+        held = held_due_ms(state.get("contact", {}), config.surveys, watermark_ms)
+        times += [held] if held is not None else []
+    in_instances = {e[1] for i in instances for e in i.events}
+    times += [  # to evict stray events once the identity window has passed them
+        e[0] + config.identity_window_ms + 1 for e in state["events"] if e[1] not in in_instances
+    ]
+    return min(times, default=None)
+
+
+def journey_row(
+    instance: Instance, customer_key: str, version: int, now_ms: int, segment: str = ""
+) -> dict:
+    journey = instance.journey
+    path = instance.events[:MAX_PATH]
+    return {
+        "journey_id": instance.id,
+        "journey": journey.name,
+        "customer_key": customer_key,
+        "status": instance.status,
+        "stage": journey.stages[instance.stage],
+        "stage_index": instance.stage,
+        "stages_reached": [journey.stages[i] for i in sorted(instance.stage_reached)],
+        "stages_reached_ms": [instance.stage_reached[i] for i in sorted(instance.stage_reached)],
+        "path": [e[2] for e in path],
+        "path_event_ids": [e[1] for e in path],
+        "path_stages": [journey.stages[journey.stage_of[e[2]]] for e in path],
+        "path_truncated": len(instance.events) > MAX_PATH,
+        "touchpoints": len(instance.events),
+        "entry_event_id": instance.entry[1],
+        "opened_ms": instance.entry[0],
+        "last_event_ms": instance.last_ms,
+        "completed_ms": instance.completed_ms,
+        "closed_ms": instance.closed_ms,
+        "superseded_by": "",
+        "version": version,
+        "updated_ms": now_ms,
+        "entry_channel": instance.entry[3],
+        "segment": segment,  # the customer's segment when the row was emitted
+    }
+
+
+def superseded_row(
+    jid: str, journey: str, customer_key: str, version: int, successor: str, now_ms: int
+) -> dict:
+    return {
+        "journey_id": jid,
+        "journey": journey,
+        "customer_key": customer_key,
+        "status": "superseded",
+        "stage": "",
+        "stage_index": 0,
+        "stages_reached": [],
+        "stages_reached_ms": [],
+        "path": [],
+        "path_event_ids": [],
+        "path_stages": [],
+        "path_truncated": False,
+        "touchpoints": 0,
+        "entry_event_id": "",
+        "opened_ms": 0,
+        "last_event_ms": 0,
+        "completed_ms": None,
+        "closed_ms": None,
+        "superseded_by": successor,
+        "version": version,
+        "updated_ms": now_ms,
+    }
+
+
+def merge_profiles(*profiles: dict) -> dict:
+    """Per attribute, the value with the latest event time."""
+    merged: dict = {}
+    for profile in profiles:
+        for attribute, value in profile.items():
+            if attribute not in merged or value[0] > merged[attribute][0]:
+                merged[attribute] = value
+    return merged

@@ -1,0 +1,220 @@
+"""The journey step: resolved touchpoints in; journey updates, identity messages out.
+
+Runs on `touchpoints-resolved`, where every message is keyed by a customer key and is one
+of:
+    {"events": [...]}                        touchpoints from ingest, in arrival order
+                                             (unkeyed: customers of one partition)
+    {"control": "forward", "events": [...]}  touchpoints re-sent to the key they belong to
+    {"control": "link", "customer_key": C}   key (an anonymous id) belongs to customer C
+    {"control": "handoff", "state": {...}}   another key's journey state, to merge in
+    {"control": "tick", "wall_ms": ...}      the wall clock, for idle partitions
+
+Identity stitching: an event that carries both ids tells the customer's key; it sends a
+`link` to the anonymous key (on that key's own partition, so it is ordered with that
+key's events). The anonymous key hands its state over and from then on forwards its
+events. Merging is a union of events (see streams.core.journeys), so the result does not
+depend on which side was processed first.
+
+Pure apart from the watermarks and the due index, which the caller owns and passes in.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from streams.config import Config
+from streams.core.eventtime import Watermark
+from streams.core.journeys import add_events, advance, merge_profiles, merge_states, new_state
+
+MAX_LINKED = 50  # anonymous ids remembered per customer, to send each link once
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    key: str | None
+    partition: int
+    offset: int
+    doc: dict
+
+
+@dataclass
+class DueIndex:
+    """Per partition, customers whose journeys change when the watermark passes a time."""
+
+    heaps: dict[int, list[tuple[int, str]]] = field(default_factory=dict)
+
+    def push(self, partition: int, due_ms: int | None, key: str) -> None:
+        if due_ms is not None:
+            heapq.heappush(self.heaps.setdefault(partition, []), (due_ms, key))
+
+    def pop_due(self, partition: int, watermark_ms: int) -> set[str]:
+        heap, keys = self.heaps.get(partition, []), set()
+        while heap and heap[0][0] <= watermark_ms:
+            keys.add(heapq.heappop(heap)[1])
+        return keys
+
+
+@dataclass
+class StepResult:
+    states: dict[str, tuple[int, dict]] = field(default_factory=dict)  # key -> (partition, state)
+    # kind (journeys, leaks, invitations, suppressions, health) -> key -> rows
+    rows: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
+    sends: list[tuple[str, dict]] = field(default_factory=list)  # (key, control doc)
+    late: list[tuple[Message, dict]] = field(default_factory=list)  # (message, event)
+    merged: int = 0
+    transitions: Counter = field(default_factory=Counter)  # (journey, what happened) -> n
+
+
+def journey_step(
+    config: Config,
+    messages: list[Message],
+    load_state: Callable[[str, int], dict | None],
+    watermarks: dict[int, Watermark],
+    due: DueIndex,
+    wall_ms: int,
+) -> StepResult:
+    """Process one batch of `touchpoints-resolved` messages (see module docstring)."""
+    result = StepResult()
+    states: dict[str, tuple[int, dict]] = {}
+    touched: set[str] = set()
+
+    def state_of(key: str, partition: int) -> dict:
+        if key not in states:
+            states[key] = (partition, load_state(key, partition) or new_state())
+        return states[key][1]
+
+    def put(key: str, state: dict) -> None:
+        states[key] = (states[key][0], state)
+        touched.add(key)
+
+    for message in messages:
+        doc, key, partition = message.doc, message.key, message.partition
+        mark = watermarks.setdefault(
+            partition, Watermark(config.allowed_lateness_ms, config.idle_timeout_ms)
+        )
+        control = doc.get("control")
+        if control == "tick":
+            mark.on_idle(wall_ms)
+            continue
+        if control is None:  # touchpoints from ingest: several customers of this partition
+            on_time: dict[str, list[dict]] = {}
+            for event in doc.get("events", []):
+                if mark.observe(event["ts_ms"], wall_ms):
+                    on_time.setdefault(event["customer_key"], []).append(event)
+                else:
+                    result.late.append((message, event))
+            for owner, events in on_time.items():
+                _add(owner, events, state_of(owner, partition), put, result)
+            continue
+        if key is None:
+            continue
+        state = state_of(key, partition)
+        if control == "link":
+            _link(key, doc["customer_key"], state, put, result)
+        elif control == "handoff":
+            put(key, {**merge_states(state, doc["state"]), "generation": _generation(state) + 1})
+            result.merged += 1
+        elif control == "forward":  # judged on time where it arrived; not judged again
+            _add(key, doc["events"], state, put, result)
+
+    # Customers whose deadlines the watermark passed, on this batch's partitions only: a
+    # watermark moves only with its partition's messages, and the caller can read and
+    # write state only in the partitions it has an event of.
+    for partition in sorted({m.partition for m in messages}):
+        for key in due.pop_due(partition, watermarks[partition].value):
+            state_of(key, partition)
+            touched.add(key)
+
+    for key in sorted(touched):
+        partition, state = states[key]
+        if state.get("alias"):
+            continue
+        watermark = watermarks[partition].value
+        outcome = advance(config, state, key, watermark, now_ms=wall_ms)
+        states[key] = (partition, outcome.state)
+        due.push(partition, outcome.due_ms, key)
+        result.transitions.update(outcome.transitions)
+        for kind, rows in outcome.rows().items():
+            if rows:
+                result.rows.setdefault(kind, {})[key] = rows
+    result.states = {key: states[key] for key in touched}
+    return result
+
+
+def _generation(state: dict) -> int:
+    return state.get("generation", 0)
+
+
+def _link(anonymous_key: str, customer_key: str, state: dict, put, result: StepResult) -> None:
+    """`anonymous_key` belongs to `customer_key`: hand its state over, forward from now on."""
+    if anonymous_key == customer_key or state.get("alias") == customer_key:
+        return
+    if state.get("alias"):  # already merged elsewhere: follow the chain
+        result.sends.append((state["alias"], {"control": "link", "customer_key": customer_key}))
+        return
+    if state["events"] or state["emitted"]:
+        result.sends.append((customer_key, {"control": "handoff", "state": state}))
+    put(anonymous_key, {**new_state(), "alias": customer_key})
+
+
+def _add(key: str, events: list[dict], state: dict, put, result: StepResult) -> None:
+    if not events:
+        return
+    if state.get("alias"):  # this key was merged: its events belong to the customer now
+        result.sends.append((state["alias"], {"control": "forward", "events": events}))
+        return
+    linked = list(state.get("linked", []))
+    for event in events:
+        anonymous_id = event.get("anonymous_id")
+        if anonymous_id and anonymous_id != key and anonymous_id not in linked:
+            result.sends.append((anonymous_id, {"control": "link", "customer_key": key}))
+            linked = [*linked, anonymous_id][-MAX_LINKED:]
+    compact = [_compact(e) for e in events]
+    updated = {**add_events(state, compact), "linked": linked}
+    if any(event.get("customer_id") == key for event in events):
+        updated["identified"] = True
+    profile = _profile(events)
+    if profile:
+        updated["profile"] = merge_profiles(state.get("profile", {}), profile)
+    put(key, updated)
+
+
+def _compact(event: dict) -> list:
+    """What journeys, leak and survey rules need of an event (see streams.core.journeys)."""
+    compact = [event["ts_ms"], event["event_id"], event["type"], event["channel"]]
+    props = event.get("properties") or {}
+    extras = {}
+    if "score" in props:  # a survey answer: score leaks and health read it
+        metric = props.get("metric")
+        extras["metric"] = metric.lower() if isinstance(metric, str) else metric
+        extras["score"] = props["score"]
+    if isinstance(props.get("amount"), int | float):  # an order's value: segment tiers
+        extras["amount"] = props["amount"]
+    if isinstance(props.get("task_id"), str):  # closes that follow-up task
+        extras["task_id"] = props["task_id"]
+    if extras:
+        compact.append(extras)
+    return compact
+
+
+PROFILE_ATTRIBUTES = ("time_zone", "preferred_channel")
+
+
+def _profile(events: list[dict]) -> dict:
+    """{attribute: [ts_ms, value]}: the segment and the properties CRM events set."""
+    found: dict = {}
+
+    def seen(name: str, ts_ms: int, value: object) -> None:
+        if isinstance(value, str) and value and (name not in found or ts_ms > found[name][0]):
+            found[name] = [ts_ms, value]
+
+    for event in events:
+        seen("segment", event["ts_ms"], event.get("segment"))
+        props = event.get("properties")
+        if props:
+            for name in PROFILE_ATTRIBUTES:
+                seen(name, event["ts_ms"], props.get(name))
+    return found

@@ -1,0 +1,361 @@
+"""`parcours bench`: how fast parcours is, against baselines measured in the same run.
+
+On the same synthetic events (pre-encoded once):
+  core       ingest + journey steps called in-process (no Kafka, no Faust): the ceiling
+             the Python logic itself sets; also the state it keeps per customer;
+  sink       touchpoint rows inserted into the embedded ClickHouse in the worker's batches;
+  baseline   a bare Faust agent that only decodes the messages (streams.dev.bench_baseline);
+  pipeline   the real workers (ingest, identity, journeys, leaks, surveys, ClickHouse sink),
+             once with one event per message and once with batch envelopes, with 1 and
+             more worker processes.
+Consumers start first and settle into their group; then the events are sent as fast as
+the broker takes them, and a run is timed from the first send until the last event is
+decoded (baseline) or in ClickHouse (pipeline). The latency of a paced live stream is
+measured by streams.dev.bench_latency. Figures: events/s, ratios, peak memory (RSS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import orjson
+
+from streams.clickhouse.client import connect, migrate
+from streams.clickhouse.rows import TOUCHPOINT_COLUMNS, touchpoint_row
+from streams.clickhouse.sink import ClickHouseSink
+from streams.config import load_config
+from streams.config.settings import TOUCHPOINTS, WORKER_TOPICS, Settings
+from streams.core.events import EventParser
+from streams.core.ingest import IngestOutcome, RawMessage, ingest_batch, kafka_partition
+from streams.core.stitching import DueIndex, Message, StepResult, journey_step
+from streams.dev.bench_latency import Latency, measure_latency
+from streams.dev.local_stack import (
+    ChildProcess,
+    LocalBroker,
+    WorkerProcess,
+    peak_rss_mb,
+    wait_for,
+    wait_ready,
+)
+from streams.dev.synth import generate
+from streams.edge.produce import as_messages, create_topics, send_messages
+
+
+@dataclass
+class Throughput:
+    run: str  # core, baseline or pipeline
+    messages_kind: str  # "1 event/message" or "envelopes of ≤N"
+    workers: int
+    events: int
+    messages: int
+    seconds: float
+    events_per_second: float
+    peak_rss_mb: list[float] = field(default_factory=list)  # per process
+    vs_baseline: float | None = None
+
+
+@dataclass
+class Report:
+    customers: int
+    events: int
+    partitions: int
+    throughput: list[Throughput] = field(default_factory=list)
+    sink_rows_per_second: float = 0.0
+    state_bytes_per_customer: float = 0.0
+    latency: list[Latency] = field(default_factory=list)
+
+
+class Core:
+    """Ingest and journey steps in-process (no Kafka, no Faust), batch by batch, as the
+    agents call them, with state in dicts."""
+
+    def __init__(self, partitions: int = 4) -> None:
+        self.settings = Settings()
+        self.partitions = partitions
+        self.config = load_config(self.settings.config_path)
+        self.parser = EventParser(self.config.touchpoint_types, max_age_seconds=0)
+        self.seen: dict = {}
+        self.states: dict = {}
+        self.watermarks: dict = {}
+        self.due = DueIndex()
+        self.offset = 0
+
+    def partition_of(self, key: str) -> int:
+        return kafka_partition(key, self.partitions)
+
+    def step(self, chunk: list[tuple[bytes, bytes]]) -> tuple[IngestOutcome, StepResult]:
+        raw = [
+            RawMessage(k, v, TOUCHPOINTS, self.partition_of(k.decode()), self.offset + i)
+            for i, (k, v) in enumerate(chunk)
+        ]
+        self.offset += len(chunk)
+        outcome = ingest_batch(
+            raw,
+            self.parser,
+            self.config.phases,
+            lambda key, _p: self.seen.get(key),
+            self.partition_of,
+            now_ms=int(time.time() * 1000),
+            dedupe_window_ms=int(self.settings.dedupe_window_seconds * 1000),
+            dedupe_max_ids=self.settings.dedupe_max_ids_per_key,
+        )
+        for key, (_, ids) in outcome.seen_updates.items():
+            self.seen[key] = ids
+        resolved = [  # through JSON, as on the topic
+            Message(None, p, 0, orjson.loads(orjson.dumps({"events": evs})))
+            for p, evs in outcome.forward.items()
+        ]
+        result = journey_step(
+            self.config,
+            resolved,
+            lambda key, _p: self.states.get(key),
+            self.watermarks,
+            self.due,
+            wall_ms=int(time.time() * 1000),
+        )
+        for key, (_, state) in result.states.items():
+            self.states[key] = state
+        return outcome, result
+
+    def state_bytes_per_customer(self) -> float:
+        """Serialized state (journey state and seen ids, as the changelogs hold it) per key."""
+        keys = self.states.keys() | self.seen.keys()
+        size = sum(len(orjson.dumps(v)) for v in self.states.values())
+        size += sum(len(orjson.dumps(v)) for v in self.seen.values())
+        return size / max(1, len(keys))
+
+
+def run_core(
+    messages: list[tuple[bytes, bytes]], events: int, partitions: int, batch: int = 2000
+) -> tuple[Throughput, Core, list[list]]:
+    """Time the core; return it (for its state) and the touchpoint rows it produced."""
+    core = Core(partitions)
+    rows: list[list] = []
+    started = time.perf_counter()
+    for start in range(0, len(messages), batch):
+        outcome, _ = core.step(messages[start : start + batch])
+        rows.extend(touchpoint_row(e) for b in outcome.forward.values() for e in b)
+    seconds = time.perf_counter() - started
+    figure = Throughput(
+        "core (in-process)", "1 event/message", 0, events, len(messages), seconds, events / seconds
+    )
+    return figure, core, rows
+
+
+def run_sink(rows: list[list], work: Path, batch: int) -> float:
+    """Rows/s of the sink inserting `rows` into the embedded ClickHouse in `batch`es."""
+    shutil.rmtree(work, ignore_errors=True)
+    url = f"chdb://{work}"
+    sink = ClickHouseSink(lambda: connect(url))
+    try:
+        sink.run_sync(migrate)
+
+        async def write_all() -> float:
+            started = time.perf_counter()
+            for n, start in enumerate(range(0, len(rows), batch)):
+                await sink.write(
+                    "touchpoints", TOUCHPOINT_COLUMNS, rows[start : start + batch], f"b{n}"
+                )
+            return time.perf_counter() - started
+
+        seconds = asyncio.run(write_all())
+    finally:
+        sink.close()
+    return len(rows) / seconds
+
+
+def send_all(broker: LocalBroker, messages: list[tuple[bytes, bytes]]) -> float:
+    """Send `messages`; return the wall time (time.time) of the first send."""
+    started = time.time()
+    asyncio.run(send_messages(broker.bootstrap, TOUCHPOINTS, messages))
+    return started
+
+
+class BaselineProcess(ChildProcess):
+    """streams.dev.bench_baseline in a child process."""
+
+    def __init__(self, broker: str, expected: int, folder: Path) -> None:
+        self.broker, self.expected, self.folder = broker, expected, folder
+        self.log_path = folder / "baseline.log"
+        self.result = folder / "baseline-result.json"
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.spawn(
+            [sys.executable, "-m", "streams.dev.bench_baseline"],
+            {
+                "KAFKA_BROKER": self.broker,
+                "BENCH_TOPIC": TOUCHPOINTS,
+                "BENCH_EXPECTED_EVENTS": str(self.expected),
+                "BENCH_RESULT_FILE": str(self.result),
+                "PARCOURS_DATA_DIR": str(self.folder),
+            },
+        )
+
+    def finished_at(self) -> float | None:
+        """Wall time the last event was decoded, once it was."""
+        if not self.result.exists():
+            return None
+        return orjson.loads(self.result.read_bytes())["finished_at"]
+
+
+def run_baseline(
+    kind: str, messages: list[tuple[bytes, bytes]], events: int, work: Path, timeout: float
+) -> Throughput:
+    shutil.rmtree(work, ignore_errors=True)
+    with LocalBroker(log_path=work / "broker.log") as broker:
+        asyncio.run(create_topics(broker.bootstrap, [TOUCHPOINTS], 4))
+        with BaselineProcess(broker.bootstrap, events, work) as baseline:
+            wait_ready([baseline], timeout)
+            started = send_all(broker, messages)
+            wait_for(lambda: baseline.finished_at() is not None, timeout, "the baseline to finish")
+            seconds = baseline.finished_at() - started
+            rss = [peak_rss_mb(baseline.process.pid)]
+    return Throughput(
+        "baseline (bare Faust)", kind, 1, events, len(messages), seconds, events / seconds, rss
+    )
+
+
+def run_pipeline(
+    kind: str,
+    messages: list[tuple[bytes, bytes]],
+    events: int,
+    workers: int,
+    partitions: int,
+    work: Path,
+    timeout: float,
+) -> Throughput:
+    shutil.rmtree(work, ignore_errors=True)
+    env = {"PARCOURS_MAX_AGE_SECONDS": "0", "PARCOURS_PARTITIONS": str(partitions)}
+    with LocalBroker(log_path=work / "broker.log") as broker, ExitStack() as stack:
+        asyncio.run(create_topics(broker.bootstrap, WORKER_TOPICS, partitions))
+        # Each worker has its own embedded ClickHouse; rows are counted across them.
+        running: list[WorkerProcess] = [
+            stack.enter_context(broker.worker(work / f"worker-{n}", **env)) for n in range(workers)
+        ]
+        wait_ready(running, timeout)
+        started = send_all(broker, messages)
+        # Each look at a worker's /metrics costs it CPU (at 20 a second, a seventh of
+        # it): look twice a second, and take the end from the sink's own clock.
+        wait_for(
+            lambda: sum(w.sink_rows("touchpoints") for w in running) >= events,
+            timeout,
+            "every touchpoint in ClickHouse",
+            poll=0.5,
+        )
+        finished = max(
+            w.metric_sum("parcours_sink_last_write_timestamp_seconds", table="touchpoints")
+            for w in running
+        )
+        seconds = finished - started
+        rss = [peak_rss_mb(w.process.pid) for w in running]
+    return Throughput(
+        "pipeline", kind, workers, events, len(messages), seconds, events / seconds, rss
+    )
+
+
+def run_bench(
+    customers: int,
+    max_events: int | None,
+    envelope: int,
+    partitions: int,
+    workers: list[int],
+    rates: list[float],
+    latency_seconds: float,
+    batch_seconds: float | None,
+    seed: int,
+    data_dir: Path,
+    timeout: float,
+    as_json: bool,
+) -> Report:
+    # SIGTERM (timeout, Ctrl-\, a CI cancel) unwinds like Ctrl-C, so the broker and the
+    # workers this started are stopped rather than left running in their own sessions.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    say = (lambda *_: None) if as_json else (lambda *a: print(*a, flush=True))
+    # Live traffic is dense: customers arrive over ten minutes, acting every 5 to 20 s,
+    # so a producer flushing every 30 s has several events of a customer to batch.
+    events = generate(customers, seed=seed, arrivals_seconds=600, max_gap_seconds=20)
+    events = events[:max_events] if max_events else events
+    singles = as_messages(events)
+    batched = as_messages(events, envelope_size=envelope, window_ms=30_000)
+    work = data_dir / "bench"
+    report = Report(customers, len(events), partitions)
+    say(
+        f"parcours bench: {len(events):,} events of {customers:,} customers; "
+        f"{len(batched):,} envelopes of ≤{envelope}; {partitions} partitions"
+    )
+
+    core_figure, core, rows = run_core(singles, len(events), partitions)
+    report.throughput.append(core_figure)
+    report.state_bytes_per_customer = core.state_bytes_per_customer()
+    say(
+        f"  core: {core_figure.events_per_second:,.0f} events/s; "
+        f"state {report.state_bytes_per_customer:,.0f} bytes per customer key"
+    )
+    del core
+    report.sink_rows_per_second = run_sink(rows, work / "sink", Settings().sink_batch_max)
+    say(f"  sink: {report.sink_rows_per_second:,.0f} rows/s into the embedded ClickHouse")
+    del rows
+
+    for kind, messages, counts in (
+        ("1 event/message", singles, [1]),
+        (f"envelopes of ≤{envelope}", batched, workers),
+    ):
+        baseline = run_baseline(kind, messages, len(events), work / "baseline", timeout)
+        report.throughput.append(baseline)
+        say(f"  baseline, {kind}: {baseline.events_per_second:,.0f} events/s")
+        for count in counts:
+            figure = run_pipeline(
+                kind, messages, len(events), count, partitions, work / "pipeline", timeout
+            )
+            figure.vs_baseline = figure.events_per_second / baseline.events_per_second
+            report.throughput.append(figure)
+            say(f"  pipeline, {kind}, {count} worker(s): {figure.events_per_second:,.0f} events/s")
+
+    for rate in rates:
+        say(f"  latency at {rate:,.0f} events/s for {latency_seconds:.0f} s ...")
+        report.latency.append(
+            measure_latency(
+                rate, latency_seconds, batch_seconds, partitions, seed, work / "latency", timeout
+            )
+        )
+
+    if as_json:
+        print(json.dumps(asdict(report), indent=2))
+    else:
+        print_report(report)
+    return report
+
+
+def print_report(report: Report) -> None:
+    print(
+        f"\n{'run':<22} {'messages':<18} {'workers':>7} {'events/s':>10} "
+        f"{'vs baseline':>11} {'seconds':>8} {'peak RSS MB per process':>24}"
+    )
+    for f in report.throughput:
+        ratio = "" if f.vs_baseline is None else f"{f.vs_baseline:.2f}x"
+        rss = ", ".join(f"{r:.0f}" for r in f.peak_rss_mb)
+        workers = str(f.workers) if f.workers else "-"
+        print(
+            f"{f.run:<22} {f.messages_kind:<18} {workers:>7} {f.events_per_second:>10,.0f} "
+            f"{ratio:>11} {f.seconds:>8.2f} {rss:>24}"
+        )
+    pipelines = [
+        f for f in report.throughput if f.run == "pipeline" and f.messages_kind != "1 event/message"
+    ]
+    one = next((f for f in pipelines if f.workers == 1), None)
+    for f in pipelines:
+        if one is not None and f.workers > 1:
+            print(f"\n{f.workers} workers vs 1: {f.events_per_second / one.events_per_second:.2f}x")
+    print(f"sink: {report.sink_rows_per_second:,.0f} rows/s (embedded ClickHouse)")
+    print(f"state: {report.state_bytes_per_customer:,.0f} bytes per customer key (serialized)")
+    for lat in report.latency:
+        print(lat.summary())

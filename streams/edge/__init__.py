@@ -1,0 +1,1 @@
+"""Where data enters and leaves: collector, producer helper, replay, dispatcher."""

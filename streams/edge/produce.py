@@ -1,0 +1,126 @@
+"""Send touchpoint events to Kafka: one event per message, or batch envelopes per key."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from streams.core.ingest import customer_key
+
+
+def as_messages(
+    events: Sequence[dict], envelope_size: int = 1, window_ms: int | None = None
+) -> list[tuple[bytes, bytes]]:
+    """(key, value) pairs in the order of `events`: each event alone, or envelopes of up to
+    `envelope_size` events of one key.
+
+    With `window_ms` (events in time order), an envelope closes once the stream is more
+    than `window_ms` past its first event, as a producer that flushes every few seconds
+    would; keep it below the allowed lateness, since an envelope goes out when it closes.
+    """
+    if envelope_size <= 1:
+        return [(customer_key(e).encode(), orjson.dumps(e)) for e in events]
+    open_envelopes: dict[str, list[dict]] = {}
+    messages: list[tuple[bytes, bytes]] = []
+
+    def close(key: str) -> None:
+        messages.append((key.encode(), orjson.dumps({"events": open_envelopes.pop(key)})))
+
+    for event in events:
+        if window_ms is not None:
+            now = _ts_ms(event)
+            for key in [k for k, env in open_envelopes.items() if now - _ts_ms(env[0]) > window_ms]:
+                close(key)
+        key = customer_key(event)
+        open_envelopes.setdefault(key, []).append(event)
+        if len(open_envelopes[key]) >= envelope_size:
+            close(key)
+    for key in list(open_envelopes):
+        close(key)
+    return messages
+
+
+def envelopes_by_key(events: Iterable[dict]) -> list[tuple[bytes, bytes]]:
+    """One batch envelope per customer key, in the order the keys first appear."""
+    by_key: dict[str, list[dict]] = {}
+    for event in events:
+        by_key.setdefault(customer_key(event), []).append(event)
+    return [(key.encode(), orjson.dumps({"events": batch})) for key, batch in by_key.items()]
+
+
+def kafka_producer(bootstrap: str, idempotent: bool = False, **options: Any) -> AIOKafkaProducer:
+    """An aiokafka producer that waits for all in-sync replicas; `idempotent` makes a
+    retried send land once (brokers without InitProducerId, like the local one, need False)."""
+    options.setdefault("linger_ms", 5)
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap.removeprefix("kafka://"),
+        acks="all",
+        enable_idempotence=idempotent,
+        **options,
+    )
+
+
+def _ts_ms(event: dict) -> int:
+    return int(datetime.fromisoformat(event["ts"]).timestamp() * 1000)
+
+
+async def send_messages(
+    bootstrap: str,
+    topic: str,
+    messages: Sequence[tuple[bytes | None, bytes]],
+    due_seconds: Sequence[float] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Send and wait until the broker acknowledged every message.
+
+    With `due_seconds`, message i is not sent before that many seconds after the start
+    (a replay's pace); `on_progress(sent, total)` is called about once a second.
+    """
+    producer = kafka_producer(bootstrap)
+    await producer.start()
+    try:
+        started = shown = time.monotonic()
+        pending = []
+        for index, (key, value) in enumerate(messages):
+            if due_seconds is not None:
+                delay = started + due_seconds[index] - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            pending.append(await producer.send(topic, value=value, key=key))
+            if len(pending) >= 5000:  # bound what waits for an ack
+                await asyncio.gather(*pending)
+                pending.clear()
+            if on_progress and time.monotonic() - shown >= 1.0:
+                shown = time.monotonic()
+                on_progress(index + 1, len(messages))
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+def produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
+    asyncio.run(send_messages(bootstrap, topic, messages))
+
+
+async def create_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
+    """Create topics with `partitions` partitions (one replica); existing ones are kept.
+
+    Brokers auto-create topics with their default count on first use; a deployment with
+    another `PARCOURS_PARTITIONS` creates them first (the state is co-partitioned).
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap.removeprefix("kafka://"))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [NewTopic(n, partitions, 1) for n in names if n not in existing]
+        if wanted:
+            await admin.create_topics(wanted)
+    finally:
+        await admin.close()

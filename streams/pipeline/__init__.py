@@ -1,0 +1,1 @@
+"""The Faust shell: app, agents, worker, the metrics it records."""
