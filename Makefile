@@ -3,14 +3,17 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 demo: install  ## run the whole pipeline locally and print a summary
 	$(BIN)/parcours demo
 
-test: install  ## lint, then every test (unit, property, end to end)
+test: install  ## lint, then every test (unit, integration, end to end)
 	$(BIN)/ruff check streams tests
 	$(BIN)/pytest -q
+
+test-fast: install  ## the unit and property tests only (no broker, no ClickHouse): seconds
+	$(BIN)/pytest -q tests/unit
 
 lint: install
 	$(BIN)/ruff check streams tests

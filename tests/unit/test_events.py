@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from streams.core import events as ev
-from tests.conftest import NOW_MS, make_event
+from tests.support.events import NOW_MS, make_event
 
 
 def parse(parser, value):

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
-import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import orjson
@@ -16,8 +13,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.config.settings import SURVEY_INVITATIONS
-from streams.dev.local_stack import DispatcherProcess, LocalBroker, wait_for
 from streams.edge.destinations import (
     IDEMPOTENCY_HEADER,
     KIND_HEADER,
@@ -32,49 +27,7 @@ from streams.edge.destinations import (
     verify,
 )
 from streams.edge.dispatcher import Dispatcher, Ledger, item_id_of, items_of
-from streams.edge.produce import produce
-
-SECRET = b"test-secret"
-
-
-class Receiver:
-    """A webhook receiver: records each request; answers 500 to the first `fail_first`,
-    then `status`."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.requests: list[dict] = []
-        self.fail_first = 0
-        self.status = 200
-        self.delay = delay
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                time.sleep(receiver.delay)
-                with receiver.lock:
-                    failing = len(receiver.requests) < receiver.fail_first
-                    status = 500 if failing else receiver.status
-                    receiver.requests.append(
-                        {"headers": dict(self.headers), "body": body, "status": status}
-                    )
-                self.send_response(status)
-                self.end_headers()
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def accepted(self) -> list[dict]:
-        with self.lock:
-            return [r for r in self.requests if r["status"] == 200]
-
-    def close(self) -> None:
-        self.server.shutdown()
+from tests.support.dispatcher import SECRET, Receiver, invitation
 
 
 @pytest.fixture
@@ -82,17 +35,6 @@ def receiver():
     r = Receiver()
     yield r
     r.close()
-
-
-def invitation(n: int, **fields) -> dict:
-    return {
-        "invitation_id": f"inv-{n:04d}",
-        "rule": "ces_after_support_call",
-        "metric": "ces",
-        "customer_key": f"c-{n}",
-        "send_at_ms": 1_700_000_000_000 + n,
-        **fields,
-    }
 
 
 def destination(url: str, **fields) -> Destination:
@@ -199,7 +141,7 @@ def test_destinations_file_loads_with_defaults_and_the_secret_from_the_environme
 
 
 def test_the_shipped_example_loads_and_so_does_its_commented_helpdesk(tmp_path):
-    example = Path(__file__).parents[1] / "deploy" / "dispatcher" / "destinations.yaml"
+    example = Path(__file__).parents[2] / "deploy" / "dispatcher" / "destinations.yaml"
     env = {"PARCOURS_WEBHOOK_SECRET": "s"}
     assert [d.name for d in load_destinations(example, env=env)] == ["survey_tool"]
     head, commented = example.read_text().split("  # helpdesk:")
@@ -326,55 +268,3 @@ def test_an_unreachable_destination_is_retried_then_dead_lettered(tmp_path):
 
 
 # --- end to end ---------------------------------------------------------------------------
-
-
-def start_dispatcher(broker: LocalBroker, tmp_path: Path) -> DispatcherProcess:
-    dispatcher = DispatcherProcess(
-        broker.bootstrap,
-        tmp_path / "destinations.yaml",
-        tmp_path / "ledger.db",
-        tmp_path / "dispatcher.log",
-        PARCOURS_WEBHOOK_SECRET=SECRET.decode(),
-    )
-    dispatcher.start()
-    return dispatcher
-
-
-def test_end_to_end_every_invitation_lands_through_500s_and_a_kill(tmp_path):
-    receiver = Receiver(delay=0.01)
-    (tmp_path / "destinations.yaml").write_text(
-        "destinations:\n"
-        f"  tool:\n    url: {receiver.url}\n    secret_env: PARCOURS_WEBHOOK_SECRET\n"
-        "    backoff: 0.1s\n    max_backoff: 0.5s\n    max_attempts: 50\n    rate_limit: 200\n"
-        "    concurrency: 4\n"
-    )
-    items = [invitation(n) for n in range(300)]
-    # As the worker publishes them: a message per batch; a restarted worker repeats some.
-    messages = [(None, orjson.dumps({"invitations": items[i : i + 10]})) for i in range(0, 300, 10)]
-    messages += [(None, orjson.dumps({"invitations": items[:10]}))]
-    with LocalBroker(log_path=tmp_path / "broker.log") as broker:
-        produce(broker.bootstrap, SURVEY_INVITATIONS, messages)
-        receiver.fail_first = 60  # the survey tool is down at first
-        first = start_dispatcher(broker, tmp_path)
-        try:
-            wait_for(lambda: len(receiver.accepted()) >= 80, 60, "80 deliveries")
-            first.kill()  # SIGKILL mid-delivery: requests are in flight
-            second = start_dispatcher(broker, tmp_path)
-            try:
-                wait_for(lambda: len(receiver.accepted()) >= 300, 120, "every delivery")
-                time.sleep(1.0)  # anything more would be a duplicate
-            finally:
-                assert second.stop(30) == 0  # SIGTERM: a clean stop
-        finally:
-            first.kill()
-            receiver.close()
-    accepted = receiver.accepted()
-    ids = Counter(r["headers"][IDEMPOTENCY_HEADER] for r in accepted)
-    assert set(ids) == {item["invitation_id"] for item in items}
-    # Only requests in flight at the SIGKILL can come twice (the destination answered,
-    # the ledger was not written yet); they carry the same Idempotency-Key to dedupe on.
-    assert sum(n - 1 for n in ids.values()) <= 4  # concurrency
-    assert any(r["status"] == 500 for r in receiver.requests)
-    for r in accepted:
-        h = r["headers"]
-        assert verify(SECRET, h[TIMESTAMP_HEADER], r["body"], h[SIGNATURE_HEADER])

@@ -17,7 +17,7 @@ from streams.clickhouse.client import (
 )
 from streams.clickhouse.rows import TOUCHPOINT_COLUMNS
 from streams.clickhouse.sink import ClickHouseSink, batch_token
-from tests.conftest import clickhouse
+from tests.support.clickhouse import clickhouse
 
 
 def test_migrations_apply_once_and_are_idempotent(tmp_path):

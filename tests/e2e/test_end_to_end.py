@@ -16,7 +16,8 @@ import pytest
 
 from streams.dev.local_stack import LocalBroker
 from streams.edge.produce import as_messages, produce
-from tests.conftest import clickhouse, make_event
+from tests.support.clickhouse import clickhouse
+from tests.support.events import make_event
 
 pytestmark = pytest.mark.e2e
 

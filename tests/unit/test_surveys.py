@@ -3,77 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
-import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.config.rules import QuietHours, Segments, SurveyRule, Tier
-from streams.core.eventtime import Watermark
 from streams.core.journeys import add_events, advance, new_state
 from streams.core.surveys import sampled_in, segment_of, send_time
-from tests.test_journeys import CONFIG, DAY, FAR_FUTURE, LATENESS, H, histories
-from tests.test_journeys import shuffled_within_lateness as shuffled
-
-MINUTE = 60_000
-T0 = int(datetime(2026, 3, 2, 10, 0, tzinfo=UTC).timestamp() * 1000)  # a Monday, 11:00 Paris
-
-
-def ev(ts, eid, kind, channel="web", **extras):
-    return [ts, eid, kind, channel, extras] if extras else [ts, eid, kind, channel]
-
-
-def with_surveys(config=CONFIG, **changes):
-    return dataclasses.replace(config, surveys=dataclasses.replace(config.surveys, **changes))
-
-
-def only_rules(*names, config=CONFIG, **changes):
-    """The configured rules `names`, sampling everyone (sampling has its own tests)."""
-    rules = {
-        name: dataclasses.replace(config.surveys.rules[name], sample=(("default", 1.0),))
-        for name in names
-    }
-    return with_surveys(config, rules=rules, **changes)
-
-
-def decisions(
-    arrivals, config=CONFIG, batch_size=1, final_watermark=FAR_FUTURE, profile=None, restart=False
-):
-    """Invitations and suppressions decided while events arrive in this order.
-
-    With `restart`, the state goes through JSON between batches, as through the changelog.
-    Fails if an invitation id is decided twice.
-    """
-    state = {**new_state(), "identified": True, "profile": profile or {}}
-    mark = Watermark(LATENESS, idle_timeout_ms=60_000)
-    invited, suppressed = {}, {}
-
-    def collect(out):
-        for row in out.invitations:
-            assert row["invitation_id"] not in invited | suppressed, "decided twice"
-            invited[row["invitation_id"]] = row
-        for row in out.suppressions:
-            assert row["invitation_id"] not in invited | suppressed, "decided twice"
-            suppressed[row["invitation_id"]] = row
-
-    for start in range(0, len(arrivals), batch_size):
-        fresh = [e for e in arrivals[start : start + batch_size] if mark.observe(e[0], 0)]
-        out = advance(config, add_events(state, fresh), "c", mark.value, now_ms=1)
-        state = orjson.loads(orjson.dumps(out.state)) if restart else out.state
-        collect(out)
-    out = advance(config, state, "c", final_watermark, now_ms=1)
-    collect(out)
-    return invited, suppressed
-
-
-def summary(invited, suppressed):
-    return sorted(
-        [(r["rule"], r["anchor_event_id"], "sent") for r in invited.values()]
-        + [(r["rule"], r["anchor_event_id"], r["reason"]) for r in suppressed.values()]
-    )
+from tests.support.journeys import CONFIG, DAY, FAR_FUTURE, H, histories
+from tests.support.journeys import shuffled_within_lateness as shuffled
+from tests.support.surveys import MINUTE, T0, decisions, ev, only_rules, summary, with_surveys
 
 
 def delivered_purchase(t, prefix=""):

@@ -10,9 +10,9 @@ from streams.clickhouse.rows import FOLLOW_UP_COLUMNS, follow_up_ch_row
 from streams.core import follow_ups
 from streams.core.journeys import add_events, advance, new_state
 from streams.pipeline import worker_metrics
-from tests.conftest import clickhouse
-from tests.test_journeys import CONFIG, H
-from tests.test_surveys import ev
+from tests.support.clickhouse import clickhouse
+from tests.support.journeys import CONFIG, H
+from tests.support.surveys import ev
 
 BOUGHT = [ev(0, "a", "site_visit"), ev(H, "b", "purchase"), ev(2 * H, "c", "delivery")]
 

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import random
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.config import load_config
-from streams.config.settings import SCHEMAS_DIR
 from streams.core.eventtime import Watermark
 from streams.core.journeys import add_events, advance, merge_states, new_state
-
-CONFIG = load_config(SCHEMAS_DIR / "journeys.yaml")
-H = 3_600_000
-DAY = 24 * H
-LATENESS = 10 * 60_000
-FAR_FUTURE = 10**13
-
-
-def ev(ts, eid, kind, channel="web"):
-    return [ts, eid, kind, channel]
+from tests.support.journeys import (
+    CONFIG,
+    DAY,
+    FAR_FUTURE,
+    LATENESS,
+    H,
+    ev,
+    histories,
+    shuffled_within_lateness,
+)
 
 
 def sink(table, updates):
@@ -153,23 +149,6 @@ def test_state_is_bounded_once_journeys_are_sealed():
 
 
 # --- properties ---------------------------------------------------------------------
-
-KINDS = sorted(CONFIG.touchpoint_types)  # every configured type, signals included
-
-histories = st.lists(
-    st.tuples(st.integers(0, 30 * DAY // 60_000), st.sampled_from(KINDS)), max_size=40
-).map(
-    lambda pairs: sorted(
-        (ev(minute * 60_000, f"e{i}", kind) for i, (minute, kind) in enumerate(pairs)),
-        key=lambda e: (e[0], e[1]),
-    )
-)
-
-
-def shuffled_within_lateness(events, seed):
-    """An arrival order in which no event is late: each waits at most the lateness."""
-    rng = random.Random(seed)
-    return [e for _, e in sorted(((e[0] + rng.randint(0, LATENESS), e[1]), e) for e in events)]
 
 
 @settings(max_examples=150, deadline=None)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -14,24 +13,10 @@ from hypothesis import strategies as st
 
 from streams.config import load_config
 from streams.config.settings import SCHEMAS_DIR
-from streams.core.events import EventParser
 from streams.edge.collector import CollectorSettings, create_collector, parse_write_keys
+from tests.support.collector import KEYS, PARSER, SITE, event, post
 
 CONFIG = load_config(SCHEMAS_DIR / "journeys.yaml")
-PARSER = EventParser(CONFIG.touchpoint_types)
-KEYS = {"site-key": "site", "crm-key": "crm"}
-SITE = {"Authorization": "Bearer site-key"}
-
-
-def event(n: int, customer: str = "c1", **changes) -> dict:
-    body = {
-        "event_id": f"e{n}",
-        "customer_id": customer,
-        "type": "site_visit",
-        "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "channel": "web",
-    }
-    return {**body, **changes}
 
 
 class Recorder:
@@ -63,12 +48,6 @@ def run(scenario, recorder=None, **options):
             return await scenario(client, recorder)
 
     return asyncio.run(main())
-
-
-async def post(client, body, headers=SITE, raw=False):
-    data = body if raw else orjson.dumps(body)
-    response = await client.post("/v1/events", data=data, headers=headers)
-    return response.status, await response.json(), response.headers
 
 
 def test_write_keys_are_required_and_name_the_source():
@@ -291,43 +270,3 @@ def test_fuzzed_requests_never_fail_the_server_and_every_accepted_event_is_publi
 
 
 # --- end to end ----------------------------------------------------------------------
-
-
-@pytest.mark.e2e
-def test_collected_events_land_in_clickhouse_once_and_rejections_in_dead_letters(tmp_path):
-    from streams.dev.local_stack import LocalBroker
-    from streams.edge.collector import KafkaPublisher
-    from tests.conftest import clickhouse
-
-    batches = [[event(i * 10 + j, f"c{i}") for j in range(10)] for i in range(20)]
-    batches[3][4] = event(34, "c3", type="teleport")  # rejected: 199 good, 1 bad
-
-    async def send_all(bootstrap):
-        # The local broker has no idempotent producers (LocalBroker.WORKER_ENV).
-        publisher = KafkaPublisher(bootstrap, "touchpoints", "touchpoints-dlq", idempotent=False)
-        await publisher.start()
-        app = create_collector(PARSER, publisher.publish, CollectorSettings(write_keys=KEYS))
-        try:
-            async with TestClient(TestServer(app)) as client:
-                answers = await asyncio.gather(*(post(client, batch) for batch in batches))
-                retry = await post(client, batches[0])  # a client retry after a timeout
-        finally:
-            await publisher.stop()
-        return [a[1]["accepted"] for a in answers], retry[0]
-
-    with (
-        LocalBroker(log_path=tmp_path / "broker.log") as broker,
-        broker.worker(tmp_path) as worker,
-    ):
-        accepted, retry_status = asyncio.run(send_all(broker.bootstrap))
-        worker.wait_for_rows({"touchpoints": 199, "dead_letters": 1}, timeout=90)
-        duplicates = worker.metric_sum("parcours_events_ingested_total", result="duplicate")
-    with clickhouse(tmp_path / "clickhouse") as client:
-        rows = client.query(
-            "SELECT count(), uniqExact(event_id), countIf(source = 'site') FROM touchpoints"
-        ).result_rows[0]
-        letters = client.query("SELECT reason, source, origin_topic FROM dead_letters").result_rows
-    assert (sum(accepted), retry_status) == (199, 202)
-    assert rows == (199, 199, 199)  # the retried batch is dropped as duplicates by ingest
-    assert duplicates == 10
-    assert letters == [("unknown_type", "site", "http")]

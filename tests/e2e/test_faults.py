@@ -11,7 +11,8 @@ import pytest
 
 from streams.dev.local_stack import LocalBroker
 from streams.edge.produce import as_messages, produce
-from tests.conftest import clickhouse, make_event
+from tests.support.clickhouse import clickhouse
+from tests.support.events import make_event
 
 pytestmark = pytest.mark.e2e
 
@@ -79,7 +80,7 @@ def test_clickhouse_down_for_a_while_delays_rows_but_loses_and_doubles_nothing(t
 def test_a_worker_killed_five_times_ends_with_the_journeys_of_an_uninterrupted_run(tmp_path):
     """SIGKILL at random points while events flow, restart, five times; then the
     scripted customers must come out exactly as scripted (see test_journeys_end_to_end)."""
-    from tests.test_journeys_end_to_end import decisions, scripted_run
+    from tests.support.scripted import decisions, scripted_run
 
     rng = random.Random(5)
     events, expected, expected_leaks, expected_surveys = scripted_run(int(time.time() * 1000))

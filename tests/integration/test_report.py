@@ -20,8 +20,8 @@ from PIL import Image, ImageStat
 from streams.cli import main
 from streams.clickhouse.report import as_html, as_json, as_text, read_map
 from streams.dev.local_stack import _wait_for_port, free_port
-from tests.conftest import clickhouse
-from tests.test_journey_map import fill
+from tests.support.clickhouse import clickhouse
+from tests.support.journey_map import fill
 
 CHROMIUM = shutil.which("chromium")
 SINCE, UNTIL = datetime(2000, 1, 1), datetime(2100, 1, 1)

@@ -9,7 +9,7 @@ from streams.config import load_config
 from streams.config.settings import SCHEMAS_DIR
 from streams.core.eventtime import Watermark
 from streams.core.journeys import add_events, advance, new_state
-from tests.test_journeys import histories, shuffled_within_lateness
+from tests.support.journeys import histories, shuffled_within_lateness
 
 CONFIG = load_config(SCHEMAS_DIR / "journeys.yaml")
 H = 3_600_000

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.core.journeys import add_events, advance, new_state
-from tests.test_journeys import CONFIG, DAY, H, histories
-from tests.test_journeys import shuffled_within_lateness as shuffled
-from tests.test_surveys import T0, decisions, ev, only_rules, summary
+from tests.support.journeys import CONFIG, DAY, H, histories
+from tests.support.journeys import shuffled_within_lateness as shuffled
+from tests.support.surveys import T0, decisions, ev, only_rules, summary
 
 SUPPORT = "a support_resolution journey was open"
 

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from streams import metrics
 from streams.pipeline import worker_metrics
-from tests.conftest import make_event
+from tests.support.events import make_event
 
 TP = namedtuple("TP", "topic partition")
 

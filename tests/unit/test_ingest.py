@@ -19,7 +19,7 @@ from streams.core.ingest import (
     kafka_partition,
 )
 from streams.pipeline.payloads import batch_payloads
-from tests.conftest import NOW_MS, make_event
+from tests.support.events import NOW_MS, make_event
 
 
 def message(value, offset=0, partition=1, key=b"c-1"):

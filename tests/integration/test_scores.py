@@ -13,7 +13,7 @@ from streams.clickhouse.rows import (
     health_ch_row,
     invitation_ch_row,
 )
-from tests.conftest import clickhouse
+from tests.support.clickhouse import clickhouse
 
 
 def answer(n: int, metric: str, score: float, about: str) -> list:

@@ -1,0 +1,1 @@
+"""End to end: the real local broker, worker processes, embedded ClickHouse."""

@@ -1,0 +1,1 @@
+"""Real components in-process: chDB, promtool, a local webhook receiver, the CLI."""

@@ -1,0 +1,60 @@
+"""A local webhook receiver and invitations for dispatcher tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+SECRET = b"test-secret"
+
+
+class Receiver:
+    """A webhook receiver: records each request; answers 500 to the first `fail_first`,
+    then `status`."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.requests: list[dict] = []
+        self.fail_first = 0
+        self.status = 200
+        self.delay = delay
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                time.sleep(receiver.delay)
+                with receiver.lock:
+                    failing = len(receiver.requests) < receiver.fail_first
+                    status = 500 if failing else receiver.status
+                    receiver.requests.append(
+                        {"headers": dict(self.headers), "body": body, "status": status}
+                    )
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def accepted(self) -> list[dict]:
+        with self.lock:
+            return [r for r in self.requests if r["status"] == 200]
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def invitation(n: int, **fields) -> dict:
+    return {
+        "invitation_id": f"inv-{n:04d}",
+        "rule": "ces_after_support_call",
+        "metric": "ces",
+        "customer_key": f"c-{n}",
+        "send_at_ms": 1_700_000_000_000 + n,
+        **fields,
+    }

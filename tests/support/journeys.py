@@ -1,0 +1,47 @@
+"""The default configuration, time units and hypothesis histories for journey-core tests."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import strategies as st
+
+from streams.config import load_config
+from streams.config.settings import SCHEMAS_DIR
+
+CONFIG = load_config(SCHEMAS_DIR / "journeys.yaml")
+
+
+H = 3_600_000
+
+
+DAY = 24 * H
+
+
+LATENESS = 10 * 60_000
+
+
+FAR_FUTURE = 10**13
+
+
+def ev(ts, eid, kind, channel="web"):
+    return [ts, eid, kind, channel]
+
+
+KINDS = sorted(CONFIG.touchpoint_types)  # every configured type, signals included
+
+
+histories = st.lists(
+    st.tuples(st.integers(0, 30 * DAY // 60_000), st.sampled_from(KINDS)), max_size=40
+).map(
+    lambda pairs: sorted(
+        (ev(minute * 60_000, f"e{i}", kind) for i, (minute, kind) in enumerate(pairs)),
+        key=lambda e: (e[0], e[1]),
+    )
+)
+
+
+def shuffled_within_lateness(events, seed):
+    """An arrival order in which no event is late: each waits at most the lateness."""
+    rng = random.Random(seed)
+    return [e for _, e in sorted(((e[0] + rng.randint(0, LATENESS), e[1]), e) for e in events)]

@@ -1,0 +1,1 @@
+"""Pure core and in-process tests: no broker, no ClickHouse engine; seconds."""

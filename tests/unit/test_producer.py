@@ -1,0 +1,96 @@
+"""The producer helper: checks events before sending, batches per key, flushes on exit.
+
+The sends go to the real local broker and are read back with a consumer; the
+simulator's run goes on through a real worker into ClickHouse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from streams.config.settings import Settings
+from streams.edge.producer import InvalidEvent, TouchpointProducer
+from tests.support.events import LOCAL, make_event
+
+
+def test_a_bad_event_raises_where_it_is_made_and_names_the_field():
+    async def scenario():
+        producer = TouchpointProducer("127.0.0.1:1", settings=LOCAL)  # never started
+        good = make_event(1)
+        producer.check(good)
+        with pytest.raises(InvalidEvent, match=r"\$\.ts") as bad_ts:
+            producer.check(make_event(2, ts="yesterday"))
+        with pytest.raises(InvalidEvent, match="teleport") as unknown:
+            await producer.send_many([good, make_event(3, type="teleport")])
+        with pytest.raises(InvalidEvent, match="needs customer_id or anonymous_id"):
+            producer.check(make_event(4, customer_id=None))
+        # Nothing of a call with a bad event was queued: stopping sends nothing.
+        await producer.stop()
+        return bad_ts.value, unknown.value
+
+    bad_ts, unknown = asyncio.run(scenario())
+    assert (bad_ts.reason, bad_ts.path) == ("schema_violation", "$.ts")
+    assert (unknown.reason, unknown.path) == ("unknown_type", "$.type")
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="KAFKA_BROKER"):
+        TouchpointProducer(settings=Settings(broker=""))
+    with pytest.raises(ValueError, match="max_events"):
+        TouchpointProducer("127.0.0.1:1", settings=LOCAL, max_events=0)
+
+
+@pytest.mark.e2e
+def test_a_batch_picked_by_two_senders_at_once_is_sent_once():
+    """The linger task and send_many can both pick a batch while a send waits."""
+
+    class SlowClient:  # a Kafka client whose buffer is full for a moment
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future:
+            await asyncio.sleep(0.01)
+            self.sent.append(key)
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    async def race() -> list[bytes]:
+        producer = TouchpointProducer("127.0.0.1:9")
+        producer._producer = client = SlowClient()
+        await producer.send_many([make_event(1), make_event(2)])  # one open batch, key c-1
+        await asyncio.gather(*(producer._send_batch("c-1") for _ in range(3)))
+        return client.sent
+
+    assert asyncio.run(race()) == [b"c-1"]
+
+
+def test_batches_linger_no_longer_than_asked_when_the_caller_never_pauses():
+    """A busy caller never yields to the linger task: batches go out from send itself."""
+
+    class Client:
+        def __init__(self) -> None:
+            self.sent: list[tuple[float, bytes]] = []
+
+        async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future:
+            self.sent.append((time.monotonic(), key))
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    async def busy() -> list[tuple[float, bytes]]:
+        producer = TouchpointProducer("127.0.0.1:9", linger_seconds=0.05, max_events=10**9)
+        producer._producer = client = Client()
+        started = time.monotonic()
+        n = 0
+        while time.monotonic() - started < 0.5:  # no await that would let other tasks run
+            await producer.send(make_event(n, customer_id=f"c-{n % 7}"))
+            n += 1
+        return client.sent, started
+
+    sent, started = asyncio.run(busy())
+    assert sent, "nothing left within the half second"
+    assert sent[0][0] - started < 0.1  # the first batch went after its linger, not at the end
