@@ -146,24 +146,6 @@ INGEST_BATCH_SECONDS = Histogram(
 )
 
 
-def count_outputs(rows: dict[str, dict[str, list[dict]]]) -> None:
-    """Count what the journey step published (kind -> key -> rows)."""
-    for row in _all(rows, "journeys"):
-        JOURNEY_UPDATES.labels(row["journey"], row["status"]).inc()
-    for row in _all(rows, "leaks"):
-        LEAKS.labels(row["rule"], row["category"]).inc()
-    for row in _all(rows, "invitations"):
-        SURVEY_INVITATIONS.labels(row["rule"], row["channel"]).inc()
-    for row in _all(rows, "suppressions"):
-        SURVEY_SUPPRESSIONS.labels(row["rule"], row["reason"]).inc()
-    for row in _all(rows, "follow_ups"):
-        FOLLOW_UPS.labels(row["rule"], row["status"]).inc()
-
-
-def _all(rows: dict[str, dict[str, list[dict]]], kind: str) -> list[dict]:
-    return [row for by_key in rows.get(kind, {}).values() for row in by_key]
-
-
 class SourceLabels:
     """Caps the `source` label: producers name sources freely, series must stay few."""
 

@@ -294,14 +294,3 @@ def follow_up_ch_row(row: dict) -> list:
         row["version"],
         _utc(row["decided_ms"]),
     ]
-
-
-# ClickHouse table -> (columns, converter of one published row), for OUTPUT_TOPICS.
-OUTPUT_ROWS = {
-    "journeys": (JOURNEY_COLUMNS, journey_ch_row),
-    "leaks": (LEAK_COLUMNS, leak_ch_row),
-    "survey_invitations": (INVITATION_COLUMNS, invitation_ch_row),
-    "survey_suppressions": (SUPPRESSION_COLUMNS, suppression_ch_row),
-    "customer_health": (HEALTH_COLUMNS, health_ch_row),
-    "follow_ups": (FOLLOW_UP_COLUMNS, follow_up_ch_row),
-}

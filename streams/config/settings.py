@@ -26,24 +26,6 @@ CUSTOMER_HEALTH = "customer-health"
 FOLLOW_UPS = "follow-ups"
 # Invitations `parcours dispatcher` gave up on (see streams.edge.dispatcher).
 DISPATCH_DLQ = "dispatch-dlq"
-# What the journey step publishes: kind -> (topic, ClickHouse table). Each message is
-# {kind: [rows]} for one customer key.
-OUTPUT_TOPICS = {
-    "journeys": (JOURNEY_UPDATES, "journeys"),
-    "leaks": (LEAKS, "leaks"),
-    "invitations": (SURVEY_INVITATIONS, "survey_invitations"),
-    "suppressions": (SURVEY_SUPPRESSIONS, "survey_suppressions"),
-    "health": (CUSTOMER_HEALTH, "customer_health"),
-    "follow_ups": (FOLLOW_UPS, "follow_ups"),
-}
-# Every topic the worker reads or writes, but the tables' changelogs (Faust makes those).
-WORKER_TOPICS = (
-    TOUCHPOINTS,
-    TOUCHPOINTS_RESOLVED,
-    TOUCHPOINTS_DLQ,
-    *(topic for topic, _ in OUTPUT_TOPICS.values()),
-)
-
 N = TypeVar("N", int, float)
 
 

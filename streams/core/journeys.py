@@ -264,7 +264,7 @@ class Outcome:
     follow_ups: list[dict] = field(default_factory=list)  # follow-up tasks opened or closed
 
     def rows(self) -> dict[str, list[dict]]:
-        """What to publish, by kind (see streams.config.settings.OUTPUT_TOPICS)."""
+        """What to publish, by kind (see streams.outputs)."""
         return {
             "journeys": self.updates,
             "leaks": self.leaks,

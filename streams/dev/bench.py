@@ -32,7 +32,7 @@ from streams.clickhouse.client import connect, migrate
 from streams.clickhouse.rows import TOUCHPOINT_COLUMNS, touchpoint_row
 from streams.clickhouse.sink import ClickHouseSink
 from streams.config import load_config
-from streams.config.settings import TOUCHPOINTS, WORKER_TOPICS, Settings
+from streams.config.settings import TOUCHPOINTS, Settings
 from streams.core.events import EventParser
 from streams.core.ingest import IngestOutcome, RawMessage, ingest_batch, kafka_partition
 from streams.core.stitching import DueIndex, Message, StepResult, journey_step
@@ -47,6 +47,7 @@ from streams.dev.local_stack import (
 )
 from streams.dev.synth import generate
 from streams.edge.produce import as_messages, create_topics, send_messages
+from streams.outputs import WORKER_TOPICS
 
 
 @dataclass

@@ -29,11 +29,12 @@ import yaml
 from clickhouse_connect.driver.client import Client
 
 from streams.clickhouse.client import connect
-from streams.config.settings import WORKER_TOPICS, Settings
+from streams.config.settings import Settings
 from streams.dev.local_stack import LocalBroker, peak_rss_mb, wait_for, wait_ready
 from streams.dev.simulate import Faults, Pace, Summary, deliveries, run
 from streams.edge.produce import create_topics
 from streams.edge.producer import TouchpointProducer
+from streams.outputs import WORKER_TOPICS
 
 WARM_UP_SECONDS = 3.0  # left out of the figures: the first batches meet cold caches
 TAIL_SECONDS = 3.0  # left out: the last triggers wait for a tick to pass the watermark

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from streams.clickhouse.client import connect, migrate, write_stage_order
 from streams.clickhouse.report import read_map
-from streams.clickhouse.rows import OUTPUT_ROWS, TOUCHPOINT_COLUMNS, touchpoint_row
-from streams.config.settings import OUTPUT_TOPICS
+from streams.clickhouse.rows import TOUCHPOINT_COLUMNS, touchpoint_row
 from streams.dev.bench import Core
 from streams.dev.simulate import Faults, Pace, deliveries
 from streams.edge.produce import as_messages
+from streams.outputs import OUTPUTS
 
 BATCH = 20_000  # events per core step and per insert
 RANGE = "since = '2000-01-01 00:00:00', until = '2100-01-01 00:00:00'"
@@ -51,21 +51,21 @@ def fill(url: str, touchpoints: int, seed: int, weeks: int) -> dict[str, int]:
     # Ends about a day ago: arrivals are random, the last event may come hours later.
     pace = Pace(touchpoints / (weeks * 7 * 86400 - 86400))
     stream = (d.event for d in deliveries(seed, start, pace, faults=Faults(0.0, 0.0)))
-    rows = dict.fromkeys(["touchpoints", *(t for _, t in OUTPUT_TOPICS.values())], 0)
+    rows = dict.fromkeys(["touchpoints", *(o.table for o in OUTPUTS)], 0)
     started = shown = time.monotonic()
     done = 0
     while done < touchpoints:
         events = list(itertools.islice(stream, min(BATCH, touchpoints - done)))
         outcome, result = core.step(as_messages(events))
         tables = {"touchpoints": [touchpoint_row(e) for b in outcome.forward.values() for e in b]}
-        for kind, (_, table) in OUTPUT_TOPICS.items():
-            to_row = OUTPUT_ROWS[table][1]
-            tables[table] = [
-                to_row(r) for by_key in result.rows.get(kind, {}).values() for r in by_key
+        for o in OUTPUTS:
+            tables[o.table] = [
+                o.to_row(r) for by_key in result.rows.get(o.kind, {}).values() for r in by_key
             ]
+        columns_of = {"touchpoints": TOUCHPOINT_COLUMNS, **{o.table: o.columns for o in OUTPUTS}}
         for table, batch in tables.items():
             if batch:
-                columns = TOUCHPOINT_COLUMNS if table == "touchpoints" else OUTPUT_ROWS[table][0]
+                columns = columns_of[table]
                 client.insert(table, batch, column_names=columns)
                 rows[table] += len(batch)
         done += len(events)

@@ -34,7 +34,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from streams import metrics
-from streams.config.settings import DISPATCH_DLQ, OUTPUT_TOPICS, Settings
+from streams.config.settings import DISPATCH_DLQ, Settings
 from streams.edge.destinations import (
     FOLLOW_UPS,
     IDEMPOTENCY_HEADER,
@@ -47,6 +47,7 @@ from streams.edge.destinations import (
     sign,
 )
 from streams.edge.produce import kafka_producer
+from streams.outputs import OUTPUT_OF
 
 log = logging.getLogger("parcours.dispatcher")
 
@@ -224,7 +225,7 @@ def item_id_of(kind: str, item: dict) -> str:
 def topics_for(settings: Settings, destinations: list[Destination]) -> list[str]:
     """The topics of the kinds some destination takes."""
     kinds = sorted({kind for d in destinations for kind in d.deliver})
-    return [settings.topic(OUTPUT_TOPICS[kind][0]) for kind in kinds]
+    return [settings.topic(OUTPUT_OF[kind].topic) for kind in kinds]
 
 
 async def run_dispatcher(

@@ -1,0 +1,107 @@
+"""What the journey step emits, declared once: each output kind with its topic, its
+ClickHouse table and columns, its row function and the counter it moves.
+
+The Faust app makes one topic and one sink agent per output; the dispatcher finds its
+topics here; the bench, the metrics and the docs read the same list. A new kind of
+output is one line here (and its rows in `streams.core`, its table in a migration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import Counter
+
+from streams import metrics
+from streams.clickhouse import rows
+from streams.config.settings import (
+    CUSTOMER_HEALTH,
+    FOLLOW_UPS,
+    JOURNEY_UPDATES,
+    LEAKS,
+    SURVEY_INVITATIONS,
+    SURVEY_SUPPRESSIONS,
+    TOUCHPOINTS,
+    TOUCHPOINTS_DLQ,
+    TOUCHPOINTS_RESOLVED,
+)
+
+
+@dataclass(frozen=True)
+class Output:
+    kind: str  # its name in the journey step's results (streams.core.journeys.Outcome)
+    topic: str  # each message is {kind: [rows]}
+    table: str
+    columns: list[str]
+    to_row: Callable[[dict], list]  # a published row as a ClickHouse row
+    counter: Counter | None = None  # counted once per row, labelled by...
+    labels: tuple[str, ...] = ()  # ... these fields of the row
+
+    def count(self, published: list[dict]) -> None:
+        if self.counter is not None:
+            for row in published:
+                self.counter.labels(*(row[name] for name in self.labels)).inc()
+
+
+OUTPUTS = (
+    Output(
+        "journeys",
+        JOURNEY_UPDATES,
+        "journeys",
+        rows.JOURNEY_COLUMNS,
+        rows.journey_ch_row,
+        metrics.JOURNEY_UPDATES,
+        ("journey", "status"),
+    ),
+    Output(
+        "leaks",
+        LEAKS,
+        "leaks",
+        rows.LEAK_COLUMNS,
+        rows.leak_ch_row,
+        metrics.LEAKS,
+        ("rule", "category"),
+    ),
+    Output(
+        "invitations",
+        SURVEY_INVITATIONS,
+        "survey_invitations",
+        rows.INVITATION_COLUMNS,
+        rows.invitation_ch_row,
+        metrics.SURVEY_INVITATIONS,
+        ("rule", "channel"),
+    ),
+    Output(
+        "suppressions",
+        SURVEY_SUPPRESSIONS,
+        "survey_suppressions",
+        rows.SUPPRESSION_COLUMNS,
+        rows.suppression_ch_row,
+        metrics.SURVEY_SUPPRESSIONS,
+        ("rule", "reason"),
+    ),
+    Output("health", CUSTOMER_HEALTH, "customer_health", rows.HEALTH_COLUMNS, rows.health_ch_row),
+    Output(
+        "follow_ups",
+        FOLLOW_UPS,
+        "follow_ups",
+        rows.FOLLOW_UP_COLUMNS,
+        rows.follow_up_ch_row,
+        metrics.FOLLOW_UPS,
+        ("rule", "status"),
+    ),
+)
+OUTPUT_OF = {output.kind: output for output in OUTPUTS}
+
+# Every table the worker writes, and every topic it reads or writes but the tables'
+# changelogs (Faust makes those).
+TABLES = ("touchpoints", "dead_letters", *(o.table for o in OUTPUTS))
+WORKER_TOPICS = (TOUCHPOINTS, TOUCHPOINTS_RESOLVED, TOUCHPOINTS_DLQ, *(o.topic for o in OUTPUTS))
+
+
+def count_outputs(published: dict[str, dict[str, list[dict]]]) -> None:
+    """Count what the journey step published (kind -> customer key -> rows)."""
+    for kind, by_key in published.items():
+        for rows_of_key in by_key.values():
+            OUTPUT_OF[kind].count(rows_of_key)

@@ -1,0 +1,64 @@
+"""Faust events as the core's plain messages, and Kafka records as ClickHouse rows."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import faust
+import orjson
+
+from streams.clickhouse.rows import (
+    DEAD_LETTER_COLUMNS,
+    TOUCHPOINT_COLUMNS,
+    dead_letter_row,
+    touchpoint_row,
+)
+
+__all__ = ["DEAD_LETTER_COLUMNS", "TOUCHPOINT_COLUMNS"]  # for the sink agents
+from streams.core.events import LATE, Rejection
+from streams.core.ingest import DeadLetter, RawMessage
+from streams.core.stitching import Message
+
+
+def raw_message(event: faust.EventT) -> RawMessage:
+    m = event.message
+    return RawMessage(m.key, event.value, m.topic, m.partition, m.offset)
+
+
+def journey_message(event: faust.EventT) -> Message:
+    m = event.message
+    key = m.key.decode() if m.key is not None else None
+    return Message(key, m.partition, m.offset, orjson.loads(event.value))
+
+
+def late_letter(message: Message, event: dict, topic: str) -> DeadLetter:
+    index = next(i for i, e in enumerate(message.doc["events"]) if e is event)
+    detail = f"ts {event['ts']} is behind the watermark of partition {message.partition}"
+    rejection = Rejection(LATE, detail, "$.ts", index, orjson.dumps(event))
+    return DeadLetter(rejection, topic, message.partition, message.offset, int(time.time() * 1000))
+
+
+def touchpoint_rows(events: list[faust.EventT]) -> list:
+    docs = [orjson.loads(e.value) for e in events]
+    # Control messages and forwarded events of the journey step were stored already.
+    return [touchpoint_row(ev) for d in docs if "control" not in d for ev in d["events"]]
+
+
+def dead_letter_rows(events: list[faust.EventT]) -> list:
+    return [dead_letter_row(e.value or b"", headers(e.message.headers)) for e in events]
+
+
+def rows_in(field: str, to_row: Callable[[dict], list], events: list[faust.EventT]) -> list:
+    return [to_row(r) for e in events for r in orjson.loads(e.value)[field]]
+
+
+def offsets(events: Iterable[faust.EventT]) -> Iterable[tuple[str, int, int]]:
+    return ((e.message.topic, e.message.partition, e.message.offset) for e in events)
+
+
+def headers(raw: object) -> dict[str, bytes]:
+    if not raw:
+        return {}
+    items = raw.items() if isinstance(raw, dict) else raw
+    return {k: v for k, v in items}

@@ -1,0 +1,58 @@
+"""Reading and writing Faust tables from batches of events.
+
+Tables take the partition of a key (its RocksDB folder and its changelog partition) from
+Faust's *current event*; a batch from `take_events` has none, so each read and write
+sets the event of the key's partition as current, as a one-event-at-a-time stream would.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import faust
+from faust.streams import _current_event
+
+from streams.core.stitching import DueIndex
+
+
+@contextmanager
+def current(event: faust.EventT) -> Iterator[None]:
+    """Make `event` Faust's current event while the block runs."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def read_in_partition(
+    table: faust.TableT, event_of_partition: dict[int, faust.EventT], key: str, partition: int
+) -> object:
+    with current(event_of_partition[partition]):
+        return table.get(key)
+
+
+async def remember(
+    app: faust.App,
+    table: faust.TableT,
+    event_of_partition: dict[int, faust.EventT],
+    updates: Iterable[tuple[str, tuple[int, object]]],
+) -> None:
+    """Write (key, (partition, value)) to `table`, durably, before offsets are committed.
+
+    Changelog writes are buffered: flushing makes them durable first, or a restart would
+    forget this batch's state and redo it.
+    """
+    for key, (partition, value) in updates:
+        with current(event_of_partition[partition]):
+            table[key] = value
+    await app.producer.flush()
+
+
+def index_due(table: faust.TableT, partition: int, due: DueIndex) -> None:
+    """Re-find the customers of `partition` with journeys to close (the index is in memory)."""
+    for key, state in table.items():
+        if state and state.get("partition") == partition and not state.get("alias"):
+            due.push(partition, min((e[0] for e in state["events"]), default=None), key)
