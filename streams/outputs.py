@@ -30,7 +30,7 @@ from streams.config.settings import (
 
 @dataclass(frozen=True)
 class Output:
-    kind: str  # its name in the journey step's results (streams.core.journeys.Outcome)
+    kind: str  # its name in the journey step's results (streams.core.customer.Outcome)
     topic: str  # each message is {kind: [rows]}
     table: str
     columns: list[str]

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from streams.config import Config
+from streams.core.customer import add_events, advance, merge_profiles, merge_states, new_state
 from streams.core.eventtime import Watermark
-from streams.core.journeys import add_events, advance, merge_profiles, merge_states, new_state
 
 MAX_LINKED = 50  # anonymous ids remembered per customer, to send each link once
 

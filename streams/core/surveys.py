@@ -1,4 +1,4 @@
-"""Survey invitations: which triggers fire, and the guardrails each must pass. Pure.
+"""Survey invitations: which triggers fire, and when each is decided and sent. Pure.
 
 Decided on the customer's own partition, in event time: a touchpoint is looked at once
 the watermark has passed it (nothing earlier can still arrive), in (ts, event_id)
@@ -11,19 +11,12 @@ decided concurrently. Triggers:
     leak         a leak rule fires (the leak's decision time is the trigger time)
     relational   an active customer, at most once per `every`
 
-Guardrails at the trigger, in order: opted out, handed off (a person's follow-up task
-is open), duplicate (same rule and journey), outranked (a rule with a higher priority
-sent at the same trigger time), sampled out (a deterministic draw on the invitation
-id), capped (another invitation too close, overall or on the channel, counting those
-still held). Quiet hours move `send_at` out of the night in the customer's time zone.
-
-An invitation that passes is held in the customer's state until the watermark reaches
-its `send_at`, and checked again then, in event time: an opt-out or a follow-up task
-since cancels it, another journey open (`unless_open`) or another rule's recent
-invitation (`unless_surveyed_within`) holds it on until that ends, and a cap it would
-now break cancels it. What waits longer than `max_wait` after its trigger expires. So
-nothing is sent that would not pass the guardrails at send time; the row says what it
-waited for (`held_for`).
+Each trigger passes the guardrails (`streams.core.guardrails.at_trigger`: opt-out,
+hand-off, duplicate, outranked, sampling, caps; quiet hours set its send time). One that
+passes is held in the customer's state until the watermark reaches its `send_at`, and
+checked again then (`streams.core.guardrails.at_send_time`), in event time: it is sent,
+dropped with a reason, or held on (`held_for` says why). So nothing is sent that would
+not pass the guardrails at send time.
 
 An invitation's id is its rule and the touchpoint it is about: a sender can dedupe on
 it, and a restart that re-sends a decision re-sends the same id.
@@ -35,36 +28,24 @@ import hashlib
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from streams.config import Config
-from streams.config.durations import duration_text
-from streams.config.rules import SURVEY_CHANNELS, QuietHours, Segments, SurveyRule, Surveys
+from streams.config.rules import SURVEY_CHANNELS, Segments, SurveyRule, Surveys
+from streams.core.guardrails import (
+    DROP,
+    KEEP,
+    at_send_time,
+    at_trigger,
+    expiry_ms,
+    send_time,
+)
 
 MAX_JOURNEYS_PER_RULE = 50  # journey ids remembered per rule, for the duplicate check
-OPTED_OUT, DUPLICATE, OUTRANKED, SAMPLED_OUT, CAPPED = (
-    "opted_out",
-    "duplicate",
-    "outranked",
-    "sampled_out",
-    "capped",
-)
-HANDED_OFF, EXPIRED, RULE_REMOVED = "handed_off", "expired", "rule_removed"
 EVENT, TRIGGER, SEND = 0, 1, 2  # at the same time: touchpoints first, sends last
-SEND_NOW, DROP, KEEP = "send", "drop", "keep"  # what becomes of a held invitation when due
 
 
 def invitation_id(rule: str, anchor_event_id: str) -> str:
     return hashlib.blake2b(f"survey/{rule}/{anchor_event_id}".encode(), digest_size=12).hexdigest()
-
-
-def sampled_in(invitation: str, rate: float) -> bool:
-    """A draw that is the same for the same invitation, wherever and whenever it is made."""
-    if rate >= 1:
-        return True
-    draw = int.from_bytes(hashlib.blake2b(invitation.encode(), digest_size=8).digest(), "big")
-    return draw < rate * 2**64
 
 
 @dataclass(frozen=True)
@@ -248,7 +229,7 @@ def decide(
             continue
         if what == SEND:
             held = [row for row in held if row is not item]
-            action, row, look_again = _at_send_time(
+            action, row, look_again = at_send_time(
                 item, at_ms, opted_out, sent, surveys, spans, task_spans,
                 _profile(profile, "time_zone"),
             )  # fmt: skip
@@ -276,7 +257,7 @@ def decide(
             trigger.at_ms + rule.delay_ms, surveys.quiet_hours, _profile(profile, "time_zone")
         )
         booked = sent + [_booking(row) for row in held]
-        reason, detail = _suppression(
+        reason, detail = at_trigger(
             trigger, opted_out, task_spans, journeys, sent_at_time, segment, booked, surveys,
             channel, send_at,
         )  # fmt: skip
@@ -315,7 +296,7 @@ def held_due_ms(contact: dict, surveys: Surveys, watermark_ms: int) -> int | Non
     """When the held invitations next need a look without new events: the first to come
     due, or the expiry of one waiting for a journey to end. None if there are none."""
     times = [
-        row["send_at_ms"] if row["send_at_ms"] > watermark_ms else _expiry(row, surveys)
+        row["send_at_ms"] if row["send_at_ms"] > watermark_ms else expiry_ms(row, surveys)
         for row in contact.get("held", ())
     ]
     return min(times, default=None)
@@ -323,10 +304,6 @@ def held_due_ms(contact: dict, surveys: Surveys, watermark_ms: int) -> int | Non
 
 def has_due(contact: dict, watermark_ms: int) -> bool:
     return next(_due(contact.get("held", []), watermark_ms), None) is not None
-
-
-def _expiry(row: dict, surveys: Surveys) -> int:
-    return row["trigger_ms"] + surveys.max_wait_ms
 
 
 def _booking(row: dict) -> list:
@@ -338,141 +315,6 @@ def _reach(surveys: Surveys) -> int:
     """How long a sent invitation matters to the guardrails."""
     waits = [r.unless_surveyed_within_ms for r in surveys.rules.values()]
     return max([surveys.cap_ms, *surveys.channel_cap_ms.values(), *waits])
-
-
-def _at_send_time(
-    row: dict,
-    at_ms: int,
-    opted_out: bool,
-    sent: list[list],
-    surveys: Surveys,
-    journey_spans: dict[str, list[tuple]],
-    task_spans: Iterable[tuple],
-    time_zone: str | None,
-) -> tuple[str, dict, int | None]:
-    """A held invitation looked at, at `at_ms` (its send time, or a time to look again):
-    (SEND_NOW, row, None), (DROP, row with the reason, None), or (KEEP, row, look again
-    at, or None if not known yet).
-
-    Only what is known at `at_ms` counts: a journey that holds it on is open at `at_ms`,
-    and when it ends is used only once the timeline gets there, so that the order and
-    batching of events cannot change what is sent or when.
-    """
-
-    def drop(reason: str, detail: str) -> tuple[str, dict, None]:
-        return DROP, {**row, "reason": reason, "detail": detail}, None
-
-    rule = surveys.rules.get(row["rule"])
-    if rule is None:
-        return drop(RULE_REMOVED, f"rule {row['rule']} is no longer configured")
-    if opted_out:
-        return drop(OPTED_OUT, "the customer opted out before it was sent")
-    if rule.unless_follow_up and _open_at(task_spans, at_ms):
-        return drop(HANDED_OFF, "a follow-up task for a person opened before it was sent")
-    expiry = _expiry(row, surveys)
-    wait = _waiting_for(rule, row, at_ms, journey_spans, sent)
-    if wait is not None:
-        until_ms, why = wait
-        if expiry <= at_ms:
-            return drop(EXPIRED, f"held longer than max_wait: {why}")
-        look_again = expiry if until_ms is None else min(until_ms, expiry)
-        return KEEP, {**row, "held_for": why}, look_again
-    # Released at night, or the customer's time zone learnt meanwhile: the morning.
-    later = send_time(at_ms, surveys.quiet_hours, time_zone)
-    if expiry <= later:
-        return drop(EXPIRED, f"held longer than max_wait: {row.get('held_for') or 'quiet hours'}")
-    if later > at_ms:
-        return KEEP, {**row, "send_at_ms": later}, later
-    if breach := _cap_breach(at_ms, row["channel"], sent, surveys):
-        return drop(CAPPED, _cap_detail(breach, "was sent") + " meanwhile")
-    return SEND_NOW, {**row, "send_at_ms": at_ms}, None
-
-
-def _waiting_for(
-    rule: SurveyRule,
-    row: dict,
-    at_ms: int,
-    journey_spans: dict[str, list[tuple]],
-    sent: list[list],
-) -> tuple[int | None, str] | None:
-    """What holds the invitation at `at_ms`: (until when, or None if not known yet, why)."""
-    for journey in sorted(rule.unless_open):
-        span = _open_span(journey_spans.get(journey, ()), at_ms, besides=row["journey_id"])
-        if span is not None:
-            return span[2], f"a {journey} journey was open"
-    window = rule.unless_surveyed_within_ms
-    recent = [s for s in sent if s[2] != rule.name and at_ms - window < s[0] <= at_ms]
-    if window and recent:
-        last = max(recent)
-        return last[0] + window, f"{last[2]} was sent within {duration_text(window)}"
-    return None
-
-
-def _open_span(spans: Iterable[tuple], at_ms: int, besides: str = "") -> tuple | None:
-    """The first of `spans` ((id, opened, ended or None)) open at `at_ms`, but `besides`."""
-    return next(
-        (
-            span
-            for span in spans
-            if span[1] <= at_ms and (span[2] is None or at_ms < span[2]) and span[0] != besides
-        ),
-        None,
-    )
-
-
-def _open_at(spans: Iterable[tuple], at_ms: int) -> bool:
-    return _open_span(spans, at_ms) is not None
-
-
-def _cap_breach(
-    send_at: int, channel: str, others: list[list], surveys: Surveys
-) -> tuple[str, str] | None:
-    """(its rule, "contact" or the channel) of another invitation (of `others`, entries
-    of `sent`) within the contact cap or the channel's cap of this one, or None."""
-    for other_send_at, other_channel, other_rule, _ in others:
-        gap = abs(send_at - other_send_at)
-        if gap < surveys.cap_ms:
-            return other_rule, "contact"
-        if other_channel == channel and gap < surveys.channel_cap_ms.get(channel, 0):
-            return other_rule, channel
-    return None
-
-
-def _cap_detail(breach: tuple[str, str], tense: str) -> str:
-    other_rule, cap = breach
-    if cap == "contact":
-        return f"{other_rule} {tense} within the contact cap"
-    return f"{other_rule} {tense} on {cap} within its cap"
-
-
-def _suppression(
-    trigger: Trigger,
-    opted_out: bool,
-    task_spans: Iterable[tuple],
-    journeys: dict[str, list[str]],
-    sent_at_time: dict[int, bool],
-    segment: str,
-    booked: list[list],
-    surveys: Surveys,
-    channel: str,
-    send_at: int,
-) -> tuple[str, str]:
-    """(reason, detail) the trigger is suppressed for, or ("", "") if it passes."""
-    rule = trigger.rule
-    if opted_out:
-        return OPTED_OUT, "the customer opted out of surveys"
-    if rule.unless_follow_up and _open_at(task_spans, trigger.at_ms):
-        return HANDED_OFF, "a follow-up task for a person is open"
-    if trigger.journey_id and trigger.journey_id in journeys.get(rule.name, []):
-        return DUPLICATE, f"{rule.name} already invited for journey {trigger.journey_id}"
-    if sent_at_time.get(trigger.at_ms):
-        return OUTRANKED, "a rule with a higher priority fired at the same time"
-    rate = rule.sample_rate(segment)
-    if not sampled_in(trigger.invitation_id, rate):
-        return SAMPLED_OUT, f"sample rate {rate:g} for segment {segment}"
-    if breach := _cap_breach(send_at, channel, booked, surveys):
-        return CAPPED, _cap_detail(breach, "is sent")
-    return "", ""
 
 
 def segment_of(segments: Segments, profile: dict, orders: list) -> str:
@@ -494,32 +336,6 @@ def channel_for(rule: SurveyRule, surveys: Surveys, profile: dict) -> str:
         return rule.channel
     preferred = _profile(profile, "preferred_channel")
     return preferred if preferred in SURVEY_CHANNELS else surveys.default_channel
-
-
-def send_time(at_ms: int, quiet: QuietHours | None, time_zone: str | None) -> int:
-    """`at_ms`, or the end of the quiet hours it falls in, in the customer's time zone."""
-    if quiet is None or quiet.start_minute == quiet.end_minute:
-        return at_ms
-    zone = _zone(time_zone) or _zone(quiet.time_zone) or ZoneInfo("UTC")
-    local = datetime.fromtimestamp(at_ms / 1000, zone)
-    minute = local.hour * 60 + local.minute
-    start, end = quiet.start_minute, quiet.end_minute
-    spans_midnight = end < start
-    quiet_now = (minute >= start or minute < end) if spans_midnight else start <= minute < end
-    if not quiet_now:
-        return at_ms
-    day = local.date() if minute < end else local.date() + timedelta(days=1)
-    wake = datetime.combine(day, time(end // 60, end % 60), tzinfo=zone)
-    return int(wake.timestamp() * 1000)
-
-
-def _zone(name: str | None) -> ZoneInfo | None:
-    if not name:
-        return None
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
 
 
 def _profile(profile: dict, attribute: str) -> str | None:

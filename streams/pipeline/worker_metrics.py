@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from streams import metrics
 from streams.config import Config
 from streams.core.events import REASONS
-from streams.core.surveys import (
+from streams.core.guardrails import (
     CAPPED,
     DUPLICATE,
     EXPIRED,

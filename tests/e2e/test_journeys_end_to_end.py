@@ -12,7 +12,7 @@ import time
 import orjson
 import pytest
 
-from streams.core.surveys import sampled_in
+from streams.core.guardrails import sampled_in
 from streams.dev.local_stack import LocalBroker
 from streams.edge.produce import produce
 from tests.support.clickhouse import clickhouse

@@ -8,7 +8,7 @@ from streams import metrics
 from streams.clickhouse.client import migrate
 from streams.clickhouse.rows import FOLLOW_UP_COLUMNS, follow_up_ch_row
 from streams.core import follow_ups
-from streams.core.journeys import add_events, advance, new_state
+from streams.core.customer import add_events, advance, new_state
 from streams.pipeline import worker_metrics
 from tests.support.clickhouse import clickhouse
 from tests.support.journeys import CONFIG, H

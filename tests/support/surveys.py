@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import orjson
 
+from streams.core.customer import add_events, advance, new_state
 from streams.core.eventtime import Watermark
-from streams.core.journeys import add_events, advance, new_state
 from tests.support.journeys import CONFIG, FAR_FUTURE, LATENESS
 
 MINUTE = 60_000

@@ -10,7 +10,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.core.journeys import add_events, advance, new_state
+from streams.core.customer import add_events, advance, new_state
 from tests.support.journeys import CONFIG, DAY, H, histories
 from tests.support.journeys import shuffled_within_lateness as shuffled
 from tests.support.surveys import T0, decisions, ev, only_rules, summary

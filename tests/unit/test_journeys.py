@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams.core.customer import add_events, advance, merge_states, new_state
 from streams.core.eventtime import Watermark
-from streams.core.journeys import add_events, advance, merge_states, new_state
 from tests.support.journeys import (
     CONFIG,
     DAY,

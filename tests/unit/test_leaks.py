@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from streams.config import load_config
 from streams.config.settings import SCHEMAS_DIR
+from streams.core.customer import add_events, advance, new_state
 from streams.core.eventtime import Watermark
-from streams.core.journeys import add_events, advance, new_state
 from tests.support.journeys import histories, shuffled_within_lateness
 
 CONFIG = load_config(SCHEMAS_DIR / "journeys.yaml")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from streams.config.settings import SCHEMAS_DIR
-from streams.core.journeys import Outcome
+from streams.core.customer import Outcome
 from streams.outputs import OUTPUTS, TABLES, WORKER_TOPICS
 
 MIGRATIONS = "\n".join(p.read_text() for p in sorted((SCHEMAS_DIR / "clickhouse").glob("*.sql")))

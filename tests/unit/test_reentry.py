@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from streams.config import ConfigError, load_config
 from streams.config.settings import SCHEMAS_DIR
-from streams.core.journeys import add_events, advance, new_state, run_journey
+from streams.core.customer import add_events, advance, new_state
+from streams.core.journeys import run_journey
 
 CONFIG = load_config(SCHEMAS_DIR / "journeys.yaml")
 PURCHASE = CONFIG.journeys["purchase"]  # entry: site_visit...; goal: purchase; expiry 7d

@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.config.rules import QuietHours, Segments, SurveyRule, Tier
-from streams.core.journeys import add_events, advance, new_state
-from streams.core.surveys import sampled_in, segment_of, send_time
+from streams.core.customer import add_events, advance, new_state
+from streams.core.guardrails import sampled_in, send_time
+from streams.core.surveys import segment_of
 from tests.support.journeys import CONFIG, DAY, FAR_FUTURE, H, histories
 from tests.support.journeys import shuffled_within_lateness as shuffled
 from tests.support.surveys import MINUTE, T0, decisions, ev, only_rules, summary, with_surveys
