@@ -10,13 +10,12 @@ matters. `merge_states` is the union of two customers' states (identity stitchin
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from streams.config import Config
 from streams.core import follow_ups
 from streams.core.health import update_health
 from streams.core.journeys import (
-    Event,
     Instance,
     compute,
     exit_ms,
@@ -25,6 +24,16 @@ from streams.core.journeys import (
     superseded_row,
 )
 from streams.core.leaks import leak_id, leak_row
+from streams.core.state import (
+    CustomerState,
+    Emitted,
+    Event,
+    Floor,
+    Orders,
+    Stamped,
+    as_event,
+    position,
+)
 from streams.core.surveys import (
     decide,
     find_triggers,
@@ -38,13 +47,13 @@ from streams.core.surveys import (
 MAX_EVENTS = 1000  # retained events per customer; beyond, the oldest go first
 
 
-def new_state() -> dict:
-    return {"events": [], "floors": {}, "emitted": {}, "alias": None}
+def new_state() -> CustomerState:
+    return CustomerState()
 
 
 @dataclass
 class Outcome:
-    state: dict
+    state: CustomerState
     updates: list[dict]  # journey rows to emit, in a stable order
     leaks: list[dict] = field(default_factory=list)  # leak rows, each reported once
     due_ms: int | None = None  # the watermark at which this state changes by itself
@@ -67,75 +76,73 @@ class Outcome:
         }
 
 
-def add_events(state: dict, events: Iterable[Event]) -> dict:
+def add_events(state: CustomerState, events: Iterable[Event | list]) -> CustomerState:
     """State with `events` merged in, kept sorted and free of repeated event ids."""
-    known = {e[1] for e in state["events"]}
-    fresh = [list(e) for e in events if e[1] not in known]
+    known = {e.event_id for e in state.events}
+    fresh = [e for e in map(as_event, events) if e.event_id not in known]
     if not fresh:
         return state
-    merged = sorted(state["events"] + fresh, key=lambda e: (e[0], e[1]))
-    return {**state, "events": merged}
+    return replace(state, events=sorted(state.events + fresh, key=position))
 
 
 def advance(
-    config: Config, state: dict, customer_key: str, watermark_ms: int, now_ms: int = 0
+    config: Config, state: CustomerState, customer_key: str, watermark_ms: int, now_ms: int = 0
 ) -> Outcome:
     """Recompute journeys at `watermark_ms`; emit what changed; seal and evict what is final."""
     ignored: dict[str, list[str]] = {}
     instances = compute(config, state, watermark_ms, ignored)
-    emitted = dict(state["emitted"])
-    floors = dict(state["floors"])
+    emitted = dict(state.emitted)
+    floors = dict(state.floors)
     updates: list[dict] = []
     live_ids: set[str] = set()
     transitions: list[tuple[str, str]] = []
 
-    generation = state.get("generation", 0)
-    seq = state.get("seq", 0)
-    orders = state.get("contact", {}).get("orders", [0, 0])
-    segment = segment_of(config.segments, state.get("profile", {}), orders)
-    reported = {jid: list(ids) for jid, ids in state.get("leaks", {}).items()}
+    seq = state.seq
+    orders = state.contact["orders"] if state.contact else Orders()
+    segment = segment_of(config.segments, state.profile, orders)
+    reported = {jid: list(ids) for jid, ids in state.leaks.items()}
     already = {lid for ids in reported.values() for lid in ids}
     leak_rows = []
     for instance in instances:
         jid = instance.id
         live_ids.add(jid)
         for leak in instance.leaks:
-            lid = leak_id(leak.rule.name, leak.anchor[1])
+            lid = leak_id(leak.rule.name, leak.anchor.event_id)
             if leak.due_ms <= watermark_ms and lid not in already:
                 already.add(lid)
                 reported.setdefault(jid, []).append(lid)
                 leak_rows.append(leak_row(leak, customer_key, instance.journey, now_ms))
-        signature = list(instance.signature(generation))  # a list, as it reads back from JSON
+        signature = instance.signature(state.generation)
         before = emitted.get(jid)
-        if before is None or before[0] != signature:
+        if before is None or before.signature != signature:
             seq += 1
             updates.append(journey_row(instance, customer_key, seq, now_ms, segment))
-            transitions += _transitions(instance, before[0][1] if before else None)
+            transitions += _transitions(instance, before.signature.status if before else None)
         if sealed(instance, watermark_ms):  # final: emitted for the last time, then forgotten
             reported.pop(jid, None)
             emitted.pop(jid, None)
             floor = floors.get(instance.journey.name)
-            if floor is None or instance.events[-1][:2] > floor[:2]:
+            last = instance.events[-1]
+            if floor is None or position(last) > position(floor):
                 # The last event, and when the instance was left and started (re-entry).
-                floors[instance.journey.name] = [
-                    *instance.events[-1][:2],
-                    exit_ms(instance),
-                    instance.entry[0],
-                ]
+                floors[instance.journey.name] = Floor(
+                    last.ts_ms, last.event_id, exit_ms(instance), instance.entry.ts_ms
+                )
         else:
             stage = instance.journey.stages[instance.stage]
-            emitted[jid] = [signature, instance.journey.name, instance.entry[1], stage]
+            emitted[jid] = Emitted(signature, instance.journey.name, instance.entry.event_id, stage)
 
     # Emitted journeys that no longer exist were provisional: an earlier event arrived
     # (within the lateness) or an identity merge brought one. Point them to their successor.
     for jid in sorted(set(emitted) - live_ids):
-        _, journey, entry_id, *_ = emitted.pop(jid)
+        gone = emitted.pop(jid)
+        journey, entry_id = gone.journey, gone.entry_event_id
         transitions.append((journey, "superseded"))
         successor = next(
             (
                 i.id
                 for i in instances
-                if i.journey.name == journey and any(e[1] == entry_id for e in i.events)
+                if i.journey.name == journey and any(e.event_id == entry_id for e in i.events)
             ),
             "",
         )
@@ -144,28 +151,27 @@ def advance(
 
     # Surveys and health look at the events before eviction forgets them.
     contact_updates, outcome_extra = {}, {}
-    if state.get("identified"):
+    if state.identified:
         contact_updates, outcome_extra = _contact(
             config, state, customer_key, instances, leak_rows, watermark_ms, now_ms
         )
-    keep = _retained(state["events"], instances, watermark_ms, config.identity_window_ms)
+    keep = _retained(state.events, instances, watermark_ms, config.identity_window_ms)
     # Entries kept out by re-entry rules: counted once, remembered while still retained.
-    counted = set(state.get("ignored_entries", ()))
+    counted = set(state.ignored_entries)
     for journey, ids in ignored.items():
         transitions += [(journey, "entry_ignored") for i in ids if i not in counted]
-    retained = {e[1] for e in keep}
+    retained = {e.event_id for e in keep}
     ignored_now = sorted(i for ids in ignored.values() for i in ids if i in retained)
-    updated = {
-        **state,
+    updated = replace(
+        state,
         **contact_updates,
-        "events": keep,
-        "floors": floors,
-        "emitted": emitted,
-        "seq": seq,
-        "leaks": reported,
-    }
-    if ignored_now or "ignored_entries" in state:
-        updated["ignored_entries"] = ignored_now
+        events=keep,
+        floors=floors,
+        emitted=emitted,
+        seq=seq,
+        leaks=reported,
+        ignored_entries=ignored_now,
+    )
     due_ms = _next_due_ms(config, instances, updated, watermark_ms)
     return Outcome(updated, updates, leak_rows, due_ms, transitions, **outcome_extra)
 
@@ -183,20 +189,21 @@ def _transitions(instance: Instance, before: str | None) -> list[tuple[str, str]
 
 def _contact(
     config: Config,
-    state: dict,
+    state: CustomerState,
     customer_key: str,
     instances: list[Instance],
     leak_rows: list[dict],
     watermark_ms: int,
     now_ms: int,
 ) -> tuple[dict, dict]:
-    """Survey decisions and health for the touchpoints the watermark has passed."""
-    contact = state.get("contact") or new_contact()
-    fresh = unseen(contact, state["events"], watermark_ms)
+    """Survey decisions and health for the touchpoints the watermark has passed: the
+    state's fields that change, and the outcome's rows."""
+    contact = state.contact or new_contact()
+    fresh = unseen(contact, state.events, watermark_ms)
     triggers = find_triggers(config.surveys, fresh, instances, leak_rows, contact, watermark_ms)
     if not fresh and not leak_rows and not triggers and not has_due(contact, watermark_ms):
         return {}, {}
-    profile = state.get("profile", {})
+    profile = state.profile
     tasks, follow_up_rows, task_spans = follow_ups.step(
         config.follow_ups,
         contact.get("tasks", {}),
@@ -211,7 +218,7 @@ def _contact(
         for instance in instances:
             ended = instance.closed_ms if instance.completed_ms is None else instance.completed_ms
             journey_spans.setdefault(instance.journey.name, []).append(
-                (instance.id, instance.entry[0], ended)
+                (instance.id, instance.entry.ts_ms, ended)
             )
     decisions = decide(
         config,
@@ -228,7 +235,7 @@ def _contact(
     segment = segment_of(config.segments, profile, decisions.contact["orders"])
     health, health_row = update_health(
         config.health,
-        state.get("health"),
+        state.health,
         customer_key,
         fresh,
         leak_rows,
@@ -255,37 +262,41 @@ def _retained(
     An identity merge may bring older history that a stray event (in no journey yet)
     belongs to; events of sealed instances are covered by the floors.
     """
-    in_sealed = {e[1] for i in instances if sealed(i, watermark_ms) for e in i.events}
+    in_sealed = {e.event_id for i in instances if sealed(i, watermark_ms) for e in i.events}
     unsealed = [i for i in instances if not sealed(i, watermark_ms)]
-    needed = {e[1] for i in unsealed for e in i.events}
-    needed |= {i.closed_by[1] for i in unsealed if i.closed_by is not None}
+    needed = {e.event_id for i in unsealed for e in i.events}
+    needed |= {i.closed_by.event_id for i in unsealed if i.closed_by is not None}
     horizon_ms = watermark_ms - identity_window_ms
-    keep = [e for e in events if e[1] in needed or (e[1] not in in_sealed and e[0] >= horizon_ms)]
+    keep = [
+        e
+        for e in events
+        if e.event_id in needed or (e.event_id not in in_sealed and e.ts_ms >= horizon_ms)
+    ]
     return keep[-MAX_EVENTS:]
 
 
-def merge_states(into: dict, other: dict) -> dict:
+def merge_states(into: CustomerState, other: CustomerState) -> CustomerState:
     """The state of a customer after absorbing another key's (identity stitching)."""
-    merged = add_events(into, other["events"])
-    floors = dict(merged["floors"])
-    for journey, floor in other["floors"].items():
-        if journey not in floors or floor[:2] > floors[journey][:2]:
+    merged = add_events(into, other.events)
+    floors = dict(merged.floors)
+    for journey, floor in other.floors.items():
+        if journey not in floors or position(floor) > position(floors[journey]):
             floors[journey] = floor
-    return {
-        **merged,
-        "floors": floors,
-        "emitted": {**other["emitted"], **merged["emitted"]},
-        "seq": max(into.get("seq", 0), other.get("seq", 0)),
-        "profile": merge_profiles(into.get("profile", {}), other.get("profile", {})),
-        "leaks": {
-            jid: sorted(set(other.get("leaks", {}).get(jid, [])) | set(ids))
-            for jid, ids in {**other.get("leaks", {}), **into.get("leaks", {})}.items()
+    return replace(
+        merged,
+        floors=floors,
+        emitted={**other.emitted, **merged.emitted},
+        seq=max(into.seq, other.seq),
+        profile=merge_profiles(into.profile, other.profile),
+        leaks={
+            jid: sorted(set(other.leaks.get(jid, [])) | set(ids))
+            for jid, ids in {**other.leaks, **into.leaks}.items()
         },
-    }
+    )
 
 
 def _next_due_ms(
-    config: Config, instances: list[Instance], state: dict, watermark_ms: int
+    config: Config, instances: list[Instance], state: CustomerState, watermark_ms: int
 ) -> int | None:
     """The watermark at which `state` (with these journeys) changes without new events."""
     times = [  # closing, then sealing
@@ -295,30 +306,32 @@ def _next_due_ms(
         for i in instances
         if not sealed(i, watermark_ms)
     ]
-    already = {lid for ids in state.get("leaks", {}).values() for lid in ids}
+    already = {lid for ids in state.leaks.values() for lid in ids}
     times += [  # leaks to report once the watermark reaches them
         leak.due_ms
         for i in instances
         if not sealed(i, watermark_ms)
         for leak in i.leaks
-        if leak_id(leak.rule.name, leak.anchor[1]) not in already
+        if leak_id(leak.rule.name, leak.anchor.event_id) not in already
     ]
-    if state.get("identified"):  # touchpoints surveys have not looked at yet
-        times += [e[0] for e in state["events"] if e[0] > watermark_ms][:1]
-        held = held_due_ms(state.get("contact", {}), config.surveys, watermark_ms)
+    if state.identified:  # touchpoints surveys have not looked at yet
+        times += [e.ts_ms for e in state.events if e.ts_ms > watermark_ms][:1]
+        held = held_due_ms(state.contact or {}, config.surveys, watermark_ms)
         times += [held] if held is not None else []
-    in_instances = {e[1] for i in instances for e in i.events}
+    in_instances = {e.event_id for i in instances for e in i.events}
     times += [  # to evict stray events once the identity window has passed them
-        e[0] + config.identity_window_ms + 1 for e in state["events"] if e[1] not in in_instances
+        e.ts_ms + config.identity_window_ms + 1
+        for e in state.events
+        if e.event_id not in in_instances
     ]
     return min(times, default=None)
 
 
-def merge_profiles(*profiles: dict) -> dict:
+def merge_profiles(*profiles: dict[str, Stamped]) -> dict[str, Stamped]:
     """Per attribute, the value with the latest event time."""
-    merged: dict = {}
+    merged: dict[str, Stamped] = {}
     for profile in profiles:
         for attribute, value in profile.items():
-            if attribute not in merged or value[0] > merged[attribute][0]:
+            if attribute not in merged or value.ts_ms > merged[attribute].ts_ms:
                 merged[attribute] = value
     return merged

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 
 from streams.config.rules import FollowUpRule, FollowUps
+from streams.core.state import Event
 
 MAX_OPEN_TASKS = 100  # per customer; beyond, the oldest are forgotten (still in ClickHouse)
 RECENT_TOUCHPOINTS = 10
@@ -31,7 +32,7 @@ def step(
     config: FollowUps,
     open_tasks: dict[str, dict],
     leak_rows: list[dict],
-    fresh: list[list],
+    fresh: list[Event],
     instances: list,
     customer_key: str,
     now_ms: int,
@@ -43,13 +44,13 @@ def step(
     span, for the survey guardrail `unless_follow_up`.
     """
     timeline = [(leak["due_ms"], 0, n) for n, leak in enumerate(leak_rows)]
-    timeline += [(e[0], 1, n) for n, e in enumerate(fresh) if e[2] in config.close_on]
+    timeline += [(e.ts_ms, 1, n) for n, e in enumerate(fresh) if e.type in config.close_on]
     if not timeline:  # the common case, on every step of every customer: nothing to do
         return open_tasks, [], [(t, row["created_ms"], None) for t, row in open_tasks.items()]
     tasks = dict(open_tasks)
     rows: list[dict] = []
     spans: list[tuple] = []
-    recent = {i.id: [e[2] for e in i.events[-RECENT_TOUCHPOINTS:]] for i in instances}
+    recent = {i.id: [e.type for e in i.events[-RECENT_TOUCHPOINTS:]] for i in instances}
     for at_ms, what, n in sorted(timeline):
         if what == 0:
             leak = leak_rows[n]
@@ -60,16 +61,23 @@ def step(
                     rows.append(tasks[tid])
             continue
         event = fresh[n]
-        named = event[4].get("task_id") if len(event) > 4 else None
+        named = (event.extras or {}).get("task_id")
         closing = [
             t for t, row in tasks.items() if named in (None, t) and row["created_ms"] <= at_ms
         ]
         for tid in closing:
             row = tasks.pop(tid)
             spans.append((tid, row["created_ms"], at_ms))
-            closed = {"status": "closed", "closed_ms": at_ms, "closed_by": event[1], "version": 2}
+            closed = {
+                "status": "closed",
+                "closed_ms": at_ms,
+                "closed_by": event.event_id,
+                "version": 2,
+            }
             rows.append({**row, **closed, "decided_ms": now_ms})
-    kept = dict(sorted(tasks.items(), key=lambda item: item[1]["created_ms"])[-MAX_OPEN_TASKS:])
+    kept = dict(
+        sorted(tasks.items(), key=lambda id_and_task: id_and_task[1]["created_ms"])[-MAX_OPEN_TASKS:]
+    )
     spans += [(tid, row["created_ms"], None) for tid, row in kept.items()]
     return kept, rows, spans
 

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from streams.config.durations import duration_text
 from streams.config.rules import QuietHours, SurveyRule, Surveys
+from streams.core.state import Booking
 
 if TYPE_CHECKING:
     from streams.core.surveys import Trigger
@@ -60,7 +61,7 @@ def at_send_time(
     row: dict,
     at_ms: int,
     opted_out: bool,
-    sent: list[list],
+    sent: list[Booking],
     surveys: Surveys,
     journey_spans: dict[str, list[tuple]],
     task_spans: Iterable[tuple],
@@ -109,7 +110,7 @@ def _waiting_for(
     row: dict,
     at_ms: int,
     journey_spans: dict[str, list[tuple]],
-    sent: list[list],
+    sent: list[Booking],
 ) -> tuple[int | None, str] | None:
     """What holds the invitation at `at_ms`: (until when, or None if not known yet, why)."""
     for journey in sorted(rule.unless_open):
@@ -117,10 +118,10 @@ def _waiting_for(
         if span is not None:
             return span[2], f"a {journey} journey was open"
     window = rule.unless_surveyed_within_ms
-    recent = [s for s in sent if s[2] != rule.name and at_ms - window < s[0] <= at_ms]
+    recent = [s for s in sent if s.rule != rule.name and at_ms - window < s.send_at_ms <= at_ms]
     if window and recent:
         last = max(recent)
-        return last[0] + window, f"{last[2]} was sent within {duration_text(window)}"
+        return last.send_at_ms + window, f"{last.rule} was sent within {duration_text(window)}"
     return None
 
 
@@ -141,16 +142,16 @@ def open_at(spans: Iterable[tuple], at_ms: int) -> bool:
 
 
 def _cap_breach(
-    send_at: int, channel: str, others: list[list], surveys: Surveys
+    send_at: int, channel: str, others: list[Booking], surveys: Surveys
 ) -> tuple[str, str] | None:
     """(its rule, "contact" or the channel) of another invitation (of `others`, entries
     of `sent`) within the contact cap or the channel's cap of this one, or None."""
-    for other_send_at, other_channel, other_rule, _ in others:
-        gap = abs(send_at - other_send_at)
+    for other in others:
+        gap = abs(send_at - other.send_at_ms)
         if gap < surveys.cap_ms:
-            return other_rule, "contact"
-        if other_channel == channel and gap < surveys.channel_cap_ms.get(channel, 0):
-            return other_rule, channel
+            return other.rule, "contact"
+        if other.channel == channel and gap < surveys.channel_cap_ms.get(channel, 0):
+            return other.rule, channel
     return None
 
 
@@ -168,7 +169,7 @@ def at_trigger(
     journeys: dict[str, list[str]],
     sent_at_time: dict[int, bool],
     segment: str,
-    booked: list[list],
+    booked: list[Booking],
     surveys: Surveys,
     channel: str,
     send_at: int,

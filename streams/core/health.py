@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from streams.config.rules import Health
+from streams.core.state import Event
 
 DAY_MS = 86_400_000
 # metric -> (detractor test, promoter test)
@@ -39,7 +40,7 @@ def update_health(
     health: Health,
     state: dict | None,
     customer_key: str,
-    fresh: list[list],
+    fresh: list[Event],
     leak_rows: Iterable[dict],
     segment: str,
     watermark_ms: int,
@@ -49,16 +50,16 @@ def update_health(
     state = state or {"items": [], "last_ms": None, "emitted": None, "version": 0}
     items = list(state["items"])  # [ts_ms, kind]; never changed in place
     for event in fresh:
-        if event[2] in health.contacts:
-            items.append([event[0], "contact"])
-        extras = event[4] if len(event) > 4 else {}
+        if event.type in health.contacts:
+            items.append([event.ts_ms, "contact"])
+        extras = event.extras or {}
         kind = answer_class(extras.get("metric"), extras.get("score"))
         if kind:
-            items.append([event[0], kind])
+            items.append([event.ts_ms, kind])
     items += [[row["due_ms"], f"leak_{row['severity']}"] for row in leak_rows]
     horizon_ms = watermark_ms - health.window_ms
     items = [i for i in items if i[0] > horizon_ms]
-    last_ms = max([e[0] for e in fresh], default=state["last_ms"])
+    last_ms = max([e.ts_ms for e in fresh], default=state["last_ms"])
 
     counts = dict.fromkeys(KINDS, 0)
     for _, kind in items:

@@ -12,7 +12,8 @@ customers is the union of their events. The watermark (event time minus lateness
 decides what is final: an instance closed before it is *sealed* (emitted one last time,
 then forgotten), and events before it that belong to no unsealed instance are evicted,
 which keeps state bounded. `floors` remember, per journey, the last event of the last
-sealed instance, so a recompute never reopens what was sealed.
+sealed instance, so a recompute never reopens what was sealed. The customer's state
+(`streams.core.state.CustomerState`) holds the events, floors and what was emitted.
 """
 
 from __future__ import annotations
@@ -24,26 +25,9 @@ from dataclasses import dataclass, field
 
 from streams.config import Config, Journey
 from streams.core.leaks import Leak, find
+from streams.core.state import CustomerState, Event, Floor, Signature, position
 
 MAX_PATH = 100  # touchpoints kept in a journey's path; longer paths say so
-
-# State layout (a JSON-friendly dict, stored in a Faust table per customer key):
-#   events:  [[ts_ms, event_id, type, channel], ...] sorted, not yet evicted
-#   floors:  {journey: [ts_ms, event_id, exit_ms, start_ms]} last event of the last
-#            sealed instance, and when it was left and started (for re-entry rules)
-#   ignored_entries: ids of retained entry touchpoints re-entry rules kept out (counted)
-#   emitted: {journey_id: [signature, journey, entry_event_id, stage]} what was last sent
-#   seq:     rows emitted so far; a row's version, so the latest row wins in ClickHouse
-#            (a journey id can come back after being superseded: content-based versions
-#            could not order that)
-#   alias:   customer key this key was merged into (then it holds nothing else)
-#   identified: the key is a customer id (not an anonymous id): only those get surveys
-#   profile: {attribute: [ts_ms, value]} latest segment, time_zone, preferred_channel
-#   contact: survey decisions so far (see streams.core.surveys.new_contact)
-#   health:  the customer's health items (see streams.core.health)
-#   generation: merges absorbed so far; part of signatures, so that every journey is
-#            re-sent under the merged customer's key
-Event = list  # [ts_ms, event_id, type, channel] + [{"metric", "score"}] for survey answers
 
 
 @functools.lru_cache(maxsize=1 << 16)  # asked for every open journey on each step
@@ -67,23 +51,23 @@ class Instance:
 
     @property
     def id(self) -> str:
-        return journey_id(self.journey.name, self.entry[1])
+        return journey_id(self.journey.name, self.entry.event_id)
 
     @property
     def last_ms(self) -> int:
-        return self.events[-1][0]
+        return self.events[-1].ts_ms
 
     @property
     def deadline_ms(self) -> int:
         return self.last_ms + self.journey.expiry_ms
 
     def add(self, event: Event) -> None:
-        stage = self.journey.stage_of[event[2]]
+        stage = self.journey.stage_of[event.type]
         self.events.append(event)
         self.stage = max(self.stage, stage)
-        self.stage_reached.setdefault(stage, event[0])
-        if event[2] in self.journey.goal and self.completed_ms is None:
-            self.completed_ms = event[0]
+        self.stage_reached.setdefault(stage, event.ts_ms)
+        if event.type in self.journey.goal and self.completed_ms is None:
+            self.completed_ms = event.ts_ms
 
     def close(self, at_ms: int, expired: bool, by: Event | None = None) -> None:
         self.closed_ms = at_ms
@@ -98,16 +82,15 @@ class Instance:
             return "closed" if self.closed_ms is not None else "completed"
         return "open"
 
-    def signature(self, generation: int) -> tuple[str, str, int]:
-        """Changes whenever the journey's row would (events, status) or a merge happens."""
-        ids = hashlib.blake2b("\n".join(e[1] for e in self.events).encode(), digest_size=8)
-        return (ids.hexdigest(), self.status, generation)
+    def signature(self, generation: int) -> Signature:
+        ids = hashlib.blake2b("\n".join(e.event_id for e in self.events).encode(), digest_size=8)
+        return Signature(ids.hexdigest(), self.status, generation)
 
 
 def run_journey(
     journey: Journey,
     events: Iterable[Event],
-    floor: Event | None,
+    floor: Floor | None,
     watermark_ms: int,
     ignored: list[str] | None = None,
 ) -> list[Instance]:
@@ -117,41 +100,41 @@ def run_journey(
     current: Instance | None = None
     reentry = _Reentry(journey, floor)
     for event in events:
-        if floor is not None and event[:2] <= floor[:2]:
+        if floor is not None and position(event) <= position(floor):
             continue
-        if current is not None and current.deadline_ms <= event[0]:
+        if current is not None and current.deadline_ms <= event.ts_ms:
             current.close(current.deadline_ms, expired=True)
             reentry.exited(current)
             current = None
-        stage = journey.stage_of.get(event[2])
+        stage = journey.stage_of.get(event.type)
         if stage is None:
             continue
-        is_entry = event[2] in journey.entry
+        is_entry = event.type in journey.entry
         if (
             current is not None
             and current.completed_ms is not None
             and stage <= current.journey.goal_stage
         ):
-            if is_entry and not reentry.allowed(event[0], current):
+            if is_entry and not reentry.allowed(event.ts_ms, current):
                 _ignore(ignored, event)
                 continue
             if journey.reentry == "never":  # no next instance: it stays in this one
                 current.add(event)
                 continue
-            current.close(event[0], expired=False, by=event)  # the next instance starts here
+            current.close(event.ts_ms, expired=False, by=event)  # the next instance starts here
             reentry.exited(current)
             current = None
         if current is None:
             if not is_entry:
                 continue
-            if not reentry.allowed(event[0]):
+            if not reentry.allowed(event.ts_ms):
                 _ignore(ignored, event)
                 continue
             current = Instance(journey, entry=event)
             instances.append(current)
         elif is_entry and current.completed_ms is None:  # an entry while one is open
-            if journey.reentry == "always" and reentry.allowed(event[0], current):
-                current.close(event[0], expired=True, by=event)
+            if journey.reentry == "always" and reentry.allowed(event.ts_ms, current):
+                current.close(event.ts_ms, expired=True, by=event)
                 reentry.exited(current)
                 current = Instance(journey, entry=event)
                 instances.append(current)
@@ -170,22 +153,21 @@ class _Reentry:
     """When an entry touchpoint may start another instance (the journey's re-entry rule),
     given the previous instance: in this run, or sealed before it (its floor)."""
 
-    def __init__(self, journey: Journey, floor: Event | None) -> None:
+    def __init__(self, journey: Journey, floor: Floor | None) -> None:
         self.journey = journey
         self.previous = floor is not None
-        # Floors written before re-entry rules existed hold no exit and start times.
-        self.exit_ms = floor_exit_ms(floor) if floor is not None else None
-        self.start_ms = floor[3] if floor is not None and len(floor) > 3 else self.exit_ms
+        self.exit_ms = floor.exit_ms if floor is not None else None
+        self.start_ms = floor.start_ms if floor is not None else None
 
     def exited(self, instance: Instance) -> None:
         self.previous = True
         self.exit_ms = exit_ms(instance)
-        self.start_ms = instance.entry[0]
+        self.start_ms = instance.entry.ts_ms
 
     def allowed(self, ts_ms: int, leaving: Instance | None = None) -> bool:
         """May an entry at `ts_ms` start an instance (after `leaving`, if one is open)?"""
         if leaving is not None:
-            previous, exit_at, start_at = True, exit_ms(leaving), leaving.entry[0]
+            previous, exit_at, start_at = True, exit_ms(leaving), leaving.entry.ts_ms
         else:
             previous, exit_at, start_at = self.previous, self.exit_ms, self.start_ms
         if not previous:
@@ -203,25 +185,24 @@ def exit_ms(instance: Instance) -> int:
     return instance.closed_ms if instance.closed_ms is not None else instance.last_ms
 
 
-def floor_exit_ms(floor: Event) -> int:
-    return floor[2] if len(floor) > 2 and isinstance(floor[2], int) else floor[0]
-
-
 def _ignore(ignored: list[str] | None, event: Event) -> None:
     if ignored is not None:
-        ignored.append(event[1])
+        ignored.append(event.event_id)
 
 
 def compute(
-    config: Config, state: dict, watermark_ms: int, ignored: dict[str, list[str]] | None = None
+    config: Config,
+    state: CustomerState,
+    watermark_ms: int,
+    ignored: dict[str, list[str]] | None = None,
 ) -> list[Instance]:
     """Every journey's instances, with their leaks; entries the re-entry rules kept out go
     to `ignored` by journey."""
     instances = []
     for journey in config.journeys.values():
         kept_out = [] if ignored is None else ignored.setdefault(journey.name, [])
-        floor = state["floors"].get(journey.name)
-        instances += run_journey(journey, state["events"], floor, watermark_ms, kept_out)
+        floor = state.floors.get(journey.name)
+        instances += run_journey(journey, state.events, floor, watermark_ms, kept_out)
     for instance in instances:
         instance.leaks = _leaks(config, instance)
     return instances
@@ -261,20 +242,20 @@ def journey_row(
         "stage_index": instance.stage,
         "stages_reached": [journey.stages[i] for i in sorted(instance.stage_reached)],
         "stages_reached_ms": [instance.stage_reached[i] for i in sorted(instance.stage_reached)],
-        "path": [e[2] for e in path],
-        "path_event_ids": [e[1] for e in path],
-        "path_stages": [journey.stages[journey.stage_of[e[2]]] for e in path],
+        "path": [e.type for e in path],
+        "path_event_ids": [e.event_id for e in path],
+        "path_stages": [journey.stages[journey.stage_of[e.type]] for e in path],
         "path_truncated": len(instance.events) > MAX_PATH,
         "touchpoints": len(instance.events),
-        "entry_event_id": instance.entry[1],
-        "opened_ms": instance.entry[0],
+        "entry_event_id": instance.entry.event_id,
+        "opened_ms": instance.entry.ts_ms,
         "last_event_ms": instance.last_ms,
         "completed_ms": instance.completed_ms,
         "closed_ms": instance.closed_ms,
         "superseded_by": "",
         "version": version,
         "updated_ms": now_ms,
-        "entry_channel": instance.entry[3],
+        "entry_channel": instance.entry.channel,
         "segment": segment,  # the customer's segment when the row was emitted
     }
 

@@ -24,6 +24,7 @@ import hashlib
 from dataclasses import dataclass
 
 from streams.config import Journey, LeakRule
+from streams.core.state import Event
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Leak:
     rule: LeakRule
     journey_id: str
     due_ms: int
-    anchor: list  # the touchpoint the leak is about: [ts_ms, event_id, type, channel]
+    anchor: Event  # the touchpoint the leak is about
 
 
 @functools.lru_cache(maxsize=1 << 16)  # hashed again for every open journey on each step
@@ -42,7 +43,7 @@ def leak_id(rule: str, anchor_event_id: str) -> str:
 def find(
     rule: LeakRule,
     journey_id: str,
-    events: list[list],
+    events: list[Event],
     stage_of: dict[str, int],
     completed_ms: int | None,
 ) -> Leak | None:
@@ -50,28 +51,28 @@ def find(
     found = {"absence": _absence, "repeat": _repeat, "stall": _stall, "score": _score}[rule.kind](
         rule, events, stage_of, completed_ms
     )
-    return None if found is None else Leak(rule, journey_id, found[0], found[1])
+    return None if found is None else Leak(rule, journey_id, *found)
 
 
 def _absence(rule, events, _stage_of, _completed_ms):
     for i, event in enumerate(events):
-        if event[2] != rule.after:
+        if event.type != rule.after:
             continue
-        end = event[0] + rule.within_ms
-        if not any(e[2] in rule.expect and e[0] < end for e in events[i + 1 :]):
+        end = event.ts_ms + rule.within_ms
+        if not any(e.type in rule.expect and e.ts_ms < end for e in events[i + 1 :]):
             return end, event
     return None
 
 
 def _repeat(rule, events, _stage_of, _completed_ms):
-    counted: list[list] = []
+    counted: list[Event] = []
     for event in events:
-        if event[2] in rule.unless:
+        if event.type in rule.unless:
             counted = []
-        elif event[2] == rule.touchpoint:
-            counted = [e for e in counted if event[0] - e[0] < rule.within_ms] + [event]
+        elif event.type == rule.touchpoint:
+            counted = [e for e in counted if event.ts_ms - e.ts_ms < rule.within_ms] + [event]
             if len(counted) >= rule.count:
-                return event[0] + 1, counted[0]  # +1: a touchpoint at the same time still counts
+                return event.ts_ms + 1, counted[0]  # +1: a touchpoint at the same time still counts
     return None
 
 
@@ -79,40 +80,44 @@ def _stall(rule, events, stage_of, completed_ms):
     limits = dict(rule.stage_limits_ms)
     furthest, since = -1, None
     for event in events:
-        stage = stage_of[event[2]]
+        stage = stage_of[event.type]
         if stage > furthest:
-            if since is not None and furthest in limits and event[0] >= since[0] + limits[furthest]:
+            if (
+                since is not None
+                and furthest in limits
+                and event.ts_ms >= since.ts_ms + limits[furthest]
+            ):
                 break  # progress came too late: stalled at `furthest`
             furthest, since = stage, event
-            if completed_ms is not None and event[0] >= completed_ms:
+            if completed_ms is not None and event.ts_ms >= completed_ms:
                 return None
     else:
         if since is None or furthest not in limits:
             return None
-        if completed_ms is not None and completed_ms < since[0] + limits[furthest]:
+        if completed_ms is not None and completed_ms < since.ts_ms + limits[furthest]:
             return None
-    return since[0] + limits[furthest], since
+    return since.ts_ms + limits[furthest], since
 
 
 def _score(rule, events, _stage_of, _completed_ms):
     for event in events:
-        if event[2] != rule.touchpoint or len(event) < 5:
+        if event.type != rule.touchpoint or not event.extras:
             continue
-        metric, score = event[4].get("metric"), event[4].get("score")
+        metric, score = event.extras.get("metric"), event.extras.get("score")
         for name, op, bound in rule.scores:
             if (
                 metric == name
                 and isinstance(score, int | float)
                 and (score <= bound if op == "<=" else score >= bound)
             ):
-                return event[0] + 1, event
+                return event.ts_ms + 1, event
     return None
 
 
 def leak_row(leak: Leak, customer_key: str, journey: Journey, now_ms: int) -> dict:
     rule = leak.rule
     return {
-        "leak_id": leak_id(rule.name, leak.anchor[1]),
+        "leak_id": leak_id(rule.name, leak.anchor.event_id),
         "rule": rule.name,
         "kind": rule.kind,
         "category": rule.category,
@@ -120,10 +125,10 @@ def leak_row(leak: Leak, customer_key: str, journey: Journey, now_ms: int) -> di
         "customer_key": customer_key,
         "journey_id": leak.journey_id,
         "journey": journey.name,
-        "stage": journey.stages[journey.stage_of[leak.anchor[2]]],
-        "anchor_event_id": leak.anchor[1],
-        "anchor_type": leak.anchor[2],
-        "anchor_ms": leak.anchor[0],
+        "stage": journey.stages[journey.stage_of[leak.anchor.type]],
+        "anchor_event_id": leak.anchor.event_id,
+        "anchor_type": leak.anchor.type,
+        "anchor_ms": leak.anchor.ts_ms,
         "due_ms": leak.due_ms,
         "detected_ms": now_ms,
     }

@@ -23,11 +23,12 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from streams.config import Config
 from streams.core.customer import add_events, advance, merge_profiles, merge_states, new_state
 from streams.core.eventtime import Watermark
+from streams.core.state import CustomerState, Event, Stamped
 
 MAX_LINKED = 50  # anonymous ids remembered per customer, to send each link once
 
@@ -59,7 +60,8 @@ class DueIndex:
 
 @dataclass
 class StepResult:
-    states: dict[str, tuple[int, dict]] = field(default_factory=dict)  # key -> (partition, state)
+    # key -> (partition, state) of the customers this batch changed
+    states: dict[str, tuple[int, CustomerState]] = field(default_factory=dict)
     # kind (journeys, leaks, invitations, suppressions, health) -> key -> rows
     rows: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
     sends: list[tuple[str, dict]] = field(default_factory=list)  # (key, control doc)
@@ -71,22 +73,23 @@ class StepResult:
 def journey_step(
     config: Config,
     messages: list[Message],
-    load_state: Callable[[str, int], dict | None],
+    load_state: Callable[[str, int], dict | None],  # the stored JSON (CustomerState.to_json)
     watermarks: dict[int, Watermark],
     due: DueIndex,
     wall_ms: int,
 ) -> StepResult:
     """Process one batch of `touchpoints-resolved` messages (see module docstring)."""
     result = StepResult()
-    states: dict[str, tuple[int, dict]] = {}
+    states: dict[str, tuple[int, CustomerState]] = {}
     touched: set[str] = set()
 
-    def state_of(key: str, partition: int) -> dict:
+    def state_of(key: str, partition: int) -> CustomerState:
         if key not in states:
-            states[key] = (partition, load_state(key, partition) or new_state())
+            stored = load_state(key, partition)
+            states[key] = (partition, CustomerState.from_json(stored) if stored else new_state())
         return states[key][1]
 
-    def put(key: str, state: dict) -> None:
+    def put(key: str, state: CustomerState) -> None:
         states[key] = (states[key][0], state)
         touched.add(key)
 
@@ -115,7 +118,8 @@ def journey_step(
         if control == "link":
             _link(key, doc["customer_key"], state, put, result)
         elif control == "handoff":
-            put(key, {**merge_states(state, doc["state"]), "generation": _generation(state) + 1})
+            merged = merge_states(state, CustomerState.from_json(doc["state"]))
+            put(key, replace(merged, generation=state.generation + 1))
             result.merged += 1
         elif control == "forward":  # judged on time where it arrived; not judged again
             _add(key, doc["events"], state, put, result)
@@ -130,7 +134,7 @@ def journey_step(
 
     for key in sorted(touched):
         partition, state = states[key]
-        if state.get("alias"):
+        if state.alias:
             continue
         watermark = watermarks[partition].value
         outcome = advance(config, state, key, watermark, now_ms=wall_ms)
@@ -144,47 +148,44 @@ def journey_step(
     return result
 
 
-def _generation(state: dict) -> int:
-    return state.get("generation", 0)
-
-
-def _link(anonymous_key: str, customer_key: str, state: dict, put, result: StepResult) -> None:
+def _link(
+    anonymous_key: str, customer_key: str, state: CustomerState, put, result: StepResult
+) -> None:
     """`anonymous_key` belongs to `customer_key`: hand its state over, forward from now on."""
-    if anonymous_key == customer_key or state.get("alias") == customer_key:
+    if anonymous_key == customer_key or state.alias == customer_key:
         return
-    if state.get("alias"):  # already merged elsewhere: follow the chain
-        result.sends.append((state["alias"], {"control": "link", "customer_key": customer_key}))
+    if state.alias:  # already merged elsewhere: follow the chain
+        result.sends.append((state.alias, {"control": "link", "customer_key": customer_key}))
         return
-    if state["events"] or state["emitted"]:
-        result.sends.append((customer_key, {"control": "handoff", "state": state}))
-    put(anonymous_key, {**new_state(), "alias": customer_key})
+    if state.events or state.emitted:
+        result.sends.append((customer_key, {"control": "handoff", "state": state.to_json()}))
+    put(anonymous_key, replace(new_state(), alias=customer_key))
 
 
-def _add(key: str, events: list[dict], state: dict, put, result: StepResult) -> None:
+def _add(key: str, events: list[dict], state: CustomerState, put, result: StepResult) -> None:
     if not events:
         return
-    if state.get("alias"):  # this key was merged: its events belong to the customer now
-        result.sends.append((state["alias"], {"control": "forward", "events": events}))
+    if state.alias:  # this key was merged: its events belong to the customer now
+        result.sends.append((state.alias, {"control": "forward", "events": events}))
         return
-    linked = list(state.get("linked", []))
+    linked = list(state.linked)
     for event in events:
         anonymous_id = event.get("anonymous_id")
         if anonymous_id and anonymous_id != key and anonymous_id not in linked:
             result.sends.append((anonymous_id, {"control": "link", "customer_key": key}))
             linked = [*linked, anonymous_id][-MAX_LINKED:]
     compact = [_compact(e) for e in events]
-    updated = {**add_events(state, compact), "linked": linked}
+    updated = replace(add_events(state, compact), linked=linked)
     if any(event.get("customer_id") == key for event in events):
-        updated["identified"] = True
+        updated.identified = True
     profile = _profile(events)
     if profile:
-        updated["profile"] = merge_profiles(state.get("profile", {}), profile)
+        updated.profile = merge_profiles(state.profile, profile)
     put(key, updated)
 
 
-def _compact(event: dict) -> list:
-    """What journeys, leak and survey rules need of an event (see streams.core.journeys)."""
-    compact = [event["ts_ms"], event["event_id"], event["type"], event["channel"]]
+def _compact(event: dict) -> Event:
+    """What journeys, leak and survey rules need of an event (see streams.core.state)."""
     props = event.get("properties") or {}
     extras = {}
     if "score" in props:  # a survey answer: score leaks and health read it
@@ -195,21 +196,19 @@ def _compact(event: dict) -> list:
         extras["amount"] = props["amount"]
     if isinstance(props.get("task_id"), str):  # closes that follow-up task
         extras["task_id"] = props["task_id"]
-    if extras:
-        compact.append(extras)
-    return compact
+    return Event(event["ts_ms"], event["event_id"], event["type"], event["channel"], extras or None)
 
 
 PROFILE_ATTRIBUTES = ("time_zone", "preferred_channel")
 
 
-def _profile(events: list[dict]) -> dict:
-    """{attribute: [ts_ms, value]}: the segment and the properties CRM events set."""
-    found: dict = {}
+def _profile(events: list[dict]) -> dict[str, Stamped]:
+    """The segment and the properties CRM events set, with when they were set."""
+    found: dict[str, Stamped] = {}
 
     def seen(name: str, ts_ms: int, value: object) -> None:
-        if isinstance(value, str) and value and (name not in found or ts_ms > found[name][0]):
-            found[name] = [ts_ms, value]
+        if isinstance(value, str) and value and (name not in found or ts_ms > found[name].ts_ms):
+            found[name] = Stamped(ts_ms, value)
 
     for event in events:
         seen("segment", event["ts_ms"], event.get("segment"))

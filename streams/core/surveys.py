@@ -39,6 +39,7 @@ from streams.core.guardrails import (
     expiry_ms,
     send_time,
 )
+from streams.core.state import Booking, Cursor, Event, Orders
 
 MAX_JOURNEYS_PER_RULE = 50  # journey ids remembered per rule, for the duplicate check
 EVENT, TRIGGER, SEND = 0, 1, 2  # at the same time: touchpoints first, sends last
@@ -52,14 +53,14 @@ def invitation_id(rule: str, anchor_event_id: str) -> str:
 class Trigger:
     rule: SurveyRule
     at_ms: int  # event time at which it fired
-    anchor: list  # the touchpoint the survey is about: [ts_ms, event_id, type, channel, ...]
+    anchor: Event  # the touchpoint the survey is about
     journey_id: str = ""
     journey: str = ""
     stage: str = ""
 
     @property
     def invitation_id(self) -> str:
-        return invitation_id(self.rule.name, self.anchor[1])
+        return invitation_id(self.rule.name, self.anchor.event_id)
 
 
 @dataclass
@@ -71,10 +72,10 @@ class Decisions:
 
 def new_contact() -> dict:
     return {
-        "cursor": None,  # [ts_ms, [event ids at ts_ms]]: touchpoints up to here are decided
+        "cursor": None,  # a Cursor: touchpoints up to here are decided
         "opted_out": False,
-        "orders": [0, 0.0],  # purchases, sum of their amounts
-        "sent": [],  # [[send_at_ms, channel, rule, trigger_ms]] within the caps' reach
+        "orders": Orders(),  # purchases, sum of their amounts
+        "sent": [],  # Bookings within the caps' reach
         "held": [],  # invitation rows waiting for their send time (see decide)
         "journeys": {},  # rule -> journey ids it invited for
         "relational": {},  # rule -> trigger time of its last decision
@@ -82,33 +83,34 @@ def new_contact() -> dict:
     }
 
 
-def unseen(contact: dict, events: Iterable[list], watermark_ms: int) -> list[list]:
+def unseen(contact: dict, events: Iterable[Event], watermark_ms: int) -> list[Event]:
     """Events past the cursor and not after the watermark: final, and not yet decided on."""
     cursor = contact.get("cursor")
     if cursor is None:
-        return [e for e in events if e[0] <= watermark_ms]
-    cursor_ms, at_cursor = cursor[0], set(cursor[1])
+        return [e for e in events if e.ts_ms <= watermark_ms]
+    cursor_ms, at_cursor = cursor.ts_ms, set(cursor.event_ids)
     return [
         e
         for e in events
-        if cursor_ms < e[0] <= watermark_ms or (e[0] == cursor_ms and e[1] not in at_cursor)
+        if cursor_ms < e.ts_ms <= watermark_ms
+        or (e.ts_ms == cursor_ms and e.event_id not in at_cursor)
     ]
 
 
-def moved_cursor(contact: dict, fresh: list[list]) -> list | None:
+def moved_cursor(contact: dict, fresh: list[Event]) -> Cursor | None:
     if not fresh:
         return contact.get("cursor")
-    last_ms = fresh[-1][0]
-    ids = [e[1] for e in fresh if e[0] == last_ms]
+    last_ms = fresh[-1].ts_ms
+    ids = [e.event_id for e in fresh if e.ts_ms == last_ms]
     cursor = contact.get("cursor")
-    if cursor is not None and cursor[0] == last_ms:
-        ids = cursor[1] + ids
-    return [last_ms, ids]
+    if cursor is not None and cursor.ts_ms == last_ms:
+        ids = cursor.event_ids + ids
+    return Cursor(last_ms, ids)
 
 
 def find_triggers(
     surveys: Surveys,
-    fresh: list[list],
+    fresh: list[Event],
     instances: Iterable,
     leak_rows: Iterable[dict],
     contact: dict,
@@ -119,51 +121,57 @@ def find_triggers(
     A completion fires once its touchpoint is final, even if it is older than the cursor:
     an identity merge can bring the journey it completes after the cursor passed it.
     """
-    fresh_ids = {e[1] for e in fresh}
+    fresh_ids = {e.event_id for e in fresh}
     where: dict[str, tuple[str, str, str]] = {}  # event id -> (journey id, journey, stage)
     triggers: list[Trigger] = []
     for instance in instances:
         journey = instance.journey
         for event in instance.events:
-            if event[1] in fresh_ids:
-                stage = journey.stages[journey.stage_of[event[2]]]
-                where.setdefault(event[1], (instance.id, journey.name, stage))
+            if event.event_id in fresh_ids:
+                stage = journey.stages[journey.stage_of[event.type]]
+                where.setdefault(event.event_id, (instance.id, journey.name, stage))
         for rule in surveys.rules.values():
             if rule.trigger == "completion" and rule.journey == journey.name:
                 anchor = _completion_anchor(rule, instance)
                 done = contact.get("completed", {}).get(rule.name, [])
-                if anchor is not None and anchor[0] <= watermark_ms and anchor[1] not in done:
-                    stage = journey.stages[journey.stage_of[anchor[2]]]
+                if (
+                    anchor is not None
+                    and anchor.ts_ms <= watermark_ms
+                    and anchor.event_id not in done
+                ):
+                    stage = journey.stages[journey.stage_of[anchor.type]]
                     triggers.append(
-                        Trigger(rule, anchor[0], anchor, instance.id, journey.name, stage)
+                        Trigger(rule, anchor.ts_ms, anchor, instance.id, journey.name, stage)
                     )
     last = dict(contact["relational"])
     for event in fresh:
-        journey_id, journey, stage = where.get(event[1], ("", "", ""))
+        journey_id, journey, stage = where.get(event.event_id, ("", "", ""))
         for rule in surveys.rules.values():
-            if rule.trigger == "touchpoint" and event[2] == rule.touchpoint:
+            if rule.trigger == "touchpoint" and event.type == rule.touchpoint:
                 if rule.journey is None or rule.journey == journey:
-                    triggers.append(Trigger(rule, event[0], event, journey_id, journey, stage))
+                    triggers.append(Trigger(rule, event.ts_ms, event, journey_id, journey, stage))
             elif rule.trigger == "relational" and _relational_due(rule, event, last):
-                last[rule.name] = event[0]
-                triggers.append(Trigger(rule, event[0], event, journey_id, journey, stage))
+                last[rule.name] = event.ts_ms
+                triggers.append(Trigger(rule, event.ts_ms, event, journey_id, journey, stage))
     for row in leak_rows:
         for rule in surveys.rules.values():
             if rule.trigger == "leak" and rule.leak == row["rule"]:
-                anchor = [row["anchor_ms"], row["anchor_event_id"], row["anchor_type"], ""]
+                anchor = Event(row["anchor_ms"], row["anchor_event_id"], row["anchor_type"], "")
                 triggers.append(
                     Trigger(
                         rule, row["due_ms"], anchor, row["journey_id"], row["journey"], row["stage"]
                     )
                 )
-    return sorted(triggers, key=lambda t: (t.at_ms, -t.rule.priority, t.rule.name, t.anchor[1]))
+    return sorted(
+        triggers, key=lambda t: (t.at_ms, -t.rule.priority, t.rule.name, t.anchor.event_id)
+    )
 
 
-def _relational_due(rule: SurveyRule, event: list, last: dict[str, int]) -> bool:
+def _relational_due(rule: SurveyRule, event: Event, last: dict[str, int]) -> bool:
     """An activity touchpoint, and `every` since the rule last fired for the customer."""
-    if rule.touchpoints and event[2] not in rule.touchpoints:
+    if rule.touchpoints and event.type not in rule.touchpoints:
         return False
-    return rule.name not in last or event[0] - last[rule.name] >= rule.every_ms
+    return rule.name not in last or event.ts_ms - last[rule.name] >= rule.every_ms
 
 
 def _completion_anchor(rule: SurveyRule, instance) -> list | None:
@@ -173,7 +181,7 @@ def _completion_anchor(rule: SurveyRule, instance) -> list | None:
     journey = instance.journey
     wanted = journey.stages.index(rule.stage) if rule.stage else journey.goal_stage
     for event in instance.events:
-        if event[0] >= instance.completed_ms and journey.stage_of[event[2]] >= wanted:
+        if event.ts_ms >= instance.completed_ms and journey.stage_of[event.type] >= wanted:
             return event
     return None
 
@@ -183,7 +191,7 @@ def decide(
     contact: dict,
     profile: dict,
     customer_key: str,
-    fresh: list[list],
+    fresh: list[Event],
     triggers: list[Trigger],
     watermark_ms: int,
     now_ms: int,
@@ -211,7 +219,7 @@ def decide(
     spans = journey_spans or {}
 
     # A heap: held invitations become due while it is worked through.
-    timeline = [(e[0], EVENT, i, e) for i, e in enumerate(fresh)]
+    timeline = [(e.ts_ms, EVENT, i, e) for i, e in enumerate(fresh)]
     timeline += [(t.at_ms, TRIGGER, i, t) for i, t in enumerate(triggers)]
     timeline += [(row["send_at_ms"], SEND, i, row) for i, row in _due(held, watermark_ms)]
     heapq.heapify(timeline)
@@ -220,12 +228,12 @@ def decide(
     while timeline:
         at_ms, what, _, item = heapq.heappop(timeline)
         if what == EVENT:
-            if item[2] in surveys.opt_out:
+            if item.type in surveys.opt_out:
                 opted_out = True
-            elif item[2] in surveys.opt_in:
+            elif item.type in surveys.opt_in:
                 opted_out = False
-            if item[2] == "purchase":
-                orders = [orders[0] + 1, orders[1] + _amount(item)]
+            if item.type == "purchase":
+                orders = Orders(orders.count + 1, orders.value + _amount(item))
             continue
         if what == SEND:
             held = [row for row in held if row is not item]
@@ -250,7 +258,7 @@ def decide(
             relational[rule.name] = trigger.at_ms
         elif rule.trigger == "completion":
             ids = completed.get(rule.name, [])
-            completed[rule.name] = [*ids, trigger.anchor[1]][-MAX_JOURNEYS_PER_RULE:]
+            completed[rule.name] = [*ids, trigger.anchor.event_id][-MAX_JOURNEYS_PER_RULE:]
         segment = segment_of(config.segments, profile, orders)
         channel = channel_for(rule, surveys, profile)
         send_at = send_time(
@@ -279,7 +287,7 @@ def decide(
         "cursor": moved_cursor(contact, fresh),
         "opted_out": opted_out,
         "orders": orders,
-        "sent": [s for s in sent if s[0] > watermark_ms - _reach(surveys)],
+        "sent": [s for s in sent if s.send_at_ms > watermark_ms - _reach(surveys)],
         "held": held,
         "journeys": journeys,
         "relational": relational,
@@ -306,9 +314,9 @@ def has_due(contact: dict, watermark_ms: int) -> bool:
     return next(_due(contact.get("held", []), watermark_ms), None) is not None
 
 
-def _booking(row: dict) -> list:
+def _booking(row: dict) -> Booking:
     """An invitation as an entry of `sent`: held, it holds its place under the caps."""
-    return [row["send_at_ms"], row["channel"], row["rule"], row["trigger_ms"]]
+    return Booking(row["send_at_ms"], row["channel"], row["rule"], row["trigger_ms"])
 
 
 def _reach(surveys: Surveys) -> int:
@@ -317,12 +325,12 @@ def _reach(surveys: Surveys) -> int:
     return max([surveys.cap_ms, *surveys.channel_cap_ms.values(), *waits])
 
 
-def segment_of(segments: Segments, profile: dict, orders: list) -> str:
+def segment_of(segments: Segments, profile: dict, orders: Orders) -> str:
     """The CRM's segment if events carry one (and it is trusted), else the orders' tier."""
     from_events = _profile(profile, "segment")
     if segments.from_events and from_events:
         return from_events
-    count, value = orders
+    count, value = orders.count, orders.value
     for tier in segments.tiers:
         if (tier.orders is not None and count >= tier.orders) or (
             tier.value is not None and value >= tier.value
@@ -340,11 +348,11 @@ def channel_for(rule: SurveyRule, surveys: Surveys, profile: dict) -> str:
 
 def _profile(profile: dict, attribute: str) -> str | None:
     value = profile.get(attribute)
-    return value[1] if value else None
+    return value.value if value else None
 
 
-def _amount(event: list) -> float:
-    extras = event[4] if len(event) > 4 else {}
+def _amount(event: Event) -> float:
+    extras = event.extras or {}
     amount = extras.get("amount")
     return float(amount) if isinstance(amount, int | float) else 0.0
 
@@ -362,8 +370,8 @@ def invitation_row(
         "journey_id": trigger.journey_id,
         "journey": trigger.journey,
         "stage": trigger.stage,
-        "touchpoint": trigger.anchor[2],
-        "anchor_event_id": trigger.anchor[1],
+        "touchpoint": trigger.anchor.type,
+        "anchor_event_id": trigger.anchor.event_id,
         "channel": channel,
         "segment": segment,
         "priority": rule.priority,

@@ -172,7 +172,7 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
             )
             await asyncio.gather(*[await send() for send in publish(result)])
             changed = (
-                (key, (partition, {**state, "partition": partition}))
+                (key, (partition, {**state.to_json(), "partition": partition}))
                 for key, (partition, state) in result.states.items()
             )
             await remember(app, journey_state, event_of_partition, changed)

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import faust
 from faust.streams import _current_event
 
+from streams.core.state import CustomerState
 from streams.core.stitching import DueIndex
 
 
@@ -53,6 +54,9 @@ async def remember(
 
 def index_due(table: faust.TableT, partition: int, due: DueIndex) -> None:
     """Re-find the customers of `partition` with journeys to close (the index is in memory)."""
-    for key, state in table.items():
-        if state and state.get("partition") == partition and not state.get("alias"):
-            due.push(partition, min((e[0] for e in state["events"]), default=None), key)
+    for key, stored in table.items():
+        if not stored or stored.get("partition") != partition:
+            continue
+        state = CustomerState.from_json(stored)
+        if not state.alias:
+            due.push(partition, min((e.ts_ms for e in state.events), default=None), key)

@@ -20,6 +20,7 @@ from streams.core.guardrails import (
     RULE_REMOVED,
     SAMPLED_OUT,
 )
+from streams.core.state import CustomerState
 
 SUPPRESSION_REASONS = (
     OPTED_OUT,
@@ -85,20 +86,21 @@ def scan_journey_state(
     tasks_open: Counter = Counter()
     tasks_overdue: Counter = Counter()
     held: Counter = Counter()
-    for state in states:
-        if not state or state.get("partition") not in partitions:
+    for stored in states:
+        if not stored or stored.get("partition") not in partitions:
             continue
+        state = CustomerState.from_json(stored)
         keys += 1
-        events += len(state.get("events", ()))
-        contact = state.get("contact") or {}
+        events += len(state.events)
+        contact = state.contact or {}
         for task in contact.get("tasks", {}).values():
             tasks_open[task["rule"]] += 1
             tasks_overdue[task["rule"]] += task["due_ms"] < now_ms
         for row in contact.get("held", ()):
             held[row["rule"], "held" if row.get("held_for") else "waiting"] += 1
-        for signature, journey, _, *stage in state.get("emitted", {}).values():
-            if signature[1] == "open":
-                open_journeys[journey, stage[0] if stage else "unknown"] += 1
+        for emitted in state.emitted.values():
+            if emitted.signature.status == "open":
+                open_journeys[emitted.journey, emitted.stage] += 1
     metrics.STATE_KEYS.labels("journey-state").set(keys)
     metrics.STATE_EVENTS.set(events)
     for labels in _open_labels - open_journeys.keys():  # no journey is at that stage now

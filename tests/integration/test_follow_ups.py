@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import orjson
+from dataclasses import replace
 
 from streams import metrics
 from streams.clickhouse.client import migrate
@@ -11,8 +11,7 @@ from streams.core import follow_ups
 from streams.core.customer import add_events, advance, new_state
 from streams.pipeline import worker_metrics
 from tests.support.clickhouse import clickhouse
-from tests.support.journeys import CONFIG, H
-from tests.support.surveys import ev
+from tests.support.journeys import CONFIG, H, ev, through_json
 
 BOUGHT = [ev(0, "a", "site_visit"), ev(H, "b", "purchase"), ev(2 * H, "c", "delivery")]
 
@@ -23,12 +22,12 @@ def detractor(ts, eid="s"):
 
 def run(batches, config=CONFIG, watermarks=None, restart=True):
     """Follow-up rows of each batch, through advance, the state through JSON each time."""
-    state = {**new_state(), "identified": True}
+    state = replace(new_state(), identified=True)
     out_rows = []
     for n, batch in enumerate(batches):
-        mark = watermarks[n] if watermarks else max(e[0] for e in batch) + 1
+        mark = watermarks[n] if watermarks else max(e.ts_ms for e in batch) + 1
         out = advance(config, add_events(state, batch), "c-1", mark, now_ms=7)
-        state = orjson.loads(orjson.dumps(out.state)) if restart else out.state
+        state = through_json(out.state) if restart else out.state
         out_rows.append(out.follow_ups)
     return out_rows, state
 
@@ -50,7 +49,7 @@ def test_a_detractor_answer_opens_one_task_with_its_journey_and_due_time():
         3 * H + 1 + 24 * H,
     )
     assert task["recent_touchpoints"] == ["site_visit", "purchase", "delivery", "survey_response"]
-    assert list(state["contact"]["tasks"]) == [task["task_id"]]
+    assert list(state.contact["tasks"]) == [task["task_id"]]
 
 
 def test_a_task_is_created_once_across_restarts_and_recomputes():
@@ -74,7 +73,7 @@ def test_a_closing_touchpoint_closes_the_named_task_or_all_open_before_it():
     assert rows[0]["reason"] == "detractor_feedback"  # the closed version keeps the task
     [rows], state = run_from(state, [ev(9 * H, "close-all", "follow_up_closed", "phone")])
     assert [(r["task_id"], r["status"]) for r in rows] == [(ids[1], "closed")]
-    assert state["contact"]["tasks"] == {}
+    assert state.contact["tasks"] == {}
 
 
 def run_from(state, batch):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 
+import orjson
 from hypothesis import strategies as st
 
 from streams.config import load_config
 from streams.config.settings import SCHEMAS_DIR
+from streams.core.state import CustomerState, Event, position
 
 CONFIG = load_config(SCHEMAS_DIR / "journeys.yaml")
 
@@ -24,8 +26,10 @@ LATENESS = 10 * 60_000
 FAR_FUTURE = 10**13
 
 
-def ev(ts, eid, kind, channel="web"):
-    return [ts, eid, kind, channel]
+def ev(ts, eid, kind, channel="web", **extras):
+    """A touchpoint as the core sees it; extras: a survey answer's metric and score, an
+    order's amount, a task id."""
+    return Event(ts, eid, kind, channel, extras or None)
 
 
 KINDS = sorted(CONFIG.touchpoint_types)  # every configured type, signals included
@@ -36,7 +40,7 @@ histories = st.lists(
 ).map(
     lambda pairs: sorted(
         (ev(minute * 60_000, f"e{i}", kind) for i, (minute, kind) in enumerate(pairs)),
-        key=lambda e: (e[0], e[1]),
+        key=position,
     )
 )
 
@@ -44,4 +48,9 @@ histories = st.lists(
 def shuffled_within_lateness(events, seed):
     """An arrival order in which no event is late: each waits at most the lateness."""
     rng = random.Random(seed)
-    return [e for _, e in sorted(((e[0] + rng.randint(0, LATENESS), e[1]), e) for e in events)]
+    return [e for _, e in sorted(((e.ts_ms + rng.randint(0, LATENESS), e.event_id), e) for e in events)]
+
+
+def through_json(state: CustomerState) -> CustomerState:
+    """The state as a restarted worker reads it back from the changelog."""
+    return CustomerState.from_json(orjson.loads(orjson.dumps(state.to_json())))

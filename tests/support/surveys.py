@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 from datetime import UTC, datetime
-
-import orjson
 
 from streams.core.customer import add_events, advance, new_state
 from streams.core.eventtime import Watermark
-from tests.support.journeys import CONFIG, FAR_FUTURE, LATENESS
+from streams.core.state import Stamped
+from tests.support.journeys import CONFIG, FAR_FUTURE, LATENESS, through_json
 
 MINUTE = 60_000
 
 
 T0 = int(datetime(2026, 3, 2, 10, 0, tzinfo=UTC).timestamp() * 1000)  # a Monday, 11:00 Paris
-
-
-def ev(ts, eid, kind, channel="web", **extras):
-    return [ts, eid, kind, channel, extras] if extras else [ts, eid, kind, channel]
 
 
 def with_surveys(config=CONFIG, **changes):
@@ -42,7 +38,8 @@ def decisions(
     With `restart`, the state goes through JSON between batches, as through the changelog.
     Fails if an invitation id is decided twice.
     """
-    state = {**new_state(), "identified": True, "profile": profile or {}}
+    profile = {name: Stamped(*value) for name, value in (profile or {}).items()}
+    state = replace(new_state(), identified=True, profile=profile)
     mark = Watermark(LATENESS, idle_timeout_ms=60_000)
     invited, suppressed = {}, {}
 
@@ -55,9 +52,9 @@ def decisions(
             suppressed[row["invitation_id"]] = row
 
     for start in range(0, len(arrivals), batch_size):
-        fresh = [e for e in arrivals[start : start + batch_size] if mark.observe(e[0], 0)]
+        fresh = [e for e in arrivals[start : start + batch_size] if mark.observe(e.ts_ms, 0)]
         out = advance(config, add_events(state, fresh), "c", mark.value, now_ms=1)
-        state = orjson.loads(orjson.dumps(out.state)) if restart else out.state
+        state = through_json(out.state) if restart else out.state
         collect(out)
     out = advance(config, state, "c", final_watermark, now_ms=1)
     collect(out)

@@ -6,6 +6,7 @@ import pytest
 
 from streams.config.rules import Health
 from streams.core.health import answer_class, update_health
+from tests.support.journeys import ev
 
 DAY = 86_400_000
 HEALTH = Health(window_ms=30 * DAY, contacts=frozenset({"support_call"}))
@@ -36,9 +37,9 @@ def leak(due_ms, severity):
 
 def test_the_score_weighs_leaks_answers_and_contacts_within_the_window():
     fresh = [
-        [1 * DAY, "a", "support_call", "phone"],
-        [2 * DAY, "b", "support_call", "phone"],
-        [3 * DAY, "c", "survey_response", "email", {"metric": "nps", "score": 3}],
+        ev(1 * DAY, "a", "support_call", "phone"),
+        ev(2 * DAY, "b", "support_call", "phone"),
+        ev(3 * DAY, "c", "survey_response", "email", metric="nps", score=3),
     ]
     state, row = update_health(
         HEALTH, None, "c1", fresh, [leak(2 * DAY, "high")], "gold", 3 * DAY, now_ms=7
@@ -49,14 +50,14 @@ def test_the_score_weighs_leaks_answers_and_contacts_within_the_window():
 
     # Nothing new on the same day: no new row. A month later the window has let go.
     assert update_health(HEALTH, state, "c1", [], [], "gold", 3 * DAY, 8)[1] is None
-    later = [[40 * DAY, "d", "site_visit", "web"]]
+    later = [ev(40 * DAY, "d", "site_visit", "web")]
     _, row = update_health(HEALTH, state, "c1", later, [], "gold", 40 * DAY, 9)
     assert (row["score"], row["contacts"], row["version"]) == (100.0, 0, 2)
 
 
 def test_the_score_stays_between_0_and_100():
     answers = [
-        [i, f"p{i}", "survey_response", "email", {"metric": "nps", "score": 10}] for i in range(20)
+        ev(i, f"p{i}", "survey_response", "email", metric="nps", score=10) for i in range(20)
     ]
     assert update_health(HEALTH, None, "c", answers, [], "", 100, 0)[1]["score"] == 100.0
     leaks = [leak(i, "high") for i in range(20)]

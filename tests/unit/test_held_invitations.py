@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.core.customer import add_events, advance, new_state
-from tests.support.journeys import CONFIG, DAY, H, histories
+from streams.core.state import Stamped
+from tests.support.journeys import CONFIG, DAY, H, ev, histories
 from tests.support.journeys import shuffled_within_lateness as shuffled
-from tests.support.surveys import T0, decisions, ev, only_rules, summary
+from tests.support.surveys import T0, decisions, only_rules, summary
 
 SUPPORT = "a support_resolution journey was open"
 
@@ -177,7 +179,7 @@ GUARDED = with_rule(
 def test_held_invitations_are_decided_the_same_in_any_order_batching_or_restart(
     events, seed, batch
 ):
-    events = [[T0 + e[0], *e[1:]] for e in events]
+    events = [e._replace(ts_ms=T0 + e.ts_ms) for e in events]
     in_order = decisions(events, GUARDED, batch_size=len(events) or 1)
     again = decisions(shuffled(events, seed), GUARDED, batch_size=batch, restart=True)
     assert summary(*again) == summary(*in_order)
@@ -189,11 +191,11 @@ def test_held_invitations_are_decided_the_same_in_any_order_batching_or_restart(
 @settings(max_examples=150, deadline=None)
 @given(histories, st.integers(1, 6))
 def test_nothing_is_sent_that_fails_a_guardrail_at_its_send_time(events, batch):
-    events = [[T0 + e[0], *e[1:]] for e in events]
+    events = [e._replace(ts_ms=T0 + e.ts_ms) for e in events]
     invited, _ = decisions(events, GUARDED, batch_size=batch, restart=True)
     surveys = GUARDED.surveys
     for row in invited.values():
-        consent = [e for e in events if e[0] <= row["send_at_ms"]]
+        consent = [e for e in events if e.ts_ms <= row["send_at_ms"]]
         changes = [e[2] for e in consent if e[2] in surveys.opt_out | surveys.opt_in]
         assert not changes or changes[-1] in surveys.opt_in, row
         assert row["send_at_ms"] >= row["trigger_ms"] + surveys.rules[row["rule"]].delay_ms
@@ -234,10 +236,10 @@ def test_a_time_zone_learnt_during_the_delay_moves_the_send_into_the_morning_or_
         config, surveys=dataclasses.replace(config.surveys, max_wait_ms=6 * H)
     )
     for rules, expected in ((config, T0 + 13 * H), (short, None)):  # 08:00 in Tokyo
-        state = {**new_state(), "identified": True}
+        state = replace(new_state(), identified=True)
         out = advance(rules, add_events(state, [ev(T0, "s", "support_call", "phone")]), "c", T0)
         assert out.invitations == out.suppressions == []  # held, due at T0 + 2 h
-        learnt = {**out.state, "profile": {"time_zone": [T0 + H, "Asia/Tokyo"]}}
+        learnt = replace(out.state, profile={"time_zone": Stamped(T0 + H, "Asia/Tokyo")})
         out = advance(rules, learnt, "c", T0 + DAY)
         [row] = out.invitations + out.suppressions
         if expected:

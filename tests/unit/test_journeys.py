@@ -143,9 +143,9 @@ def test_late_events_are_returned_not_applied():
 def test_state_is_bounded_once_journeys_are_sealed():
     events = [ev(i * DAY, f"v{i}", "site_visit") for i in range(0, 400, 10)]
     _, state, _ = replay(events, batch_size=3, final_watermark=500 * DAY)
-    assert state["events"] == []
-    assert state["emitted"] == {}
-    assert set(state["floors"]) == {"purchase"}
+    assert state.events == []
+    assert state.emitted == {}
+    assert set(state.floors) == {"purchase"}
 
 
 # --- properties ---------------------------------------------------------------------

@@ -9,16 +9,12 @@ from streams.config import load_config
 from streams.config.settings import SCHEMAS_DIR
 from streams.core.customer import add_events, advance, new_state
 from streams.core.eventtime import Watermark
-from tests.support.journeys import histories, shuffled_within_lateness
+from tests.support.journeys import ev, histories, shuffled_within_lateness
 
 CONFIG = load_config(SCHEMAS_DIR / "journeys.yaml")
 H = 3_600_000
 DAY = 24 * H
 LATENESS = 10 * 60_000
-
-
-def ev(ts, eid, kind):
-    return [ts, eid, kind, "web"]
 
 
 def leaks_of(arrivals, batch_size=1, final_watermark=None):

@@ -12,14 +12,12 @@ from streams.config import ConfigError, load_config
 from streams.config.settings import SCHEMAS_DIR
 from streams.core.customer import add_events, advance, new_state
 from streams.core.journeys import run_journey
+from streams.core.state import CustomerState, Floor
+from tests.support.journeys import ev
 
 CONFIG = load_config(SCHEMAS_DIR / "journeys.yaml")
 PURCHASE = CONFIG.journeys["purchase"]  # entry: site_visit...; goal: purchase; expiry 7d
 H = 3_600_000
-
-
-def ev(ts, eid, kind):
-    return [ts, eid, kind, "web"]
 
 
 def journeys(events, floor=None, **rules):
@@ -92,11 +90,12 @@ def test_always_ends_the_open_journey_and_starts_another_outside_the_cool_down()
 
 def test_the_rule_holds_across_a_sealed_journey_through_its_floor():
     # The first journey was sealed and forgotten; only its floor remains.
-    floor = [1 * H, "b", 1 * H, 0]  # last event, exit (the purchase), start
+    floor = Floor(1 * H, "b", exit_ms=1 * H, start_ms=0)  # last event, exit (the purchase), start
     later = [ev(2 * H, "c", "site_visit"), ev(9 * H, "d", "site_visit")]
     assert journeys(later, floor, reentry="never")[0] == []
     assert journeys(later, floor, cooldown_ms=3 * H) == ([("d", "open", ["d"])], ["c"])
-    old_floor = [1 * H, "b"]  # written before re-entry rules: its last event is the exit
+    old_floor = CustomerState.from_json({"floors": {"purchase": [1 * H, "b"]}}).floors["purchase"]
+    # (written before re-entry rules: its last event is the exit)
     assert journeys(later, old_floor, cooldown_ms=3 * H)[1] == ["c"]
 
 
@@ -114,7 +113,7 @@ def test_ignored_entries_are_counted_once_however_often_the_state_is_recomputed(
         state = out.state
         counted += out.transitions.count(("purchase", "entry_ignored"))
     assert counted == 1
-    assert state["ignored_entries"] == ["c"]
+    assert state.ignored_entries == ["c"]
 
 
 @given(

@@ -65,7 +65,7 @@ def run(events, seed):
             wall_ms=0,
         )
         for k, (_, state) in result.states.items():
-            table[k] = state
+            table[k] = state.to_json()  # as the journey-state table stores it
         pending += result.sends
         for updates in result.rows.get("journeys", {}).values():
             for row in updates:
@@ -141,7 +141,7 @@ def test_an_idle_partition_expires_journeys_on_ticks():
             CONFIG, [Message(key, 0, 0, doc)], lambda k, _p: table.get(k), watermarks, due, wall_ms
         )
         for k, (_, state) in result.states.items():
-            table[k] = state
+            table[k] = state.to_json()
         return [r for rows in result.rows.get("journeys", {}).values() for r in rows]
 
     opened = step({"events": [event(1, "site_visit", customer_id="c")]}, "c", wall_ms=0)

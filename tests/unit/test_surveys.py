@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -13,10 +14,11 @@ from hypothesis import strategies as st
 from streams.config.rules import QuietHours, Segments, SurveyRule, Tier
 from streams.core.customer import add_events, advance, new_state
 from streams.core.guardrails import sampled_in, send_time
+from streams.core.state import Orders, Stamped
 from streams.core.surveys import segment_of
-from tests.support.journeys import CONFIG, DAY, FAR_FUTURE, H, histories
+from tests.support.journeys import CONFIG, DAY, FAR_FUTURE, H, ev, histories
 from tests.support.journeys import shuffled_within_lateness as shuffled
-from tests.support.surveys import MINUTE, T0, decisions, ev, only_rules, summary, with_surveys
+from tests.support.surveys import MINUTE, T0, decisions, only_rules, summary, with_surveys
 
 
 def delivered_purchase(t, prefix=""):
@@ -262,7 +264,7 @@ def test_send_time_is_never_quiet_never_earlier_and_within_a_day(at_ms, zone, ho
 @settings(max_examples=120, deadline=None)
 @given(histories, st.integers(0, 10**6), st.integers(1, 6))
 def test_any_arrival_order_batching_or_restart_decides_the_same(events, seed, batch):
-    events = [[T0 + e[0], *e[1:]] for e in events]
+    events = [e._replace(ts_ms=T0 + e.ts_ms) for e in events]
     in_order = summary(*decisions(events, batch_size=len(events) or 1))
     again = summary(*decisions(shuffled(events, seed), batch_size=batch, restart=True))
     assert again == in_order
@@ -272,7 +274,7 @@ def test_a_watermark_jump_decides_every_trigger_it_passes_in_event_time_order():
     """Ticks after an idle spell move the watermark far at once: same as step by step."""
     config = only_rules("csat_after_delivery", cap_ms=14 * DAY, channel_cap_ms={})
     events = two_deliveries(3 * DAY)
-    state = {**new_state(), "identified": True}
+    state = replace(new_state(), identified=True)
     out = advance(config, add_events(state, events), "c", T0 - DAY)  # nothing final yet
     assert out.invitations == out.suppressions == []
     jumped = advance(config, out.state, "c", FAR_FUTURE)
@@ -293,13 +295,13 @@ def test_segments_come_from_events_or_from_order_tiers():
         tiers=(Tier("platinum", 10, 2000), Tier("gold", 4, 500), Tier("silver", 1)),
         default="prospect",
     )
-    assert segment_of(tiers, {}, [0, 0.0]) == "prospect"
-    assert segment_of(tiers, {}, [1, 10.0]) == "silver"
-    assert segment_of(tiers, {}, [2, 600.0]) == "gold"  # by value
-    assert segment_of(tiers, {}, [10, 0.0]) == "platinum"  # by count
-    assert segment_of(tiers, {"segment": [5, "vip"]}, [10, 0.0]) == "vip"
+    assert segment_of(tiers, {}, Orders(0, 0.0)) == "prospect"
+    assert segment_of(tiers, {}, Orders(1, 10.0)) == "silver"
+    assert segment_of(tiers, {}, Orders(2, 600.0)) == "gold"  # by value
+    assert segment_of(tiers, {}, Orders(10, 0.0)) == "platinum"  # by count
+    assert segment_of(tiers, {"segment": Stamped(5, "vip")}, Orders(10, 0.0)) == "vip"
     ignore_crm = dataclasses.replace(tiers, from_events=False)
-    assert segment_of(ignore_crm, {"segment": [5, "vip"]}, [4, 0.0]) == "gold"
+    assert segment_of(ignore_crm, {"segment": Stamped(5, "vip")}, Orders(4, 0.0)) == "gold"
 
 
 def test_purchases_move_a_customer_up_a_tier_in_event_time():
@@ -314,8 +316,8 @@ def test_purchases_move_a_customer_up_a_tier_in_event_time():
         ),
     )
     events = [*delivered_purchase(T0, "a"), *delivered_purchase(T0 + 8 * DAY, "b")]
-    events[1].append({"amount": 400})
-    events[4].append({"amount": 200})
+    events[1] = events[1]._replace(extras={"amount": 400})
+    events[4] = events[4]._replace(extras={"amount": 200})
     invited, _ = decisions(events, config)
     by_anchor = {r["anchor_event_id"]: r["segment"] for r in invited.values()}
     assert by_anchor == {"ad": "silver", "bd": "gold"}

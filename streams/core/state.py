@@ -1,0 +1,190 @@
+"""What the journey step keeps per customer key, with named fields. Pure.
+
+The journey-state table stores it as JSON, in a compact positional layout (lists, not
+objects: a customer's retained touchpoints are most of the bytes). `CustomerState.to_json`
+and `CustomerState.from_json` are the only code that knows that layout; everything
+else reads fields by name. A state stored before a field existed reads back with the
+field's default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+
+class Event(NamedTuple):
+    """What journey, leak and survey rules need of a touchpoint."""
+
+    ts_ms: int
+    event_id: str
+    type: str
+    channel: str
+    # survey answers: metric and score; orders: amount; follow_up_closed: task_id
+    extras: dict[str, Any] | None = None
+
+
+class Floor(NamedTuple):
+    """Per journey: the last event of its last sealed instance (nothing at or before it
+    is recomputed), and when that instance was left and started (re-entry rules)."""
+
+    ts_ms: int
+    event_id: str
+    exit_ms: int | None = None
+    start_ms: int | None = None
+
+
+class Signature(NamedTuple):
+    """Changes whenever a journey's row would (its events, status) or a merge happens."""
+
+    events_hash: str
+    status: str
+    generation: int
+
+
+class Emitted(NamedTuple):
+    """What was last sent for an unsealed journey instance."""
+
+    signature: Signature
+    journey: str
+    entry_event_id: str
+    stage: str
+
+
+class Stamped(NamedTuple):
+    """A profile attribute (segment, time_zone, preferred_channel) and when it was set."""
+
+    ts_ms: int
+    value: str
+
+
+class Booking(NamedTuple):
+    """An invitation sent (or held, holding its place) under the contact caps."""
+
+    send_at_ms: int
+    channel: str
+    rule: str
+    trigger_ms: int
+
+
+class Cursor(NamedTuple):
+    """Touchpoints up to here have been looked at by the survey rules."""
+
+    ts_ms: int
+    event_ids: list[str]  # those at ts_ms (others at the same time may still come)
+
+
+class Orders(NamedTuple):
+    count: int = 0
+    value: float = 0.0
+
+
+@dataclass
+class CustomerState:
+    events: list[Event] = field(default_factory=list)  # sorted by (ts, id), not yet evicted
+    floors: dict[str, Floor] = field(default_factory=dict)  # journey -> floor
+    emitted: dict[str, Emitted] = field(default_factory=dict)  # journey id -> last sent
+    # Rows emitted so far: a row's version, so the latest row wins in ClickHouse (a
+    # journey id can come back after being superseded: content could not order that).
+    seq: int = 0
+    leaks: dict[str, list[str]] = field(default_factory=dict)  # journey id -> leaks reported
+    alias: str | None = None  # the customer key this key was merged into (then nothing else)
+    identified: bool = False  # the key is a customer id: only those get surveys
+    # Merges absorbed so far; part of signatures, so every journey is re-sent under the
+    # merged customer's key.
+    generation: int = 0
+    linked: list[str] = field(default_factory=list)  # anonymous ids a link was sent to
+    profile: dict[str, Stamped] = field(default_factory=dict)
+    # Survey decisions so far (see streams.core.surveys.new_contact); None until the first.
+    contact: dict | None = None
+    health: dict | None = None  # the customer's health items (see streams.core.health)
+    ignored_entries: list[str] = field(default_factory=list)  # kept out by re-entry, counted
+    partition: int | None = None  # where the key lives (the state scan counts its own)
+
+    def to_json(self) -> dict:
+        doc: dict[str, Any] = {
+            "events": [_event_json(e) for e in self.events],
+            "floors": {j: list(f) for j, f in self.floors.items()},
+            "emitted": {
+                jid: [list(e.signature), e.journey, e.entry_event_id, e.stage]
+                for jid, e in self.emitted.items()
+            },
+            "alias": self.alias,
+            "seq": self.seq,
+            "leaks": self.leaks,
+            "generation": self.generation,
+        }
+        for name in ("identified", "linked", "ignored_entries"):
+            if value := getattr(self, name):
+                doc[name] = value
+        if self.profile:
+            doc["profile"] = {name: list(v) for name, v in self.profile.items()}
+        if self.contact is not None:
+            doc["contact"] = _contact_json(self.contact)
+        if self.health is not None:
+            doc["health"] = self.health
+        if self.partition is not None:
+            doc["partition"] = self.partition
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict) -> CustomerState:
+        contact = doc.get("contact")
+        return cls(
+            events=[Event(*e) for e in doc.get("events", ())],
+            floors={j: _floor(f) for j, f in doc.get("floors", {}).items()},
+            emitted={
+                jid: Emitted(Signature(*e[0]), e[1], e[2], e[3] if len(e) > 3 else "unknown")
+                for jid, e in doc.get("emitted", {}).items()
+            },
+            seq=doc.get("seq", 0),
+            leaks={jid: list(ids) for jid, ids in doc.get("leaks", {}).items()},
+            alias=doc.get("alias"),
+            identified=bool(doc.get("identified")),
+            generation=doc.get("generation", 0),
+            linked=list(doc.get("linked", ())),
+            profile={name: Stamped(*v) for name, v in doc.get("profile", {}).items()},
+            contact=None if contact is None else _contact_from_json(contact),
+            health=doc.get("health"),
+            ignored_entries=list(doc.get("ignored_entries", ())),
+            partition=doc.get("partition"),
+        )
+
+
+def as_event(item: Event | list | tuple) -> Event:
+    """An event as a test or a stored list gives it: [ts, id, type, channel(, extras)]."""
+    return item if isinstance(item, Event) else Event(*item)
+
+
+def _event_json(event: Event) -> list:
+    return list(event) if event.extras else list(event[:4])
+
+
+def _floor(stored: list) -> Floor:
+    # Floors written before re-entry rules existed hold only the event.
+    ts_ms, event_id, *times = stored
+    exit_at = times[0] if times and isinstance(times[0], int) else ts_ms
+    return Floor(ts_ms, event_id, exit_at, times[1] if len(times) > 1 else exit_at)
+
+
+def _contact_json(contact: dict) -> dict:
+    doc = dict(contact)
+    doc["sent"] = [list(b) for b in contact.get("sent", ())]
+    doc["orders"] = list(contact.get("orders", Orders()))
+    cursor = contact.get("cursor")
+    doc["cursor"] = None if cursor is None else [cursor.ts_ms, list(cursor.event_ids)]
+    return doc
+
+
+def _contact_from_json(doc: dict) -> dict:
+    contact = dict(doc)
+    contact["sent"] = [Booking(*b) for b in doc.get("sent", ())]
+    contact["orders"] = Orders(*doc.get("orders", ()))
+    cursor = doc.get("cursor")
+    contact["cursor"] = None if cursor is None else Cursor(cursor[0], list(cursor[1]))
+    return contact
+
+
+def position(item: Event | Floor) -> tuple[int, str]:
+    """Where an event (or a floor) stands in the customer's timeline: (ts, event id)."""
+    return (item.ts_ms, item.event_id)
