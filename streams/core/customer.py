@@ -30,6 +30,7 @@ from streams.core.state import (
     Event,
     Floor,
     Orders,
+    Span,
     Stamped,
     as_event,
     position,
@@ -213,12 +214,12 @@ def _contact(
         customer_key,
         now_ms,
     )
-    journey_spans: dict[str, list[tuple]] = {}  # for `unless_open`: until it completes or closes
+    journey_spans: dict[str, list[Span]] = {}  # for `unless_open`: until it completes or closes
     if any(rule.unless_open for rule in config.surveys.rules.values()):
         for instance in instances:
             ended = instance.closed_ms if instance.completed_ms is None else instance.completed_ms
             journey_spans.setdefault(instance.journey.name, []).append(
-                (instance.id, instance.entry.ts_ms, ended)
+                Span(instance.id, instance.entry.ts_ms, ended)
             )
     decisions = decide(
         config,

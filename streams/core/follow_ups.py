@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 
 from streams.config.rules import FollowUpRule, FollowUps
-from streams.core.state import Event
+from streams.core.state import Event, Span
 
 MAX_OPEN_TASKS = 100  # per customer; beyond, the oldest are forgotten (still in ClickHouse)
 RECENT_TOUCHPOINTS = 10
@@ -36,7 +36,7 @@ def step(
     instances: list,
     customer_key: str,
     now_ms: int,
-) -> tuple[dict[str, dict], list[dict], list[tuple]]:
+) -> tuple[dict[str, dict], list[dict], list[Span]]:
     """Open tasks for new leaks, close them on closing touchpoints, in event-time order.
 
     `open_tasks`: task id -> its open row, the customer's open tasks. Returns the open
@@ -46,10 +46,10 @@ def step(
     timeline = [(leak["due_ms"], 0, n) for n, leak in enumerate(leak_rows)]
     timeline += [(e.ts_ms, 1, n) for n, e in enumerate(fresh) if e.type in config.close_on]
     if not timeline:  # the common case, on every step of every customer: nothing to do
-        return open_tasks, [], [(t, row["created_ms"], None) for t, row in open_tasks.items()]
+        return open_tasks, [], [Span(t, row["created_ms"], None) for t, row in open_tasks.items()]
     tasks = dict(open_tasks)
     rows: list[dict] = []
-    spans: list[tuple] = []
+    spans: list[Span] = []
     recent = {i.id: [e.type for e in i.events[-RECENT_TOUCHPOINTS:]] for i in instances}
     for at_ms, what, n in sorted(timeline):
         if what == 0:
@@ -67,7 +67,7 @@ def step(
         ]
         for tid in closing:
             row = tasks.pop(tid)
-            spans.append((tid, row["created_ms"], at_ms))
+            spans.append(Span(tid, row["created_ms"], at_ms))
             closed = {
                 "status": "closed",
                 "closed_ms": at_ms,
@@ -75,10 +75,9 @@ def step(
                 "version": 2,
             }
             rows.append({**row, **closed, "decided_ms": now_ms})
-    kept = dict(
-        sorted(tasks.items(), key=lambda id_and_task: id_and_task[1]["created_ms"])[-MAX_OPEN_TASKS:]
-    )
-    spans += [(tid, row["created_ms"], None) for tid, row in kept.items()]
+    newest = sorted(tasks.items(), key=lambda id_and_task: id_and_task[1]["created_ms"])
+    kept = dict(newest[-MAX_OPEN_TASKS:])
+    spans += [Span(tid, row["created_ms"], None) for tid, row in kept.items()]
     return kept, rows, spans
 
 

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from streams.config.durations import duration_text
 from streams.config.rules import QuietHours, SurveyRule, Surveys
-from streams.core.state import Booking
+from streams.core.state import Booking, Span
 
 if TYPE_CHECKING:
     from streams.core.surveys import Trigger
@@ -63,8 +63,8 @@ def at_send_time(
     opted_out: bool,
     sent: list[Booking],
     surveys: Surveys,
-    journey_spans: dict[str, list[tuple]],
-    task_spans: Iterable[tuple],
+    journey_spans: dict[str, list[Span]],
+    task_spans: Iterable[Span],
     time_zone: str | None,
 ) -> tuple[str, dict, int | None]:
     """A held invitation looked at, at `at_ms` (its send time, or a time to look again):
@@ -109,14 +109,14 @@ def _waiting_for(
     rule: SurveyRule,
     row: dict,
     at_ms: int,
-    journey_spans: dict[str, list[tuple]],
+    journey_spans: dict[str, list[Span]],
     sent: list[Booking],
 ) -> tuple[int | None, str] | None:
     """What holds the invitation at `at_ms`: (until when, or None if not known yet, why)."""
     for journey in sorted(rule.unless_open):
         span = _open_span(journey_spans.get(journey, ()), at_ms, besides=row["journey_id"])
         if span is not None:
-            return span[2], f"a {journey} journey was open"
+            return span.ended_ms, f"a {journey} journey was open"
     window = rule.unless_surveyed_within_ms
     recent = [s for s in sent if s.rule != rule.name and at_ms - window < s.send_at_ms <= at_ms]
     if window and recent:
@@ -125,19 +125,21 @@ def _waiting_for(
     return None
 
 
-def _open_span(spans: Iterable[tuple], at_ms: int, besides: str = "") -> tuple | None:
-    """The first of `spans` ((id, opened, ended or None)) open at `at_ms`, but `besides`."""
+def _open_span(spans: Iterable[Span], at_ms: int, besides: str = "") -> Span | None:
+    """The first of `spans` open at `at_ms`, but `besides`."""
     return next(
         (
             span
             for span in spans
-            if span[1] <= at_ms and (span[2] is None or at_ms < span[2]) and span[0] != besides
+            if span.opened_ms <= at_ms
+            and (span.ended_ms is None or at_ms < span.ended_ms)
+            and span.id != besides
         ),
         None,
     )
 
 
-def open_at(spans: Iterable[tuple], at_ms: int) -> bool:
+def open_at(spans: Iterable[Span], at_ms: int) -> bool:
     return _open_span(spans, at_ms) is not None
 
 
@@ -165,7 +167,7 @@ def _cap_detail(breach: tuple[str, str], tense: str) -> str:
 def at_trigger(
     trigger: Trigger,
     opted_out: bool,
-    task_spans: Iterable[tuple],
+    task_spans: Iterable[Span],
     journeys: dict[str, list[str]],
     sent_at_time: dict[int, bool],
     segment: str,

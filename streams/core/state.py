@@ -74,6 +74,14 @@ class Cursor(NamedTuple):
     event_ids: list[str]  # those at ts_ms (others at the same time may still come)
 
 
+class Span(NamedTuple):
+    """When a journey instance or a follow-up task was open (the guardrails ask)."""
+
+    id: str
+    opened_ms: int
+    ended_ms: int | None  # None: still open, as far as the watermark knows
+
+
 class Orders(NamedTuple):
     count: int = 0
     value: float = 0.0

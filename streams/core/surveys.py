@@ -39,7 +39,7 @@ from streams.core.guardrails import (
     expiry_ms,
     send_time,
 )
-from streams.core.state import Booking, Cursor, Event, Orders
+from streams.core.state import Booking, Cursor, Event, Orders, Span
 
 MAX_JOURNEYS_PER_RULE = 50  # journey ids remembered per rule, for the duplicate check
 EVENT, TRIGGER, SEND = 0, 1, 2  # at the same time: touchpoints first, sends last
@@ -195,8 +195,8 @@ def decide(
     triggers: list[Trigger],
     watermark_ms: int,
     now_ms: int,
-    journey_spans: dict[str, list[tuple]] | None = None,
-    task_spans: Iterable[tuple] = (),
+    journey_spans: dict[str, list[Span]] | None = None,
+    task_spans: Iterable[Span] = (),
 ) -> Decisions:
     """Apply the fresh touchpoints (opt-outs, orders), decide each trigger and send each
     held invitation the watermark has reached, all in event-time order.
