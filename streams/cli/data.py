@@ -1,0 +1,167 @@
+"""Commands over data: check a configuration, replay a file, read the journey map."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from streams.cli.options import (
+    BROKER_OPTION,
+    CLICKHOUSE_OPTION,
+    CONFIG_OPTION,
+    checked_config,
+    one_line_errors,
+    settings_needing,
+)
+
+
+@click.command("check-config")
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+def check_config(path: Path | None) -> None:
+    """Validate a journeys.yaml (default: the configured one) and say what it declares."""
+    settings = settings_needing(config_path=path)
+    config, path = checked_config(settings), settings.config_path
+    click.echo(
+        f"{path}: OK, {len(config.touchpoint_types)} touchpoint types, "
+        f"{len(config.journeys)} journeys"
+    )
+    for journey in config.journeys.values():
+        click.echo(f"  {journey.name}: {' → '.join(journey.stages)}")
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--mapping",
+    type=click.Path(path_type=Path),
+    help="column mapping (YAML) for a CSV, e.g. schemas/mappings/helpdesk.yaml",
+)
+@BROKER_OPTION
+@click.option(
+    "--speed",
+    type=float,
+    help="N times real time by the event timestamps; default: as fast as possible",
+)
+@click.option(
+    "--envelope",
+    default=50,
+    show_default=True,
+    help="events of one customer per message, within 30 s of event time",
+)
+@CONFIG_OPTION
+def replay(
+    file: Path,
+    mapping: Path | None,
+    broker: str | None,
+    speed: float | None,
+    envelope: int,
+    config_path: Path | None,
+) -> None:
+    """Load a JSONL file or a CSV export (with --mapping) into the touchpoints topic.
+
+    Rows are checked with the worker's parser and sent in event-time order; rejected
+    rows are counted by reason. Historical data: run the worker with
+    PARCOURS_MAX_AGE_SECONDS=0, or it dead-letters old events as ts_too_old.
+    """
+    from streams.config.settings import TOUCHPOINTS
+    from streams.core.events import EventParser
+    from streams.edge.replay import MappingError, print_summary
+    from streams.edge.replay import replay as run_replay
+
+    settings = settings_needing("broker", broker=broker, config_path=config_path)
+    config = checked_config(settings)
+    with one_line_errors(MappingError):
+        parser = EventParser(
+            config.touchpoint_types, max_age_seconds=0, max_message_bytes=settings.max_message_bytes
+        )
+        summary = run_replay(
+            file,
+            mapping,
+            settings.broker.removeprefix("kafka://"),
+            settings.topic(TOUCHPOINTS),
+            parser,
+            speed,
+            envelope,
+        )
+    print_summary(summary, settings.topic(TOUCHPOINTS))
+
+
+@click.command()
+@CLICKHOUSE_OPTION
+@click.option("--journey", help="journey to map [default: the first in the config]")
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+    help="journeys opened from (UTC) [default: 30 days ago]",
+)
+@click.option(
+    "--until",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+    help="... up to, excluded (UTC) [default: tomorrow]",
+)
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: the map in the terminal and an HTML page",
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(path_type=Path),
+    default=Path(".parcours/report.html"),
+    show_default=True,
+    help="where to write the HTML page (with --format text)",
+)
+@CONFIG_OPTION
+def report(
+    clickhouse_url: str | None,
+    journey: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    output: str,
+    html_path: Path,
+    config_path: Path | None,
+) -> None:
+    """The journey map from ClickHouse: funnel, paths, leaks, scores, customers at risk.
+
+    Prints it (or JSON with --format json) and writes a self-contained HTML page
+    (charts as inline SVG: it opens without a network).
+    """
+    from datetime import UTC, timedelta
+
+    from streams.clickhouse.client import connect
+    from streams.clickhouse.report import as_json, as_text, read_map, write_report
+
+    settings = settings_needing(
+        "clickhouse_url", clickhouse_url=clickhouse_url, config_path=config_path
+    )
+    journeys = list(checked_config(settings).journeys)
+    journey = journey or journeys[0]
+    if journey not in journeys:
+        raise click.BadParameter(
+            f"{journey!r} is not a configured journey; choose one of {', '.join(journeys)}",
+            param_hint="--journey",
+        )
+    today = datetime.now(UTC).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
+    since = since or today - timedelta(days=30)
+    until = until or today + timedelta(days=1)
+    if since >= until:
+        raise click.BadParameter(f"--since {since} is not before --until {until}")
+    try:
+        if output == "json":
+            client = connect(settings.clickhouse_url)
+            try:
+                click.echo(as_json(read_map(client, journey, since, until)))
+            finally:
+                client.close()
+            return
+        found = write_report(settings.clickhouse_url, journey, since, until, html_path)
+    except Exception as exc:  # unreachable server, missing views: say which and where
+        raise click.ClickException(f"{settings.clickhouse_url}: {exc}") from None
+    click.echo(as_text(found))
+    click.echo(f"\nHTML report: {html_path.resolve()}")

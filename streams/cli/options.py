@@ -1,0 +1,88 @@
+"""What the commands share: options, the hint for a missing service, and turning the
+errors a user can fix into one clear line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from streams.config import Config, ConfigError, load_config
+from streams.config.settings import Settings
+
+LOCAL_STACK_HINT = """\
+No {what} given. Point the worker at your services:
+  parcours worker --broker kafka://host:9092 --clickhouse http://user:pass@host:8123/db
+(or set KAFKA_BROKER and CLICKHOUSE_URL). To try everything locally instead:
+  parcours demo                      # broker + embedded ClickHouse + worker, then a summary
+  parcours local-broker --port 9092  # a local Kafka-compatible broker in this terminal
+  parcours worker --broker kafka://127.0.0.1:9092 --clickhouse chdb://.parcours/clickhouse"""
+
+NEEDED = {"broker": "broker", "clickhouse_url": "ClickHouse URL"}
+
+BROKER_OPTION = click.option(
+    "--broker", help="Kafka bootstrap, e.g. kafka://host:9092 [env KAFKA_BROKER]"
+)
+CLICKHOUSE_OPTION = click.option(
+    "--clickhouse",
+    "clickhouse_url",
+    help="http://user:pass@host:8123/db or chdb://path [env CLICKHOUSE_URL]",
+)
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="journeys.yaml [env PARCOURS_CONFIG; default schemas/journeys.yaml]",
+)
+RATE = click.FloatRange(0.0, 1.0)
+
+
+def work_dir_option(folder: str) -> Callable:
+    return click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path),
+        default=Path(".parcours"),
+        show_default=True,
+        help=f"writes under DATA_DIR/{folder}, wiped first",
+    )
+
+
+def settings_needing(*needed: str, **overrides: object) -> Settings:
+    """Settings from the environment and the flags; a usage error naming what is missing
+    (`broker`, `clickhouse_url`) and how to start the local stack instead."""
+    settings = Settings().with_overrides(**overrides)
+    for name in needed:
+        if not getattr(settings, name):
+            raise click.UsageError(LOCAL_STACK_HINT.format(what=NEEDED[name]))
+    return settings
+
+
+@contextmanager
+def one_line_errors(*kinds: type[Exception]) -> Iterator[None]:
+    """Errors of these kinds (bad configuration and the like) as one line, exit code 1."""
+    try:
+        yield
+    except (ConfigError, *kinds) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def checked_config(settings: Settings) -> Config:
+    with one_line_errors():
+        return load_config(settings.config_path)
+
+
+def numbers(kind: type) -> Callable:
+    """A callback parsing comma-separated positive numbers, e.g. --workers 1,2."""
+
+    def parse(_ctx: object, param: click.Parameter, value: str) -> list:
+        try:
+            found = [kind(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: give comma-separated numbers, e.g. 1,2") from None
+        if any(n <= 0 for n in found):
+            raise click.BadParameter(f"{value!r}: every number must be above 0")
+        return found
+
+    return parse

@@ -1,0 +1,179 @@
+"""Commands that run parcours' services: the worker, the collector, the dispatcher."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import click
+
+from streams.cli.options import (
+    BROKER_OPTION,
+    CLICKHOUSE_OPTION,
+    CONFIG_OPTION,
+    checked_config,
+    one_line_errors,
+    settings_needing,
+)
+
+
+@click.command()
+@BROKER_OPTION
+@CLICKHOUSE_OPTION
+@CONFIG_OPTION
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    help="local state folder [env PARCOURS_DATA_DIR; default .parcours]",
+)
+@click.option(
+    "--metrics-port",
+    help="port of /metrics, or a range to take the first free port of (9108-9117; several "
+    "workers on one host), 0 for none [env PARCOURS_METRICS_PORT; default 9108]",
+)
+@click.option("--store", help="Faust table store: memory:// or rocksdb:// [env PARCOURS_STORE]")
+@click.option(
+    "--partitions",
+    type=int,
+    help="partitions of the input topics [env PARCOURS_PARTITIONS; default 4]",
+)
+@click.option(
+    "--loglevel",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def worker(loglevel: str, **overrides: object) -> None:
+    """Run the stream worker: ingest, then sink to ClickHouse.
+
+    Several workers with the same app id share the partitions of one consumer group.
+    """
+    settings = settings_needing("broker", "clickhouse_url", **overrides)
+    from streams.clickhouse.client import ClickHouseUrlError, client_args
+    from streams.pipeline.worker import run_worker
+
+    checked_config(settings)  # report bad input here, before Faust buries it in logs
+    with one_line_errors(ClickHouseUrlError):
+        client_args(settings.clickhouse_url)
+    run_worker(settings, loglevel=loglevel)
+
+
+@click.command()
+@BROKER_OPTION
+@click.option("--host", default="0.0.0.0", show_default=True, help="address to listen on")
+@click.option("--port", "collector_port", type=int, help="[env PARCOURS_COLLECTOR_PORT; 8080]")
+@click.option(
+    "--write-keys",
+    help="source:key pairs, e.g. site:s3cret,crm:0th3r [env PARCOURS_WRITE_KEYS]",
+)
+@click.option(
+    "--cors-origins",
+    help="origins browsers may send from, comma-separated, or * [env PARCOURS_CORS_ORIGINS]",
+)
+@CONFIG_OPTION
+def collector(host: str, **overrides: object) -> None:
+    """Run the HTTP collector: POST /v1/events into the touchpoints topic.
+
+    Takes one event, a JSON array or {"events": [...]} (gzip welcome), with a write key
+    in `Authorization: Bearer KEY`; answers 202 with accepted and rejected counts once
+    the broker has acknowledged. Also GET /healthz and /metrics.
+    """
+    import asyncio
+
+    from streams.config.settings import TOUCHPOINTS, TOUCHPOINTS_DLQ
+    from streams.core.events import parser_for
+    from streams.edge.collector import (
+        CollectorConfigError,
+        CollectorSettings,
+        parse_write_keys,
+        serve,
+    )
+
+    settings = settings_needing("broker", **overrides)
+    config = checked_config(settings)
+    with one_line_errors(CollectorConfigError):
+        collector_settings = CollectorSettings(
+            write_keys=parse_write_keys(settings.write_keys),
+            max_body_bytes=settings.max_message_bytes,
+            max_in_flight=settings.collector_max_in_flight,
+            cors_origins=frozenset(
+                o.strip() for o in settings.cors_origins.split(",") if o.strip()
+            ),
+        )
+
+    def ready(port: int) -> None:
+        click.echo(f"collector ready: http://{host}:{port}/v1/events (Ctrl-C stops it)")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            serve(
+                settings.broker.removeprefix("kafka://"),
+                settings.topic(TOUCHPOINTS),
+                settings.topic(TOUCHPOINTS_DLQ),
+                parser_for(config.touchpoint_types, settings),
+                collector_settings,
+                host,
+                settings.collector_port,
+                ready,
+                settings.producer_idempotent,
+            )
+        )
+
+
+@click.command()
+@BROKER_OPTION
+@click.option(
+    "--destinations",
+    "destinations_path",
+    type=click.Path(path_type=Path),
+    envvar="PARCOURS_DESTINATIONS",
+    required=True,
+    help="YAML file of webhooks and templates (see README) [env PARCOURS_DESTINATIONS]",
+)
+@click.option(
+    "--ledger",
+    type=click.Path(path_type=Path),
+    help="delivery ledger (SQLite) [default: PARCOURS_DATA_DIR/dispatcher/ledger.db]",
+)
+@click.option(
+    "--group",
+    default="parcours-dispatcher",
+    show_default=True,
+    help="consumer group; dispatchers of one group share the work",
+)
+@click.option(
+    "--metrics-port",
+    default="9110",
+    show_default=True,
+    envvar="PARCOURS_METRICS_PORT",
+    help="/metrics port or range, 0 for none [env PARCOURS_METRICS_PORT]",
+)
+def dispatcher(
+    destinations_path: Path, ledger: Path | None, group: str, metrics_port: str, **overrides: object
+) -> None:
+    """Deliver survey invitations to survey tools' webhooks, once each.
+
+    Reads `survey-invitations`; POSTs each invitation (JSON from the destination's
+    template, HMAC-SHA256 signed, Idempotency-Key = invitation id) to every destination,
+    with retries and backoff, a rate limit, and the `dispatch-dlq` topic after the last
+    attempt. A ledger makes restarts skip what was delivered. Stops on Ctrl-C or SIGTERM.
+    """
+    import asyncio
+    import logging
+
+    from streams import metrics
+    from streams.edge.destinations import DestinationsError, load_destinations
+    from streams.edge.dispatcher import run_dispatcher
+
+    settings = settings_needing("broker", **overrides)
+    with one_line_errors(DestinationsError):
+        destinations = load_destinations(destinations_path)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    port = metrics.serve(metrics_port)
+    ledger = ledger or settings.data_dir / "dispatcher" / "ledger.db"
+    click.echo(
+        f"dispatcher: {len(destinations)} destination(s), ledger {ledger}"
+        + (f", metrics on :{port}/metrics" if port else "")
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_dispatcher(settings, destinations, ledger, group))
