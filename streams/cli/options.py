@@ -36,7 +36,16 @@ CONFIG_OPTION = click.option(
     type=click.Path(path_type=Path),
     help="journeys.yaml [env PARCOURS_CONFIG; default schemas/journeys.yaml]",
 )
-RATE = click.FloatRange(0.0, 1.0)
+
+
+def shown_option(name: str, default: object, kind: click.ParamType, help: str) -> Callable:
+    """An option whose default --help shows, checked against `kind` (a range)."""
+    return click.option(name, default=default, show_default=True, type=kind, help=help)
+
+
+def share_option(name: str, default: float, help: str) -> Callable:
+    """A share between 0 and 1, e.g. --abandon-rate 0.25."""
+    return shown_option(name, default, click.FloatRange(0.0, 1.0), help)
 
 
 def work_dir_option(folder: str) -> Callable:

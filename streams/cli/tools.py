@@ -12,9 +12,10 @@ import click
 from streams.cli.options import (
     BROKER_OPTION,
     CONFIG_OPTION,
-    RATE,
     numbers,
     settings_needing,
+    share_option,
+    shown_option,
     work_dir_option,
 )
 
@@ -89,20 +90,8 @@ def bench(as_json: bool, **options: object) -> None:
 @click.command()
 @BROKER_OPTION
 @CONFIG_OPTION
-@click.option(
-    "--rate",
-    default=20.0,
-    show_default=True,
-    type=click.FloatRange(min=0.01),
-    help="mean events per second",
-)
-@click.option(
-    "--events",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="stop after N events (0: run until Ctrl-C)",
-)
+@shown_option("--rate", 20.0, click.FloatRange(min=0.01), "mean events per second")
+@shown_option("--events", 0, click.IntRange(min=0), "stop after N events (0: run until Ctrl-C)")
 @click.option(
     "--fast",
     is_flag=True,
@@ -116,63 +105,19 @@ def bench(as_json: bool, **options: object) -> None:
     type=click.FloatRange(min=1.0),
     help="customers arrive N times faster during each burst (1: steady)",
 )
-@click.option(
-    "--burst-every",
-    default=60.0,
-    show_default=True,
-    type=click.FloatRange(min=1.0),
-    help="seconds from one burst to the next",
+@shown_option(
+    "--burst-every", 60.0, click.FloatRange(min=1.0), "seconds from one burst to the next"
 )
-@click.option(
-    "--burst-seconds",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(min=0.1),
-    help="length of a burst",
-)
+@shown_option("--burst-seconds", 10.0, click.FloatRange(min=0.1), "length of a burst")
 @click.option("--seed", default=7, show_default=True, help="seed of the population")
-@click.option(
-    "--anonymous-rate",
-    default=0.3,
-    show_default=True,
-    type=RATE,
-    help="share of customers browsing anonymously before logging in at checkout",
+@share_option(
+    "--anonymous-rate", 0.3, "share of customers browsing anonymously before logging in at checkout"
 )
-@click.option(
-    "--abandon-rate",
-    default=0.25,
-    show_default=True,
-    type=RATE,
-    help="share of started checkouts never paid",
-)
-@click.option(
-    "--support-rate",
-    default=0.15,
-    show_default=True,
-    type=RATE,
-    help="share of customers calling support",
-)
-@click.option(
-    "--answer-rate",
-    default=0.5,
-    show_default=True,
-    type=RATE,
-    help="share of delivered customers answering a survey",
-)
-@click.option(
-    "--duplicate-rate",
-    default=0.01,
-    show_default=True,
-    type=RATE,
-    help="share of events sent twice (producer retries)",
-)
-@click.option(
-    "--out-of-order-rate",
-    default=0.02,
-    show_default=True,
-    type=RATE,
-    help="share of events held back, arriving after newer ones",
-)
+@share_option("--abandon-rate", 0.25, "share of started checkouts never paid")
+@share_option("--support-rate", 0.15, "share of customers calling support")
+@share_option("--answer-rate", 0.5, "share of delivered customers answering a survey")
+@share_option("--duplicate-rate", 0.01, "share of events sent twice (producer retries)")
+@share_option("--out-of-order-rate", 0.02, "share of events held back, arriving after newer ones")
 @click.option(
     "--max-delay",
     default=30.0,
@@ -181,20 +126,10 @@ def bench(as_json: bool, **options: object) -> None:
     help="seconds an out-of-order event is held at most; keep it below the "
     "allowed lateness or the worker counts it as late",
 )
-@click.option(
-    "--max-gap",
-    default=60,
-    show_default=True,
-    type=click.IntRange(min=5),
-    help="seconds between a customer's touchpoints at most",
+@shown_option(
+    "--max-gap", 60, click.IntRange(min=5), "seconds between a customer's touchpoints at most"
 )
-@click.option(
-    "--envelope",
-    default=20,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="events of one customer per message at most",
-)
+@shown_option("--envelope", 20, click.IntRange(min=1), "events of one customer per message at most")
 @click.option(
     "--jsonl",
     type=click.File("wb"),
