@@ -135,7 +135,8 @@ def report(
     from datetime import UTC, timedelta
 
     from streams.clickhouse.client import connect
-    from streams.clickhouse.report import as_json, as_text, read_map, write_report
+    from streams.clickhouse.report import as_json, as_text, read_map
+    from streams.clickhouse.report_html import write_report
 
     settings = settings_needing(
         "clickhouse_url", clickhouse_url=clickhouse_url, config_path=config_path

@@ -17,7 +17,8 @@ from pathlib import Path
 import orjson
 
 from streams.clickhouse.client import connect
-from streams.clickhouse.report import as_text, write_report
+from streams.clickhouse.report import as_text
+from streams.clickhouse.report_html import write_report
 from streams.config.settings import TOUCHPOINTS
 from streams.dev.local_stack import DispatcherProcess, LocalBroker
 from streams.dev.synth import generate

@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from PIL import Image, ImageStat
 
 from streams.cli import main
-from streams.clickhouse.report import as_html, as_json, as_text, read_map
+from streams.clickhouse.report import as_json, as_text, read_map
+from streams.clickhouse.report_html import as_html
 from streams.dev.local_stack import _wait_for_port, free_port
 from tests.support.clickhouse import clickhouse
 from tests.support.journey_map import fill
