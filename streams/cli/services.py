@@ -128,7 +128,8 @@ def collector(host: str, **overrides: object) -> None:
     type=click.Path(path_type=Path),
     envvar="PARCOURS_DESTINATIONS",
     required=True,
-    help="YAML file of webhooks and templates (see README) [env PARCOURS_DESTINATIONS]",
+    help="YAML file of webhooks and templates (see streams/edge/README.md) "
+    "[env PARCOURS_DESTINATIONS]",
 )
 @click.option(
     "--ledger",

@@ -123,7 +123,7 @@ class Core:
             wall_ms=int(time.time() * 1000),
         )
         for key, (_, state) in result.states.items():
-            self.states[key] = state
+            self.states[key] = state.to_json()  # as the journey-state table stores it
         return outcome, result
 
     def state_bytes_per_customer(self) -> float:

@@ -1,5 +1,5 @@
 """`parcours bench` runs end to end and reports every figure (the figures themselves are
-measured, not asserted: see README, Performance)."""
+measured, not asserted: see deploy/README.md, Performance)."""
 
 from __future__ import annotations
 
