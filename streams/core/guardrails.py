@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from streams.config.durations import duration_text
 from streams.config.rules import QuietHours, SurveyRule, Surveys
-from streams.core.state import Booking, Span
-
-if TYPE_CHECKING:
-    from streams.core.surveys import Trigger
+from streams.core.state import Booking, Event, Span
 
 OPTED_OUT, DUPLICATE, OUTRANKED, SAMPLED_OUT, CAPPED = (
     "opted_out",
@@ -218,3 +215,21 @@ def _zone(name: str | None) -> ZoneInfo | None:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         return None
+
+
+def invitation_id(rule: str, anchor_event_id: str) -> str:
+    return hashlib.blake2b(f"survey/{rule}/{anchor_event_id}".encode(), digest_size=12).hexdigest()
+
+
+@dataclass(frozen=True)
+class Trigger:
+    rule: SurveyRule
+    at_ms: int  # event time at which it fired
+    anchor: Event  # the touchpoint the survey is about
+    journey_id: str = ""
+    journey: str = ""
+    stage: str = ""
+
+    @property
+    def invitation_id(self) -> str:
+        return invitation_id(self.rule.name, self.anchor.event_id)

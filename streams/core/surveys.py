@@ -24,7 +24,6 @@ it, and a restart that re-sends a decision re-sends the same id.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from streams.config.rules import SURVEY_CHANNELS, Segments, SurveyRule, Surveys
 from streams.core.guardrails import (
     DROP,
     KEEP,
+    Trigger,
     at_send_time,
     at_trigger,
     expiry_ms,
@@ -43,24 +43,6 @@ from streams.core.state import Booking, Cursor, Event, Orders, Span
 
 MAX_JOURNEYS_PER_RULE = 50  # journey ids remembered per rule, for the duplicate check
 EVENT, TRIGGER, SEND = 0, 1, 2  # at the same time: touchpoints first, sends last
-
-
-def invitation_id(rule: str, anchor_event_id: str) -> str:
-    return hashlib.blake2b(f"survey/{rule}/{anchor_event_id}".encode(), digest_size=12).hexdigest()
-
-
-@dataclass(frozen=True)
-class Trigger:
-    rule: SurveyRule
-    at_ms: int  # event time at which it fired
-    anchor: Event  # the touchpoint the survey is about
-    journey_id: str = ""
-    journey: str = ""
-    stage: str = ""
-
-    @property
-    def invitation_id(self) -> str:
-        return invitation_id(self.rule.name, self.anchor.event_id)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from streams.core.surveys import invitation_id
+from streams.core.guardrails import invitation_id
 
 FUNNEL = [
     "ad_click",

@@ -5,9 +5,8 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 
-from streams.core.guardrails import sampled_in
+from streams.core.guardrails import invitation_id, sampled_in
 from streams.core.ingest import kafka_partition
-from streams.core.surveys import invitation_id
 
 JOURNEYS = ("purchase", "support_resolution", "onboarding")
 
