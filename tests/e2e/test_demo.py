@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from streams.config.settings import PROJECT_ROOT
 from streams.dev.demo import run_demo
+
+
+def readme_demo_headings() -> list[str]:
+    """The section headings of the demo output the README shows (its unindented lines)."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    block = readme.split("## What `make demo` does", 1)[1].split("```", 2)[1]
+    return [line for line in block.splitlines() if line and not line.startswith((" ", "..."))]
 
 
 def test_the_demo_lands_every_event_and_delivers_every_invitation(tmp_path, capsys):
@@ -19,3 +27,7 @@ def test_the_demo_lands_every_event_and_delivers_every_invitation(tmp_path, caps
     assert summary["follow_ups_delivered"] == still_open + 2 * closed
     assert "Follow-up tasks for a person" in out
     assert (tmp_path / "demo" / "report.html").stat().st_size > 1000
+    headings = readme_demo_headings()
+    assert len(headings) >= 10
+    for heading in headings:  # the README shows what the demo prints today
+        assert heading.split(":")[0].split("   ")[0].strip() in out, heading
