@@ -34,12 +34,27 @@ OPTED_OUT, DUPLICATE, OUTRANKED, SAMPLED_OUT, CAPPED = (
     "sampled_out",
     "capped",
 )
-
-
 HANDED_OFF, EXPIRED, RULE_REMOVED = "handed_off", "expired", "rule_removed"
-
-
 SEND_NOW, DROP, KEEP = "send", "drop", "keep"  # what becomes of a held invitation when due
+
+
+def invitation_id(rule: str, anchor_event_id: str) -> str:
+    """Its rule and the touchpoint it is about: a sender dedupes on it, a replay makes it again."""
+    return hashlib.blake2b(f"survey/{rule}/{anchor_event_id}".encode(), digest_size=12).hexdigest()
+
+
+@dataclass(frozen=True)
+class Trigger:
+    rule: SurveyRule
+    at_ms: int  # event time at which it fired
+    anchor: Event  # the touchpoint the survey is about
+    journey_id: str = ""
+    journey: str = ""
+    stage: str = ""
+
+    @property
+    def invitation_id(self) -> str:
+        return invitation_id(self.rule.name, self.anchor.event_id)
 
 
 def sampled_in(invitation: str, rate: float) -> bool:
@@ -215,21 +230,3 @@ def _zone(name: str | None) -> ZoneInfo | None:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         return None
-
-
-def invitation_id(rule: str, anchor_event_id: str) -> str:
-    return hashlib.blake2b(f"survey/{rule}/{anchor_event_id}".encode(), digest_size=12).hexdigest()
-
-
-@dataclass(frozen=True)
-class Trigger:
-    rule: SurveyRule
-    at_ms: int  # event time at which it fired
-    anchor: Event  # the touchpoint the survey is about
-    journey_id: str = ""
-    journey: str = ""
-    stage: str = ""
-
-    @property
-    def invitation_id(self) -> str:
-        return invitation_id(self.rule.name, self.anchor.event_id)

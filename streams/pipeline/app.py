@@ -28,6 +28,7 @@ from functools import partial
 import faust
 import orjson
 
+from streams.clickhouse.rows import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS
 from streams.clickhouse.sink import ClickHouseSink, batch_token
 from streams.config import Config
 from streams.config.settings import TOUCHPOINTS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RESOLVED, Settings
@@ -142,10 +143,8 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
 
         app.agent(topic, name=f"sink_{table}")(write)
 
-    sink_to(resolved, "touchpoints", records.TOUCHPOINT_COLUMNS, records.touchpoint_rows)
-    sink_to(
-        dead_letter_topic, "dead_letters", records.DEAD_LETTER_COLUMNS, records.dead_letter_rows
-    )
+    sink_to(resolved, "touchpoints", TOUCHPOINT_COLUMNS, records.touchpoint_rows)
+    sink_to(dead_letter_topic, "dead_letters", DEAD_LETTER_COLUMNS, records.dead_letter_rows)
     for o in OUTPUTS:
         rows_of = partial(records.rows_in, o.kind, o.to_row)
         sink_to(outputs[o.kind], o.table, o.columns, rows_of)

@@ -8,14 +8,7 @@ from collections.abc import Callable, Iterable
 import faust
 import orjson
 
-from streams.clickhouse.rows import (
-    DEAD_LETTER_COLUMNS,
-    TOUCHPOINT_COLUMNS,
-    dead_letter_row,
-    touchpoint_row,
-)
-
-__all__ = ["DEAD_LETTER_COLUMNS", "TOUCHPOINT_COLUMNS"]  # for the sink agents
+from streams.clickhouse.rows import dead_letter_row, touchpoint_row
 from streams.core.events import LATE, Rejection
 from streams.core.ingest import DeadLetter, RawMessage
 from streams.core.stitching import Message

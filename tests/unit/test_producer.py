@@ -94,3 +94,14 @@ def test_batches_linger_no_longer_than_asked_when_the_caller_never_pauses():
     sent, started = asyncio.run(busy())
     assert sent, "nothing left within the half second"
     assert sent[0][0] - started < 0.1  # the first batch went after its linger, not at the end
+
+
+def test_the_package_exports_the_producer_helper_and_nothing_heavy_on_import():
+    import streams
+    from streams.edge.producer import InvalidEvent, SyncTouchpointProducer, TouchpointProducer
+
+    assert streams.TouchpointProducer is TouchpointProducer
+    assert streams.SyncTouchpointProducer is SyncTouchpointProducer
+    assert streams.InvalidEvent is InvalidEvent
+    with pytest.raises(AttributeError, match="no attribute 'journeys'"):
+        _ = streams.journeys
