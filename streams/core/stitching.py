@@ -73,7 +73,7 @@ class StepResult:
 def journey_step(
     config: Config,
     messages: list[Message],
-    load_state: Callable[[str, int], dict | None],  # the stored JSON (CustomerState.to_json)
+    load_state: Callable[[str, int], CustomerState | None],
     watermarks: dict[int, Watermark],
     due: DueIndex,
     wall_ms: int,
@@ -85,8 +85,7 @@ def journey_step(
 
     def state_of(key: str, partition: int) -> CustomerState:
         if key not in states:
-            stored = load_state(key, partition)
-            states[key] = (partition, CustomerState.from_json(stored) if stored else new_state())
+            states[key] = (partition, load_state(key, partition) or new_state())
         return states[key][1]
 
     def put(key: str, state: CustomerState) -> None:

@@ -123,13 +123,13 @@ class Core:
             wall_ms=int(time.time() * 1000),
         )
         for key, (_, state) in result.states.items():
-            self.states[key] = state.to_json()  # as the journey-state table stores it
+            self.states[key] = state  # the in-memory table holds the objects
         return outcome, result
 
     def state_bytes_per_customer(self) -> float:
         """Serialized state (journey state and seen ids, as the changelogs hold it) per key."""
         keys = self.states.keys() | self.seen.keys()
-        size = sum(len(orjson.dumps(v)) for v in self.states.values())
+        size = sum(len(orjson.dumps(v.to_json())) for v in self.states.values())
         size += sum(len(orjson.dumps(v)) for v in self.seen.values())
         return size / max(1, len(keys))
 

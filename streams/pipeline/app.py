@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 import faust
@@ -39,7 +40,7 @@ from streams.outputs import OUTPUTS
 from streams.pipeline import records
 from streams.pipeline.payloads import batch_payloads
 from streams.pipeline.recorder import Recorder
-from streams.pipeline.tables import index_due, read_in_partition, remember
+from streams.pipeline.tables import CUSTOMER_STATE, index_due, read_in_partition, remember
 
 
 def kafka_url(broker: str) -> str:
@@ -93,6 +94,9 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
     seen = app.Table("ingest-seen", default=None, partitions=settings.partitions)
     # Journey state per customer key (see streams.core.journeys for its layout).
     journey_state = app.Table("journey-state", default=None, partitions=settings.partitions)
+    # Faust takes a table's codec from a Record value type only; ours is a dataclass.
+    # Set before first use: the store and the changelog read it then.
+    journey_state.value_serializer = CUSTOMER_STATE
     parser = parser_for(config.touchpoint_types, settings)
     record = Recorder(config, touchpoints.get_topic_name())
 
@@ -171,7 +175,7 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
             )
             await asyncio.gather(*[await send() for send in publish(result)])
             changed = (
-                (key, (partition, {**state.to_json(), "partition": partition}))
+                (key, (partition, replace(state, partition=partition)))
                 for key, (partition, state) in result.states.items()
             )
             await remember(app, journey_state, event_of_partition, changed)

@@ -12,6 +12,7 @@ from streams.config import Config
 from streams.core.events import LATE
 from streams.core.eventtime import NEVER, Watermark
 from streams.core.ingest import IngestOutcome
+from streams.core.state import CustomerState
 from streams.core.stitching import Message, StepResult
 from streams.outputs import TABLES, count_outputs
 from streams.pipeline import worker_metrics
@@ -71,7 +72,7 @@ class Recorder:
                         done - event["ingested_ms"] / 1000
                     )
 
-    def state_scanned(self, states: Iterable[dict | None], mine: set[int]) -> None:
+    def state_scanned(self, states: Iterable[CustomerState | None], mine: set[int]) -> None:
         worker_metrics.scan_journey_state(states, mine)
 
     def offsets_scanned(self, ends: dict, committed: dict) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import faust
+import orjson
+from faust.serializers import codecs
 from faust.streams import _current_event
 
 from streams.core.state import CustomerState
@@ -52,11 +54,24 @@ async def remember(
     await app.producer.flush()
 
 
+class CustomerStateCodec(codecs.Codec):
+    """The journey-state table's values: `CustomerState` in memory, its JSON layout in the
+    changelog and in RocksDB. So a read of the in-memory table converts nothing; only a
+    write to the changelog, a recovery and a RocksDB read do."""
+
+    def _dumps(self, state: CustomerState) -> bytes:
+        return orjson.dumps(state.to_json())
+
+    def _loads(self, raw: bytes) -> CustomerState:
+        return CustomerState.from_json(orjson.loads(raw))
+
+
+CUSTOMER_STATE = "customer-state"
+codecs.register(CUSTOMER_STATE, CustomerStateCodec())
+
+
 def index_due(table: faust.TableT, partition: int, due: DueIndex) -> None:
     """Re-find the customers of `partition` with journeys to close (the index is in memory)."""
-    for key, stored in table.items():
-        if not stored or stored.get("partition") != partition:
-            continue
-        state = CustomerState.from_json(stored)
-        if not state.alias:
+    for key, state in table.items():
+        if state and state.partition == partition and not state.alias:
             due.push(partition, min((e.ts_ms for e in state.events), default=None), key)

@@ -75,7 +75,7 @@ def answer_subjects(config: Config) -> dict[str, str]:
 
 
 def scan_journey_state(
-    states: Iterable[dict | None], partitions: set[int], now_ms: int | None = None
+    states: Iterable[CustomerState | None], partitions: set[int], now_ms: int | None = None
 ) -> None:
     """Count keys, retained touchpoints, open journeys (by journey and stage), held
     invitations, and open and overdue follow-up tasks (at wall time `now_ms`) of the
@@ -86,10 +86,9 @@ def scan_journey_state(
     tasks_open: Counter = Counter()
     tasks_overdue: Counter = Counter()
     held: Counter = Counter()
-    for stored in states:
-        if not stored or stored.get("partition") not in partitions:
+    for state in states:
+        if not state or state.partition not in partitions:
             continue
-        state = CustomerState.from_json(stored)
         keys += 1
         events += len(state.events)
         contact = state.contact or {}

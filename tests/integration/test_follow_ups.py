@@ -9,6 +9,7 @@ from streams.clickhouse.client import migrate
 from streams.clickhouse.rows import FOLLOW_UP_COLUMNS, follow_up_ch_row
 from streams.core import follow_ups
 from streams.core.customer import add_events, advance, new_state
+from streams.core.state import CustomerState
 from streams.pipeline import worker_metrics
 from tests.support.clickhouse import clickhouse
 from tests.support.journeys import CONFIG, H, ev, through_json
@@ -93,7 +94,9 @@ def test_a_close_before_the_task_opened_leaves_it_open():
 def test_open_and_overdue_tasks_are_counted_in_the_state_scan():
     def state(*dues):
         tasks = {f"t{n}": {"rule": "call_back_detractor", "due_ms": d} for n, d in enumerate(dues)}
-        return {"partition": 0, "events": [], "emitted": {}, "contact": {"tasks": tasks}}
+        return CustomerState.from_json(
+            {"partition": 0, "events": [], "emitted": {}, "contact": {"tasks": tasks}}
+        )
 
     worker_metrics.scan_journey_state([state(100, 900), state(50), None], {0}, now_ms=500)
     open_ = metrics.FOLLOW_UPS_OPEN.labels("call_back_detractor")._value.get()

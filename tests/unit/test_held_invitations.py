@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.core.customer import add_events, advance, new_state
-from streams.core.state import Stamped
+from streams.core.state import CustomerState, Stamped
 from tests.support.journeys import CONFIG, DAY, H, ev, histories
 from tests.support.journeys import shuffled_within_lateness as shuffled
 from tests.support.surveys import T0, decisions, only_rules, summary
@@ -213,7 +213,9 @@ def test_the_state_scan_counts_held_invitations_by_rule_and_why():
     from streams.pipeline import worker_metrics
 
     def state(*rows):
-        return {"partition": 0, "events": [], "emitted": {}, "contact": {"held": list(rows)}}
+        return CustomerState.from_json(
+            {"partition": 0, "events": [], "emitted": {}, "contact": {"held": list(rows)}}
+        )
 
     waiting = {"rule": "csat_after_delivery"}
     held = {"rule": "csat_after_delivery", "held_for": SUPPORT}

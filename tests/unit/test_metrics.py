@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from streams import metrics
+from streams.core.state import CustomerState
 from streams.pipeline import worker_metrics
 from tests.support.events import make_event
 
@@ -87,14 +88,16 @@ def test_the_state_scan_counts_only_owned_partitions_and_zeroes_gone_stages():
             f"j{n}": [["sig", status, 0], journey, f"e{n}", stage]
             for n, (journey, status, stage) in enumerate(journeys)
         }
-        return {"partition": partition, "events": [[0, "e", "t", "web"]] * 3, "emitted": emitted}
+        return CustomerState.from_json(
+            {"partition": partition, "events": [[0, "e", "t", "web"]] * 3, "emitted": emitted}
+        )
 
     states = [
         state(0, ("purchase", "open", "cart"), ("purchase", "completed", "purchase")),
         state(1, ("purchase", "open", "cart"), ("support_resolution", "open", "contact")),
         state(2, ("purchase", "open", "cart")),  # a standby copy: not ours
         None,
-        {"alias": "c-1"},  # merged away: no partition field
+        CustomerState(alias="c-1"),  # merged away: no partition field
     ]
     worker_metrics.scan_journey_state(states, {0, 1})
     assert sample("parcours_journeys_open", journey="purchase", stage="cart") == 2

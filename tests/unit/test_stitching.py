@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -65,7 +66,7 @@ def run(events, seed):
             wall_ms=0,
         )
         for k, (_, state) in result.states.items():
-            table[k] = state.to_json()  # as the journey-state table stores it
+            table[k] = state
         pending += result.sends
         for updates in result.rows.get("journeys", {}).values():
             for row in updates:
@@ -141,7 +142,7 @@ def test_an_idle_partition_expires_journeys_on_ticks():
             CONFIG, [Message(key, 0, 0, doc)], lambda k, _p: table.get(k), watermarks, due, wall_ms
         )
         for k, (_, state) in result.states.items():
-            table[k] = state.to_json()
+            table[k] = state
         return [r for rows in result.rows.get("journeys", {}).values() for r in rows]
 
     opened = step({"events": [event(1, "site_visit", customer_id="c")]}, "c", wall_ms=0)
@@ -151,4 +152,25 @@ def test_an_idle_partition_expires_journeys_on_ticks():
     assert step({"control": "tick"}, None, wall_ms=wait - 1) == []
     expired = step({"control": "tick"}, None, wall_ms=wait)
     assert [(r["customer_key"], r["status"]) for r in expired] == [("c", "expired")]
-    assert table["c"]["events"] == []  # sealed and evicted
+    assert table["c"].events == []  # sealed and evicted
+
+
+def test_the_state_table_codec_stores_the_json_layout_and_reads_it_back():
+    from streams.core.state import CustomerState
+    from streams.pipeline.tables import CustomerStateCodec
+
+    table = {}
+    for k, (_, state) in journey_step(
+        CONFIG,
+        [Message("c", 0, 0, {"events": [event(1, "site_visit", customer_id="c")]})],
+        lambda k, _p: None,
+        {},
+        DueIndex(),
+        wall_ms=0,
+    ).states.items():
+        table[k] = state
+    codec = CustomerStateCodec()
+    raw = codec.dumps(table["c"])
+    assert orjson.loads(raw) == table["c"].to_json()  # what the changelog held before
+    assert codec.loads(raw) == table["c"]
+    assert isinstance(codec.loads(raw), CustomerState)
