@@ -59,9 +59,15 @@ JOURNEY_UPDATES = Counter(
 JOURNEYS = Counter(
     "parcours_journeys_total",
     "Journeys that opened, completed or expired, by journey; superseded counts provisional "
-    "journeys replaced after a late event or an identity merge; entry_ignored counts entry "
-    "touchpoints a re-entry rule kept out",
+    "journeys replaced after a late event or an identity merge",
     ["journey", "outcome"],
+)
+OUTSIDE_JOURNEYS = Counter(
+    "parcours_touchpoints_outside_journeys_total",
+    "Touchpoints of a journey's types that joined no instance of it, by journey and reason "
+    "(no_open_journey, reentry_not_allowed, entry_blocked, goal_not_reached); counted once "
+    "final",
+    ["journey", "reason"],
 )
 JOURNEYS_OPEN = Gauge(
     "parcours_journeys_open",

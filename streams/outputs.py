@@ -20,6 +20,7 @@ from streams.config.settings import (
     FOLLOW_UPS,
     JOURNEY_UPDATES,
     LEAKS,
+    OUTSIDE_JOURNEYS,
     SURVEY_INVITATIONS,
     SURVEY_SUPPRESSIONS,
     TOUCHPOINTS,
@@ -90,6 +91,15 @@ OUTPUTS = (
         rows.follow_up_ch_row,
         metrics.FOLLOW_UPS,
         ("rule", "status"),
+    ),
+    Output(
+        "outside",
+        OUTSIDE_JOURNEYS,
+        "outside_journeys",
+        rows.OUTSIDE_COLUMNS,
+        rows.outside_ch_row,
+        metrics.OUTSIDE_JOURNEYS,
+        ("journey", "reason"),
     ),
 )
 OUTPUT_OF = {output.kind: output for output in OUTPUTS}

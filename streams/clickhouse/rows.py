@@ -94,6 +94,8 @@ JOURNEY_COLUMNS = [
     "updated_at",
     "entry_channel",
     "segment",
+    "entry_stage",
+    "reopened",
 ]
 
 
@@ -127,6 +129,24 @@ def journey_ch_row(row: dict) -> list:
         _utc(row["updated_ms"]),
         row.get("entry_channel", ""),
         row.get("segment", ""),
+        row.get("entry_stage", ""),
+        row.get("reopened", 0),
+    ]
+
+
+OUTSIDE_COLUMNS = ["event_id", "journey", "reason", "customer_key", "type", "ts", "detected_at"]
+
+
+def outside_ch_row(row: dict) -> list:
+    """A touchpoint outside a journey (customer.Outcome.outside) as a ClickHouse row."""
+    return [
+        row["event_id"],
+        row["journey"],
+        row["reason"],
+        row["customer_key"],
+        row["type"],
+        _utc(row["ts_ms"]),
+        _utc(row["detected_ms"]),
     ]
 
 

@@ -15,7 +15,7 @@ import orjson
 import yaml
 
 from streams.config.durations import duration_ms
-from streams.config.rules import Config, Journey, LeakRule, TouchpointType
+from streams.config.rules import ANY_JOURNEY, Config, Journey, LeakRule, TouchpointType
 from streams.config.sections import (
     first_survey_problem,
     follow_ups_from,
@@ -104,11 +104,13 @@ def _journey(name: str, spec: dict) -> Journey:
         reentry=spec.get("reentry", "after_exit"),
         cooldown_ms=duration_ms(spec.get("cooldown", "0s")),
         blocked_entry=spec.get("blocked_entry", "attach"),
+        after_goal=spec.get("after_goal", "attach"),
+        close_on=frozenset(spec.get("close_on", [])),
     )
 
 
 def _leak(name: str, spec: dict, journeys: dict[str, Journey]) -> LeakRule:
-    journey = journeys[spec["journey"]]
+    journey = _leak_journey(spec, journeys)
     return LeakRule(
         name=name,
         kind=spec["kind"],
@@ -132,15 +134,31 @@ def _leak(name: str, spec: dict, journeys: dict[str, Journey]) -> LeakRule:
     )
 
 
+def _leak_journey(spec: dict, journeys: dict[str, Journey]) -> Journey:
+    """The journey a leak rule names; for `any`, the first one holding its touchpoints
+    (stage names and expiry are checked against it)."""
+    if spec["journey"] != ANY_JOURNEY:
+        return journeys[spec["journey"]]
+    named = {spec.get("after"), spec.get("touchpoint"), *spec.get("expect", [])} - {None, "entry"}
+    return next(
+        (j for j in journeys.values() if named <= j.stage_of.keys()), next(iter(journeys.values()))
+    )
+
+
 def _first_leak_problem(journeys: dict[str, Journey], leaks: dict[str, dict]) -> tuple | None:
     for name, spec in leaks.items():
         where = ["leaks", name]
-        journey = journeys.get(spec["journey"])
-        if journey is None:
+        if spec["journey"] != ANY_JOURNEY and spec["journey"] not in journeys:
             return [*where, "journey"], (
-                f"journey {spec['journey']!r} is not declared; use one of: {', '.join(journeys)}"
+                f"journey {spec['journey']!r} is not declared; use one of: "
+                f"{', '.join(journeys)}, or `any`"
             )
+        journey = _leak_journey(spec, journeys)
+        if spec["journey"] == ANY_JOURNEY and spec["kind"] == "stall":
+            return [*where, "journey"], "a stall rule watches the stages of one named journey"
         for key in ("after", "touchpoint"):
+            if key == "after" and spec.get(key) == "entry":
+                continue
             if key in spec and spec[key] not in journey.stage_of:
                 return [*where, key], _not_in_journey(spec[key], journey)
         for key in ("expect", "unless"):
@@ -201,8 +219,8 @@ def _first_semantic_problem(
                         "a touchpoint reaches one stage per journey"
                     )
                 placed[touchpoint] = stage["name"]
-        for role in ("entry", "goal"):
-            for j, touchpoint in enumerate(spec[role]):
+        for role in ("entry", "goal", "close_on"):
+            for j, touchpoint in enumerate(spec.get(role, [])):
                 if touchpoint not in placed:
                     return ["journeys", name, role, j], (
                         f"{role} touchpoint {touchpoint!r} is in no stage of journey {name!r}; "

@@ -11,6 +11,8 @@ from pathlib import Path
 SURVEY_CHANNELS = ("email", "sms", "in_app")
 DEFAULT_SEGMENT = "default"
 DEFAULT_MAX_WAIT_MS = 30 * 86_400_000
+ANY_JOURNEY = "any"  # a leak rule's journey: every journey its touchpoints belong to
+AFTER_GOAL = ("attach", "reopen", "new")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class SurveyRule:
     unless_open: frozenset[str] = frozenset()  # held while one of these journeys is open
     unless_follow_up: bool = False  # suppressed while a follow-up task is open
     unless_surveyed_within_ms: int = 0  # held until other rules sent nothing for this long
+    once_per_journey: bool = True  # the duplicate guardrail: one invitation per journey
 
     def sample_rate(self, segment: str) -> float:
         rates = dict(self.sample)
@@ -136,6 +139,10 @@ class Journey:
     # An entry touchpoint that may not start an instance while one is open: attach (it
     # joins the open one) or ignore (counted, kept out of the journey).
     blocked_entry: str = "attach"
+    # A touchpoint of a stage up to the goal's, after the goal: attach (joins the completed
+    # instance), reopen (joins and re-opens it) or new (opens the next instance).
+    after_goal: str = "attach"
+    close_on: frozenset[str] = frozenset()  # touchpoints that close the instance they join
 
 
 @dataclass(frozen=True)
@@ -143,11 +150,11 @@ class LeakRule:
     """Where a journey leaks (see the `leaks` section of journeys.yaml)."""
 
     name: str
-    kind: str  # absence, repeat, stall
-    journey: str
+    kind: str  # absence, repeat, stall, score
+    journey: str  # or ANY_JOURNEY
     category: str
     severity: str
-    after: str | None = None  # absence: the touchpoint that starts the wait
+    after: str | None = None  # absence: the touchpoint that starts the wait ("entry": the first)
     expect: frozenset[str] = frozenset()  # absence: any of these ends it
     touchpoint: str | None = None  # repeat: the touchpoint counted
     count: int = 0  # repeat: how many make a leak

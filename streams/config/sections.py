@@ -66,6 +66,7 @@ def _rule(name: str, spec: dict) -> SurveyRule:
         unless_surveyed_within_ms=_ms(spec["unless_surveyed_within"])
         if "unless_surveyed_within" in spec
         else 0,
+        once_per_journey=spec.get("once_per_journey", True),
     )
 
 

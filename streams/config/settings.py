@@ -24,6 +24,7 @@ SURVEY_INVITATIONS = "survey-invitations"
 SURVEY_SUPPRESSIONS = "survey-suppressions"
 CUSTOMER_HEALTH = "customer-health"
 FOLLOW_UPS = "follow-ups"
+OUTSIDE_JOURNEYS = "touchpoints-outside-journeys"
 # Invitations `parcours dispatcher` gave up on (see streams.edge.dispatcher).
 DISPATCH_DLQ = "dispatch-dlq"
 N = TypeVar("N", int, float)

@@ -9,20 +9,14 @@ matters. `merge_states` is the union of two customers' states (identity stitchin
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from streams.config import Config
 from streams.core import follow_ups
 from streams.core.health import update_health
-from streams.core.journeys import (
-    Instance,
-    compute,
-    exit_ms,
-    journey_row,
-    sealed,
-    superseded_row,
-)
+from streams.core.journeys import Instance, Runs, journey_row, sealed, superseded_row
 from streams.core.leaks import leak_id, leak_row
 from streams.core.state import (
     CustomerState,
@@ -64,6 +58,7 @@ class Outcome:
     suppressions: list[dict] = field(default_factory=list)  # ... and those suppressed
     health: list[dict] = field(default_factory=list)  # the customer's health row, if changed
     follow_ups: list[dict] = field(default_factory=list)  # follow-up tasks opened or closed
+    outside: list[dict] = field(default_factory=list)  # touchpoints final outside a journey
 
     def rows(self) -> dict[str, list[dict]]:
         """What to publish, by kind (see streams.outputs)."""
@@ -74,24 +69,59 @@ class Outcome:
             "suppressions": self.suppressions,
             "health": self.health,
             "follow_ups": self.follow_ups,
+            "outside": self.outside,
         }
 
 
-def add_events(state: CustomerState, events: Iterable[Event | list]) -> CustomerState:
-    """State with `events` merged in, kept sorted and free of repeated event ids."""
-    known = {e.event_id for e in state.events}
-    fresh = [e for e in map(as_event, events) if e.event_id not in known]
+def add_events(
+    state: CustomerState, events: Iterable[Event | list], wall_ms: int | None = None
+) -> CustomerState:
+    """State with `events` merged in, kept sorted and free of repeated event ids.
+
+    `wall_ms` is the processing clock (when they arrived): strays are kept at least an
+    identity window of it. The journeys folded so far move to the new state, and are
+    dropped (to be folded again) if an event lands before the last one they took.
+    """
+    fresh = sorted({e.event_id: e for e in map(as_event, events)}.values(), key=position)
+    held = state.events
+    fresh = [e for e in fresh if not _holds(held, e)]
     if not fresh:
         return state
-    return replace(state, events=sorted(state.events + fresh, key=position))
+    if not held or position(fresh[0]) > position(held[-1]):
+        merged = held + fresh
+    else:
+        merged = sorted(held + fresh, key=position)
+    runs = state.runs
+    state.runs = None  # the fold moves on with the new state; the old one folds again if used
+    if runs is not None and not runs.takes(fresh):
+        runs = None
+    active = state.active_wall_ms if wall_ms is None else wall_ms
+    return replace(state, events=merged, runs=runs, active_wall_ms=active)
+
+
+def _holds(events: list[Event], event: Event) -> bool:
+    at = bisect_left(events, position(event), key=position)
+    return at < len(events) and events[at].event_id == event.event_id
+
+
+def _fold(config: Config, state: CustomerState) -> Runs:
+    """The state's journeys, folded on from where they stood (or from scratch)."""
+    runs = state.runs
+    state.runs = None
+    if runs is None:
+        return Runs.fold(config, state.events, state.floors)
+    start = 0 if runs.last is None else bisect_right(state.events, runs.last, key=position)
+    runs.feed(state.events[start:])
+    return runs
 
 
 def advance(
     config: Config, state: CustomerState, customer_key: str, watermark_ms: int, now_ms: int = 0
 ) -> Outcome:
-    """Recompute journeys at `watermark_ms`; emit what changed; seal and evict what is final."""
-    ignored: dict[str, list[str]] = {}
-    instances = compute(config, state, watermark_ms, ignored)
+    """Bring journeys to `watermark_ms`; emit what changed; seal and evict what is final."""
+    runs = _fold(config, state)
+    runs.finish(watermark_ms)
+    instances = runs.instances()
     emitted = dict(state.emitted)
     floors = dict(state.floors)
     updates: list[dict] = []
@@ -104,30 +134,34 @@ def advance(
     reported = {jid: list(ids) for jid, ids in state.leaks.items()}
     already = {lid for ids in reported.values() for lid in ids}
     leak_rows = []
+    gone: set[int] = set()  # sealed instances, by id()
     for instance in instances:
         jid = instance.id
         live_ids.add(jid)
-        for leak in instance.leaks:
-            lid = leak_id(leak.rule.name, leak.anchor.event_id)
-            if leak.due_ms <= watermark_ms and lid not in already:
-                already.add(lid)
-                reported.setdefault(jid, []).append(lid)
-                leak_rows.append(leak_row(leak, customer_key, instance.journey, now_ms))
+        leaks = instance.leaks
+        for leak in leaks:
+            if leak.due_ms <= watermark_ms:
+                lid = leak_id(leak.rule.name, leak.anchor.event_id)
+                if lid not in already:
+                    already.add(lid)
+                    reported.setdefault(jid, []).append(lid)
+                    leak_rows.append(leak_row(leak, customer_key, instance.journey, now_ms))
         signature = instance.signature(state.generation)
         before = emitted.get(jid)
         if before is None or before.signature != signature:
             seq += 1
             updates.append(journey_row(instance, customer_key, seq, now_ms, segment))
             transitions += _transitions(instance, before.signature.status if before else None)
-        if sealed(instance, watermark_ms):  # final: emitted for the last time, then forgotten
+        if sealed(instance, watermark_ms, leaks):
+            # Final: emitted for the last time, then forgotten; its floor remembers it.
+            gone.add(id(instance))
             reported.pop(jid, None)
             emitted.pop(jid, None)
-            floor = floors.get(instance.journey.name)
-            last = instance.events[-1]
+            name = instance.journey.name
+            floor, last = floors.get(name), instance.events[-1]
             if floor is None or position(last) > position(floor):
-                # The last event, and when the instance was left and started (re-entry).
-                floors[instance.journey.name] = Floor(
-                    last.ts_ms, last.event_id, exit_ms(instance), instance.entry.ts_ms
+                floors[name] = Floor(
+                    last.ts_ms, last.event_id, instance.exit_ms, instance.entry.ts_ms
                 )
         else:
             stage = instance.journey.stages[instance.stage]
@@ -136,8 +170,8 @@ def advance(
     # Emitted journeys that no longer exist were provisional: an earlier event arrived
     # (within the lateness) or an identity merge brought one. Point them to their successor.
     for jid in sorted(set(emitted) - live_ids):
-        gone = emitted.pop(jid)
-        journey, entry_id = gone.journey, gone.entry_event_id
+        lost = emitted.pop(jid)
+        journey, entry_id = lost.journey, lost.entry_event_id
         transitions.append((journey, "superseded"))
         successor = next(
             (
@@ -156,13 +190,19 @@ def advance(
         contact_updates, outcome_extra = _contact(
             config, state, customer_key, instances, leak_rows, watermark_ms, now_ms
         )
-    keep = _retained(state.events, instances, watermark_ms, config.identity_window_ms)
-    # Entries kept out by re-entry rules: counted once, remembered while still retained.
-    counted = set(state.ignored_entries)
-    for journey, ids in ignored.items():
-        transitions += [(journey, "entry_ignored") for i in ids if i not in counted]
-    retained = {e.event_id for e in keep}
-    ignored_now = sorted(i for ids in ignored.values() for i in ids if i in retained)
+    outside = _outside_below_floors(runs, state.events, state.floors, floors)
+    keep = state.events
+    in_sealed = {e.event_id for i in instances if id(i) in gone for e in i.events}
+    if gone:
+        runs.forget(gone, floors)
+    horizon_ms = watermark_ms - config.identity_window_ms
+    quiet = _quiet(config, state, now_ms)
+    if gone or (keep and keep[0].ts_ms < horizon_ms and quiet):
+        keep = _retained(keep, runs.instances(), in_sealed, horizon_ms if quiet else None)
+        if len(keep) < len(state.events):
+            outside += _evicted_outside(runs, state.events, keep)
+    for row in outside:
+        row.update(customer_key=customer_key, detected_ms=now_ms)
     updated = replace(
         state,
         **contact_updates,
@@ -171,10 +211,58 @@ def advance(
         emitted=emitted,
         seq=seq,
         leaks=reported,
-        ignored_entries=ignored_now,
+        runs=runs,
     )
-    due_ms = _next_due_ms(config, instances, updated, watermark_ms)
-    return Outcome(updated, updates, leak_rows, due_ms, transitions, **outcome_extra)
+    due_ms = _next_due_ms(config, runs.instances(), updated, watermark_ms, quiet)
+    return Outcome(
+        updated, updates, leak_rows, due_ms, transitions, outside=outside, **outcome_extra
+    )
+
+
+def _outside_below_floors(
+    runs: Runs, events: list[Event], before: dict[str, Floor], after: dict[str, Floor]
+) -> list[dict]:
+    """Touchpoints that joined no instance of a journey whose floor just passed them: final."""
+    rows = []
+    for name, floor in after.items():
+        old, run = before.get(name), runs.runs.get(name)
+        if floor == old or run is None or not run.outside:
+            continue
+        low = position(old) if old is not None else (-(2**63), "")
+        for event in events:
+            if low < position(event) <= position(floor) and event.event_id in run.outside:
+                rows.append(_outside_row(event, name, run.outside.pop(event.event_id)))
+    return rows
+
+
+def _quiet(config: Config, state: CustomerState, now_ms: int) -> bool:
+    """Has the key taken no touchpoints for an identity window of processing time?"""
+    active = state.active_wall_ms
+    return active is None or now_ms - active >= config.identity_window_ms
+
+
+def _evicted_outside(runs: Runs, events: list[Event], keep: list[Event]) -> list[dict]:
+    """Evicted touchpoints that joined no instance of a journey of their type: final."""
+    kept = {e.event_id for e in keep}
+    rows = []
+    for event in events:
+        if event.event_id in kept:
+            continue
+        for name, run in runs.runs.items():
+            reason = run.outside.pop(event.event_id, None)
+            if reason is not None:
+                rows.append(_outside_row(event, name, reason))
+    return rows
+
+
+def _outside_row(event: Event, journey: str, reason: str) -> dict:
+    return {
+        "event_id": event.event_id,
+        "journey": journey,
+        "reason": reason,
+        "type": event.type,
+        "ts_ms": event.ts_ms,
+    }
 
 
 def _transitions(instance: Instance, before: str | None) -> list[tuple[str, str]]:
@@ -256,22 +344,24 @@ def _contact(
 
 
 def _retained(
-    events: list[Event], instances: list[Instance], watermark_ms: int, identity_window_ms: int
+    events: list[Event], unsealed: list[Instance], in_sealed: set[str], horizon_ms: int | None
 ) -> list[Event]:
-    """Events still needed: in an unsealed instance, or in none and within the identity window.
+    """Events still needed: in an unsealed instance (or the touchpoint that closed one),
+    or in none (not even a sealed one) and not yet past the identity horizon (None: the
+    key is not quiet yet, see `_quiet`).
 
     An identity merge may bring older history that a stray event (in no journey yet)
-    belongs to; events of sealed instances are covered by the floors.
+    belongs to: strays wait an identity window in event time *and* in processing time
+    since the key last took touchpoints, so a fast replay or a backlog, whose watermark
+    runs days ahead within minutes, keeps them for the merge as a live stream does.
     """
-    in_sealed = {e.event_id for i in instances if sealed(i, watermark_ms) for e in i.events}
-    unsealed = [i for i in instances if not sealed(i, watermark_ms)]
     needed = {e.event_id for i in unsealed for e in i.events}
     needed |= {i.closed_by.event_id for i in unsealed if i.closed_by is not None}
-    horizon_ms = watermark_ms - identity_window_ms
     keep = [
         e
         for e in events
-        if e.event_id in needed or (e.event_id not in in_sealed and e.ts_ms >= horizon_ms)
+        if e.event_id in needed
+        or (e.event_id not in in_sealed and (horizon_ms is None or e.ts_ms >= horizon_ms))
     ]
     return keep[-MAX_EVENTS:]
 
@@ -283,8 +373,10 @@ def merge_states(into: CustomerState, other: CustomerState) -> CustomerState:
     for journey, floor in other.floors.items():
         if journey not in floors or position(floor) > position(floors[journey]):
             floors[journey] = floor
+    merged.runs = None  # other floors: fold again
     return replace(
         merged,
+        runs=None,
         floors=floors,
         emitted={**other.emitted, **merged.emitted},
         seq=max(into.seq, other.seq),
@@ -297,35 +389,45 @@ def merge_states(into: CustomerState, other: CustomerState) -> CustomerState:
 
 
 def _next_due_ms(
-    config: Config, instances: list[Instance], state: CustomerState, watermark_ms: int
+    config: Config,
+    instances: list[Instance],
+    state: CustomerState,
+    watermark_ms: int,
+    quiet: bool,
 ) -> int | None:
-    """The watermark at which `state` (with these journeys) changes without new events."""
+    """The watermark at which `state` (with these unsealed journeys) changes without new
+    events."""
     times = [  # closing, then sealing
         max([i.closed_ms, *(leak.due_ms for leak in i.leaks)])
         if i.closed_ms is not None
         else i.deadline_ms
         for i in instances
-        if not sealed(i, watermark_ms)
     ]
     already = {lid for ids in state.leaks.values() for lid in ids}
     times += [  # leaks to report once the watermark reaches them
         leak.due_ms
         for i in instances
-        if not sealed(i, watermark_ms)
         for leak in i.leaks
         if leak_id(leak.rule.name, leak.anchor.event_id) not in already
     ]
     if state.identified:  # touchpoints surveys have not looked at yet
-        times += [e.ts_ms for e in state.events if e.ts_ms > watermark_ms][:1]
+        after = bisect_right(state.events, watermark_ms, key=_ts)
+        times += [state.events[after].ts_ms] if after < len(state.events) else []
         held = held_due_ms(state.contact or {}, config.surveys, watermark_ms)
         times += [held] if held is not None else []
     in_instances = {e.event_id for i in instances for e in i.events}
-    times += [  # to evict stray events once the identity window has passed them
-        e.ts_ms + config.identity_window_ms + 1
-        for e in state.events
-        if e.event_id not in in_instances
-    ]
+    stray = next((e for e in state.events if e.event_id not in in_instances), None)
+    if stray is not None:  # to evict it once the identity window has passed it
+        evict_ms = stray.ts_ms + config.identity_window_ms + 1
+        # Not quiet yet (processing time): look again an identity window later.
+        if not quiet and evict_ms <= watermark_ms:
+            evict_ms = watermark_ms + config.identity_window_ms
+        times.append(evict_ms)
     return min(times, default=None)
+
+
+def _ts(event: Event) -> int:
+    return event.ts_ms
 
 
 def merge_profiles(*profiles: dict[str, Stamped]) -> dict[str, Stamped]:

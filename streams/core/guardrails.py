@@ -2,9 +2,10 @@
 fires (`at_trigger`) and again when its send time comes (`at_send_time`). Pure.
 
 At the trigger, in order: opted out, handed off (a person's follow-up task is open),
-duplicate (same rule and journey), outranked (a rule with a higher priority sent at the
-same trigger time), sampled out (a deterministic draw on the invitation id), capped
-(another invitation too close, overall or on the channel, counting those still held).
+duplicate (same rule and journey; `once_per_journey: false` turns it off), outranked
+(a rule with a higher priority sent at the same trigger time), sampled out (a
+deterministic draw on the invitation id), capped (another invitation too close, overall
+or on the channel, counting those still held).
 Quiet hours move the send time out of the night in the customer's time zone
 (`send_time`).
 
@@ -194,7 +195,11 @@ def at_trigger(
         return OPTED_OUT, "the customer opted out of surveys"
     if rule.unless_follow_up and open_at(task_spans, trigger.at_ms):
         return HANDED_OFF, "a follow-up task for a person is open"
-    if trigger.journey_id and trigger.journey_id in journeys.get(rule.name, []):
+    if (
+        rule.once_per_journey
+        and trigger.journey_id
+        and trigger.journey_id in journeys.get(rule.name, [])
+    ):
         return DUPLICATE, f"{rule.name} already invited for journey {trigger.journey_id}"
     if sent_at_time.get(trigger.at_ms):
         return OUTRANKED, "a rule with a higher priority fired at the same time"

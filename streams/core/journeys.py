@@ -1,33 +1,60 @@
-"""Journeys of one customer, computed from their touchpoints in event time. Pure.
+"""Journeys of one customer, folded from their touchpoints in event time. Pure.
 
-A journey instance opens on an entry touchpoint, advances through stages, completes on
-a goal touchpoint (then, and only then, later stages such as delivery attach), closes after
-`expiry` without any of its touchpoints, or when a new entry starts the next instance.
-Re-entry rules (never, after_exit, always, a cool-down) decide whether an entry may start
-another instance; one that may not joins the open instance or is ignored and counted.
+Semantics (README "Journeys" says the same for users). Per configured journey, over the
+customer's touchpoints sorted by (ts, event_id):
 
-Journeys are a function of the customer's retained events sorted by (ts, event_id):
-any arrival order within the allowed lateness gives the same journeys, and merging two
-customers is the union of their events. The watermark (event time minus lateness)
-decides what is final: an instance closed before it is *sealed* (emitted one last time,
-then forgotten), and events before it that belong to no unsealed instance are evicted,
-which keeps state bounded. `floors` remember, per journey, the last event of the last
-sealed instance, so a recompute never reopens what was sealed. The customer's state
-(`streams.core.state.CustomerState`) holds the events, floors and what was emitted.
+- **Opening.** A touchpoint of one of the journey's `entry` types opens an instance when
+  none is open and the re-entry rule allows it (`reentry`: never, after_exit, always;
+  `cooldown`). The entry may be any configured stage, not only the first: a ticket first
+  seen at its take-in-charge still gets a journey, and `entry_stage` records where it
+  came in. Stages a journey jumped over are "skipped", not "reached".
+- **Advancing.** Each touchpoint of the journey's types joins the open instance; the
+  stage is the furthest reached. A `goal` touchpoint completes it.
+- **After the goal** (`after_goal`): stages past the goal's (delivery) always join the
+  completed instance. A touchpoint of a stage up to the goal's
+    attach (default)  joins the completed instance as a post-goal touchpoint; an entry
+                      touchpoint that re-entry allows opens the next instance instead;
+    reopen            joins it and re-opens it: open again until a goal comes again;
+    new               closes it and opens the next instance (re-entry permitting; if
+                      not, it attaches).
+- **Closing.** An instance closes `expiry` after its last touchpoint, at a `close_on`
+  touchpoint (which joins it first), or when the next instance opens. Status: open,
+  completed (goal reached, still open), closed (ended after its goal, or by a closing
+  touchpoint), expired (ended without its goal).
+- **Nothing falls through.** A touchpoint of the journey's types that joins no instance
+  gets a reason (`OUTSIDE_REASONS`): the customer step reports it in
+  `touchpoints_outside_journeys` once that is final.
+
+The fold is incremental: `JourneyRun.feed` takes one touchpoint in O(1) (plus the leak
+rules' small partial states, streams.core.leaks), so an in-order touchpoint costs one
+step. An out-of-order touchpoint or an identity merge re-folds the customer's retained
+touchpoints from the journey's floor: the same function, so both give the same
+journeys. The watermark (event time minus lateness) decides what is final: an instance
+closed before it, whose leaks are decided, is *sealed* (emitted one last time, then
+forgotten); its `Floor` keeps what re-entry needs and nothing at or before it is folded
+again.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from streams.config import Config, Journey
-from streams.core.leaks import Leak, find
-from streams.core.state import CustomerState, Event, Floor, Signature, position
+from streams.core.leaks import Leak, Tracker, trackers_for
+from streams.core.state import Event, Floor, Signature, position
 
 MAX_PATH = 100  # touchpoints kept in a journey's path; longer paths say so
+
+# Why a touchpoint of a journey's types joined no instance of it.
+NO_OPEN_JOURNEY = "no_open_journey"  # not an entry type, and no instance open
+REENTRY_NOT_ALLOWED = "reentry_not_allowed"  # an entry the re-entry rule kept out
+ENTRY_BLOCKED = "entry_blocked"  # an entry while one is open, with blocked_entry: ignore
+GOAL_NOT_REACHED = "goal_not_reached"  # a stage past the goal's before the goal
+OUTSIDE_REASONS = (NO_OPEN_JOURNEY, REENTRY_NOT_ALLOWED, ENTRY_BLOCKED, GOAL_NOT_REACHED)
 
 
 @functools.lru_cache(maxsize=1 << 16)  # asked for every open journey on each step
@@ -36,22 +63,30 @@ def journey_id(journey: str, entry_event_id: str) -> str:
     return hashlib.blake2b(f"{journey}/{entry_event_id}".encode(), digest_size=12).hexdigest()
 
 
-@dataclass
+@dataclass(eq=False)
 class Instance:
+    """One journey instance: its touchpoints and a summary kept up to date as they join."""
+
     journey: Journey
     entry: Event
+    leak_rules: list[Tracker]
     events: list[Event] = field(default_factory=list)
     stage: int = 0
     stage_reached: dict[int, int] = field(default_factory=dict)  # stage -> first ts
     completed_ms: int | None = None
     closed_ms: int | None = None
     expired: bool = False
-    closed_by: Event | None = None  # the touchpoint that closed it, if one did
-    leaks: list[Leak] = field(default_factory=list)  # what the leak rules find in it
+    closed_by: Event | None = None  # the touchpoint that opened the next instance, if one did
+    reopened: int = 0  # times a touchpoint re-opened it after its goal
+    digest: int = 0  # of its event ids, order-free: part of the signature
 
     @property
     def id(self) -> str:
         return journey_id(self.journey.name, self.entry.event_id)
+
+    @property
+    def entry_stage(self) -> int:
+        return self.journey.stage_of[self.entry.type]
 
     @property
     def last_ms(self) -> int:
@@ -59,15 +94,26 @@ class Instance:
 
     @property
     def deadline_ms(self) -> int:
-        return self.last_ms + self.journey.expiry_ms
+        return self.events[-1].ts_ms + self.journey.expiry_ms
 
     def add(self, event: Event) -> None:
         stage = self.journey.stage_of[event.type]
         self.events.append(event)
-        self.stage = max(self.stage, stage)
-        self.stage_reached.setdefault(stage, event.ts_ms)
+        self.digest ^= zlib.crc32(event.event_id.encode())
+        if stage > self.stage:
+            self.stage = stage
+        if stage not in self.stage_reached:
+            self.stage_reached[stage] = event.ts_ms
         if event.type in self.journey.goal and self.completed_ms is None:
             self.completed_ms = event.ts_ms
+        for tracker in self.leak_rules:
+            tracker.feed(event, self.completed_ms)
+
+    def reopen(self) -> None:
+        self.completed_ms = None
+        self.reopened += 1
+        for tracker in self.leak_rules:
+            tracker.reopened()
 
     def close(self, at_ms: int, expired: bool, by: Event | None = None) -> None:
         self.closed_ms = at_ms
@@ -78,98 +124,114 @@ class Instance:
     def status(self) -> str:
         if self.expired:
             return "expired"
+        if self.closed_ms is not None:
+            return "closed"
+        return "open" if self.completed_ms is None else "completed"
+
+    @property
+    def leaks(self) -> list[Leak]:
+        """What the leak rules find in it so far (decided or pending)."""
+        found = (t.leak(self.id, self.completed_ms) for t in self.leak_rules)
+        return [leak for leak in found if leak is not None]
+
+    @property
+    def exit_ms(self) -> int:
+        """When the customer left it: its goal, else its close, else its last touchpoint."""
         if self.completed_ms is not None:
-            return "closed" if self.closed_ms is not None else "completed"
-        return "open"
+            return self.completed_ms
+        return self.closed_ms if self.closed_ms is not None else self.last_ms
 
     def signature(self, generation: int) -> Signature:
-        ids = hashlib.blake2b("\n".join(e.event_id for e in self.events).encode(), digest_size=8)
-        return Signature(ids.hexdigest(), self.status, generation)
+        return Signature(f"{len(self.events)}:{self.digest:08x}", self.status, generation)
 
 
-def run_journey(
-    journey: Journey,
-    events: Iterable[Event],
-    floor: Floor | None,
-    watermark_ms: int,
-    ignored: list[str] | None = None,
-) -> list[Instance]:
-    """The instances of one journey over sorted events (see module docstring); the ids
-    of entry touchpoints the re-entry rules kept out go to `ignored`."""
-    instances: list[Instance] = []
-    current: Instance | None = None
-    reentry = _Reentry(journey, floor)
-    for event in events:
-        if floor is not None and position(event) <= position(floor):
-            continue
+class JourneyRun:
+    """The fold of one journey over a customer's sorted touchpoints (module docstring).
+
+    `feed` takes the next touchpoint; `finish` closes what the watermark has expired.
+    Instances are appended in order; `outside` maps each touchpoint of the journey's
+    types that joined none to its reason.
+    """
+
+    def __init__(self, journey: Journey, leak_rules: tuple, floor: Floor | None) -> None:
+        self.journey = journey
+        self.leak_rules = leak_rules  # the rules watching this journey
+        self.floor = floor
+        self.instances: list[Instance] = []
+        self.current: Instance | None = None
+        self.outside: dict[str, str] = {}
+        # The previous instance, for re-entry: in this run, or sealed before (its floor).
+        self.previous = floor is not None
+        self.exit_at = floor.exit_ms if floor is not None else None
+        self.start_at = floor.start_ms if floor is not None else None
+
+    def feed(self, event: Event) -> None:
+        journey, current = self.journey, self.current
         if current is not None and current.deadline_ms <= event.ts_ms:
-            current.close(current.deadline_ms, expired=True)
-            reentry.exited(current)
+            self._end(current.deadline_ms, expired=True)
             current = None
         stage = journey.stage_of.get(event.type)
         if stage is None:
-            continue
+            return
         is_entry = event.type in journey.entry
-        if (
-            current is not None
-            and current.completed_ms is not None
-            and stage <= current.journey.goal_stage
-        ):
-            if is_entry and not reentry.allowed(event.ts_ms, current):
-                _ignore(ignored, event)
-                continue
-            if journey.reentry == "never":  # no next instance: it stays in this one
-                current.add(event)
-                continue
-            current.close(event.ts_ms, expired=False, by=event)  # the next instance starts here
-            reentry.exited(current)
-            current = None
         if current is None:
             if not is_entry:
-                continue
-            if not reentry.allowed(event.ts_ms):
-                _ignore(ignored, event)
-                continue
-            current = Instance(journey, entry=event)
-            instances.append(current)
+                self.outside[event.event_id] = NO_OPEN_JOURNEY
+            elif not self._allowed(event.ts_ms):
+                self.outside[event.event_id] = REENTRY_NOT_ALLOWED
+            else:
+                self._open(event)
+            return
+        if current.completed_ms is not None and stage <= journey.goal_stage:
+            mode = journey.after_goal
+            if mode == "reopen":
+                current.reopen()
+            elif (is_entry or mode == "new") and self._allowed(event.ts_ms, current):
+                self._end(event.ts_ms, expired=False, by=event)
+                self._open(event)
+                return
         elif is_entry and current.completed_ms is None:  # an entry while one is open
-            if journey.reentry == "always" and reentry.allowed(event.ts_ms, current):
-                current.close(event.ts_ms, expired=True, by=event)
-                reentry.exited(current)
-                current = Instance(journey, entry=event)
-                instances.append(current)
-            elif journey.blocked_entry == "ignore":
-                _ignore(ignored, event)
-                continue
-        elif current.completed_ms is None and stage > current.journey.goal_stage:
-            continue  # after-goal stages (delivery) belong to completed journeys only
-        current.add(event)
-    if current is not None and current.deadline_ms <= watermark_ms:
-        current.close(current.deadline_ms, expired=True)
-    return instances
+            if journey.reentry == "always" and self._allowed(event.ts_ms, current):
+                self._end(event.ts_ms, expired=True, by=event)
+                self._open(event)
+                return
+            if journey.blocked_entry == "ignore":
+                self.outside[event.event_id] = ENTRY_BLOCKED
+                return
+        elif current.completed_ms is None and stage > journey.goal_stage:
+            self.outside[event.event_id] = GOAL_NOT_REACHED
+            return
+        self._add(current, event)
 
+    def finish(self, watermark_ms: int) -> None:
+        """Close the open instance if the watermark has passed its deadline."""
+        if self.current is not None and self.current.deadline_ms <= watermark_ms:
+            self._end(self.current.deadline_ms, expired=True)
 
-class _Reentry:
-    """When an entry touchpoint may start another instance (the journey's re-entry rule),
-    given the previous instance: in this run, or sealed before it (its floor)."""
+    def _open(self, event: Event) -> None:
+        instance = Instance(self.journey, event, [t.fresh() for t in self.leak_rules])
+        self.instances.append(instance)
+        self.current = instance
+        self._add(instance, event)
 
-    def __init__(self, journey: Journey, floor: Floor | None) -> None:
-        self.journey = journey
-        self.previous = floor is not None
-        self.exit_ms = floor.exit_ms if floor is not None else None
-        self.start_ms = floor.start_ms if floor is not None else None
+    def _add(self, instance: Instance, event: Event) -> None:
+        instance.add(event)
+        if event.type in self.journey.close_on:
+            self._end(event.ts_ms, expired=False)
 
-    def exited(self, instance: Instance) -> None:
-        self.previous = True
-        self.exit_ms = exit_ms(instance)
-        self.start_ms = instance.entry.ts_ms
+    def _end(self, at_ms: int, expired: bool, by: Event | None = None) -> None:
+        instance = self.current
+        assert instance is not None
+        instance.close(at_ms, expired, by)
+        self.previous, self.exit_at, self.start_at = True, instance.exit_ms, instance.entry.ts_ms
+        self.current = None
 
-    def allowed(self, ts_ms: int, leaving: Instance | None = None) -> bool:
-        """May an entry at `ts_ms` start an instance (after `leaving`, if one is open)?"""
+    def _allowed(self, ts_ms: int, leaving: Instance | None = None) -> bool:
+        """May an entry at `ts_ms` open an instance (after `leaving`, if one is open)?"""
         if leaving is not None:
-            previous, exit_at, start_at = True, exit_ms(leaving), leaving.entry.ts_ms
+            previous, exit_at, start_at = True, leaving.exit_ms, leaving.entry.ts_ms
         else:
-            previous, exit_at, start_at = self.previous, self.exit_ms, self.start_ms
+            previous, exit_at, start_at = self.previous, self.exit_at, self.start_at
         if not previous:
             return True
         if self.journey.reentry == "never":
@@ -178,54 +240,80 @@ class _Reentry:
         return since is None or ts_ms >= since + self.journey.cooldown_ms
 
 
-def exit_ms(instance: Instance) -> int:
-    """When a customer left an instance: its goal, else its close."""
-    if instance.completed_ms is not None:
-        return instance.completed_ms
-    return instance.closed_ms if instance.closed_ms is not None else instance.last_ms
-
-
-def _ignore(ignored: list[str] | None, event: Event) -> None:
-    if ignored is not None:
-        ignored.append(event.event_id)
-
-
-def compute(
-    config: Config,
-    state: CustomerState,
+def run_journey(
+    journey: Journey,
+    events: Iterable[Event],
+    floor: Floor | None,
     watermark_ms: int,
-    ignored: dict[str, list[str]] | None = None,
+    outside: dict[str, str] | None = None,
+    leak_rules: tuple = (),
 ) -> list[Instance]:
-    """Every journey's instances, with their leaks; entries the re-entry rules kept out go
-    to `ignored` by journey."""
-    instances = []
-    for journey in config.journeys.values():
-        kept_out = [] if ignored is None else ignored.setdefault(journey.name, [])
-        floor = state.floors.get(journey.name)
-        instances += run_journey(journey, state.events, floor, watermark_ms, kept_out)
-    for instance in instances:
-        instance.leaks = _leaks(config, instance)
-    return instances
+    """The instances of one journey over sorted events, folded from scratch; the
+    touchpoints that joined none go to `outside` with their reason."""
+    run = JourneyRun(journey, leak_rules, floor)
+    for event in events:
+        if floor is None or position(event) > position(floor):
+            run.feed(event)
+    run.finish(watermark_ms)
+    if outside is not None:
+        outside.update(run.outside)
+    return run.instances
 
 
-def sealed(instance: Instance, watermark_ms: int) -> bool:
+@dataclass
+class Runs:
+    """Every journey's run over one customer's retained touchpoints, kept between steps in
+    memory (never stored: rebuilt from the touchpoints after a restart)."""
+
+    runs: dict[str, JourneyRun]
+    last: tuple[int, str] | None = None  # position of the last touchpoint fed
+
+    @classmethod
+    def fold(cls, config: Config, events: list[Event], floors: dict[str, Floor]) -> Runs:
+        runs = cls(
+            {
+                name: JourneyRun(journey, trackers_for(config, name), floors.get(name))
+                for name, journey in config.journeys.items()
+            }
+        )
+        runs.feed(events)
+        return runs
+
+    def feed(self, events: Iterable[Event]) -> None:
+        """Touchpoints after `last`, in order."""
+        runs = self.runs.values()
+        for event in events:
+            at = (event.ts_ms, event.event_id)
+            for run in runs:
+                if run.floor is None or at > (run.floor.ts_ms, run.floor.event_id):
+                    run.feed(event)
+            self.last = at
+
+    def takes(self, events: list[Event]) -> bool:
+        """Can `events` (sorted) be fed on, or must the customer be folded again?"""
+        return not events or self.last is None or position(events[0]) > self.last
+
+    def finish(self, watermark_ms: int) -> None:
+        for run in self.runs.values():
+            run.finish(watermark_ms)
+
+    def instances(self) -> list[Instance]:
+        return [i for run in self.runs.values() for i in run.instances]
+
+    def forget(self, sealed: set[int], floors: dict[str, Floor]) -> None:
+        """Drop sealed instances (by id()); folds start from the new floors."""
+        for name, run in self.runs.items():
+            if any(id(i) in sealed for i in run.instances):
+                run.instances = [i for i in run.instances if id(i) not in sealed]
+                run.floor = floors.get(name)
+
+
+def sealed(instance: Instance, watermark_ms: int, leaks: list[Leak] | None = None) -> bool:
     """Final: closed, and every leak it may hold decided, before the watermark."""
     if instance.closed_ms is None:
         return False
-    return max([instance.closed_ms, *(leak.due_ms for leak in instance.leaks)]) <= watermark_ms
-
-
-def _leaks(config: Config, instance: Instance) -> list[Leak]:
-    """The leaks (decided or pending) the configured rules find in one instance."""
-    found = []
-    for rule in config.leaks.values():
-        if rule.journey == instance.journey.name:
-            leak = find(
-                rule, instance.id, instance.events, instance.journey.stage_of, instance.completed_ms
-            )
-            if leak is not None:
-                found.append(leak)
-    return found
+    leaks = instance.leaks if leaks is None else leaks
+    return max([instance.closed_ms, *(leak.due_ms for leak in leaks)]) <= watermark_ms
 
 
 def journey_row(
@@ -233,6 +321,7 @@ def journey_row(
 ) -> dict:
     journey = instance.journey
     path = instance.events[:MAX_PATH]
+    reached = sorted(instance.stage_reached)
     return {
         "journey_id": instance.id,
         "journey": journey.name,
@@ -240,13 +329,15 @@ def journey_row(
         "status": instance.status,
         "stage": journey.stages[instance.stage],
         "stage_index": instance.stage,
-        "stages_reached": [journey.stages[i] for i in sorted(instance.stage_reached)],
-        "stages_reached_ms": [instance.stage_reached[i] for i in sorted(instance.stage_reached)],
+        "entry_stage": journey.stages[instance.entry_stage],
+        "stages_reached": [journey.stages[i] for i in reached],
+        "stages_reached_ms": [instance.stage_reached[i] for i in reached],
         "path": [e.type for e in path],
         "path_event_ids": [e.event_id for e in path],
         "path_stages": [journey.stages[journey.stage_of[e.type]] for e in path],
         "path_truncated": len(instance.events) > MAX_PATH,
         "touchpoints": len(instance.events),
+        "reopened": instance.reopened,
         "entry_event_id": instance.entry.event_id,
         "opened_ms": instance.entry.ts_ms,
         "last_event_ms": instance.last_ms,
@@ -270,6 +361,7 @@ def superseded_row(
         "status": "superseded",
         "stage": "",
         "stage_index": 0,
+        "entry_stage": "",
         "stages_reached": [],
         "stages_reached_ms": [],
         "path": [],
@@ -277,6 +369,7 @@ def superseded_row(
         "path_stages": [],
         "path_truncated": False,
         "touchpoints": 0,
+        "reopened": 0,
         "entry_event_id": "",
         "opened_ms": 0,
         "last_event_ms": 0,

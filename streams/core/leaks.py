@@ -23,7 +23,8 @@ import functools
 import hashlib
 from dataclasses import dataclass
 
-from streams.config import Journey, LeakRule
+from streams.config import Config, Journey, LeakRule
+from streams.config.rules import ANY_JOURNEY
 from streams.core.state import Event
 
 
@@ -47,71 +48,170 @@ def find(
     stage_of: dict[str, int],
     completed_ms: int | None,
 ) -> Leak | None:
-    """The first leak of `rule` in one journey's sorted events, decided or not yet."""
-    found = {"absence": _absence, "repeat": _repeat, "stall": _stall, "score": _score}[rule.kind](
-        rule, events, stage_of, completed_ms
-    )
-    return None if found is None else Leak(rule, journey_id, *found)
-
-
-def _absence(rule, events, _stage_of, _completed_ms):
-    for i, event in enumerate(events):
-        if event.type != rule.after:
-            continue
-        end = event.ts_ms + rule.within_ms
-        if not any(e.type in rule.expect and e.ts_ms < end for e in events[i + 1 :]):
-            return end, event
-    return None
-
-
-def _repeat(rule, events, _stage_of, _completed_ms):
-    counted: list[Event] = []
+    """The first leak of `rule` in one journey's sorted events, decided or not yet: the
+    same answer as feeding them one by one to a `Tracker`, computed at once."""
+    tracker = TRACKERS[rule.kind](rule, stage_of)
+    completed_at = None
     for event in events:
+        if completed_ms is not None and event.ts_ms >= completed_ms:
+            completed_at = completed_ms
+        tracker.feed(event, completed_at)
+    return tracker.leak(journey_id, completed_ms)
+
+
+class Tracker:
+    """One rule's partial state over one journey instance, fed its touchpoints in order:
+    O(1) per touchpoint (absence keeps its open waits)."""
+
+    def __init__(self, rule: LeakRule, stage_of: dict[str, int]) -> None:
+        self.rule = rule
+        self.stage_of = stage_of
+        self.found: tuple[int, Event] | None = None  # (due, anchor), once decided for good
+
+    def fresh(self) -> Tracker:
+        return type(self)(self.rule, self.stage_of)
+
+    def feed(self, event: Event, completed_ms: int | None) -> None:
+        raise NotImplementedError
+
+    def reopened(self) -> None:
+        """The journey was re-opened after its goal."""
+
+    def pending(self, completed_ms: int | None) -> tuple[int, Event] | None:
+        return self.found
+
+    def leak(self, journey_id: str, completed_ms: int | None) -> Leak | None:
+        found = self.pending(completed_ms)
+        return None if found is None else Leak(self.rule, journey_id, *found)
+
+
+class _Absence(Tracker):
+    def __init__(self, rule: LeakRule, stage_of: dict[str, int]) -> None:
+        super().__init__(rule, stage_of)
+        self.waits: list[Event] = []  # `after` touchpoints no `expect` has answered yet
+        self.first = True
+
+    def feed(self, event: Event, completed_ms: int | None) -> None:
+        rule = self.rule
+        if self.found is None and event.type in rule.expect and self.waits:
+            # Answers every wait still open at its time; the first one that ran out is the leak.
+            self.waits = [w for w in self.waits if w.ts_ms + rule.within_ms <= event.ts_ms]
+            if self.waits:
+                self.found = (self.waits[0].ts_ms + rule.within_ms, self.waits[0])
+        anchors = self.first if rule.after == "entry" else event.type == rule.after
+        if anchors and self.found is None:
+            self.waits.append(event)
+        self.first = False
+
+    def pending(self, completed_ms: int | None) -> tuple[int, Event] | None:
+        if self.found is not None or not self.waits:
+            return self.found
+        return self.waits[0].ts_ms + self.rule.within_ms, self.waits[0]
+
+
+class _Repeat(Tracker):
+    def __init__(self, rule: LeakRule, stage_of: dict[str, int]) -> None:
+        super().__init__(rule, stage_of)
+        self.counted: list[Event] = []
+
+    def feed(self, event: Event, completed_ms: int | None) -> None:
+        rule = self.rule
+        if self.found is not None:
+            return
         if event.type in rule.unless:
-            counted = []
+            self.counted = []
         elif event.type == rule.touchpoint:
-            counted = [e for e in counted if event.ts_ms - e.ts_ms < rule.within_ms] + [event]
-            if len(counted) >= rule.count:
-                return event.ts_ms + 1, counted[0]  # +1: a touchpoint at the same time still counts
-    return None
+            self.counted = [e for e in self.counted if event.ts_ms - e.ts_ms < rule.within_ms]
+            self.counted.append(event)
+            if len(self.counted) >= rule.count:
+                # +1: a touchpoint at the same time still counts
+                self.found = (event.ts_ms + 1, self.counted[0])
 
 
-def _stall(rule, events, stage_of, completed_ms):
-    limits = dict(rule.stage_limits_ms)
-    furthest, since = -1, None
-    for event in events:
-        stage = stage_of[event.type]
-        if stage > furthest:
-            if (
-                since is not None
-                and furthest in limits
-                and event.ts_ms >= since.ts_ms + limits[furthest]
-            ):
-                break  # progress came too late: stalled at `furthest`
-            furthest, since = stage, event
-            if completed_ms is not None and event.ts_ms >= completed_ms:
-                return None
-    else:
-        if since is None or furthest not in limits:
+class _Stall(Tracker):
+    def __init__(self, rule: LeakRule, stage_of: dict[str, int]) -> None:
+        super().__init__(rule, stage_of)
+        self.limits = dict(rule.stage_limits_ms)
+        self.furthest = -1
+        self.since: Event | None = None
+        self.done = False  # progress after the goal, or a stall decided: nothing changes
+
+    def feed(self, event: Event, completed_ms: int | None) -> None:
+        if self.done:
+            return
+        stage = self.stage_of[event.type]
+        if stage <= self.furthest:
+            return
+        since, limit = self.since, self.limits.get(self.furthest)
+        if since is not None and limit is not None and event.ts_ms >= since.ts_ms + limit:
+            self.found, self.done = (since.ts_ms + limit, since), True  # progress came too late
+            return
+        self.furthest, self.since = stage, event
+        if completed_ms is not None and event.ts_ms >= completed_ms:
+            self.done = True
+
+    def reopened(self) -> None:
+        if self.found is None:
+            self.done = False
+
+    def pending(self, completed_ms: int | None) -> tuple[int, Event] | None:
+        if self.done:
+            return self.found
+        since, limit = self.since, self.limits.get(self.furthest)
+        if since is None or limit is None:
             return None
-        if completed_ms is not None and completed_ms < since.ts_ms + limits[furthest]:
+        if completed_ms is not None and completed_ms < since.ts_ms + limit:
             return None
-    return since.ts_ms + limits[furthest], since
+        return since.ts_ms + limit, since
 
 
-def _score(rule, events, _stage_of, _completed_ms):
-    for event in events:
-        if event.type != rule.touchpoint or not event.extras:
-            continue
+class _Score(Tracker):
+    def feed(self, event: Event, completed_ms: int | None) -> None:
+        rule = self.rule
+        if self.found is not None or event.type != rule.touchpoint or not event.extras:
+            return
         metric, score = event.extras.get("metric"), event.extras.get("score")
+        if not isinstance(score, int | float):
+            return
         for name, op, bound in rule.scores:
-            if (
-                metric == name
-                and isinstance(score, int | float)
-                and (score <= bound if op == "<=" else score >= bound)
-            ):
-                return event.ts_ms + 1, event
-    return None
+            if metric == name and (score <= bound if op == "<=" else score >= bound):
+                self.found = (event.ts_ms + 1, event)
+                return
+
+
+TRACKERS: dict[str, type[Tracker]] = {
+    "absence": _Absence,
+    "repeat": _Repeat,
+    "stall": _Stall,
+    "score": _Score,
+}
+
+
+_CACHE: dict[tuple[int, str], tuple[Config, tuple[Tracker, ...]]] = {}
+
+
+def _trackers(config: Config, journey: str) -> tuple[Tracker, ...]:
+    stage_of = config.journeys[journey].stage_of
+    return tuple(
+        TRACKERS[rule.kind](rule, stage_of)
+        for rule in config.leaks.values()
+        if rule.journey == journey
+        or (rule.journey == ANY_JOURNEY and _watches(rule) <= stage_of.keys())
+    )
+
+
+def trackers_for(config: Config, journey: str) -> tuple[Tracker, ...]:
+    """Blank trackers of the rules that watch `journey` (a rule of `journey: any` watches
+    every journey its touchpoints belong to); `Tracker.fresh` copies one per instance."""
+    cached = _CACHE.get((id(config), journey))
+    if cached is None or cached[0] is not config:  # a config is frozen: cache by identity
+        cached = _CACHE[(id(config), journey)] = (config, _trackers(config, journey))
+    return cached[1]
+
+
+def _watches(rule: LeakRule) -> set[str]:
+    named = {rule.after, rule.touchpoint} - {None, "entry"}
+    return named | set(rule.expect) | set(rule.unless)
 
 
 def leak_row(leak: Leak, customer_key: str, journey: Journey, now_ms: int) -> dict:

@@ -3,8 +3,9 @@
 The journey-state table stores it as JSON, in a compact positional layout (lists, not
 objects: a customer's retained touchpoints are most of the bytes). `CustomerState.to_json`
 and `CustomerState.from_json` are the only code that knows that layout; everything
-else reads fields by name. A state stored before a field existed reads back with the
-field's default.
+else reads fields by name. The layout carries a version (`v`); `from_json` migrates
+older ones on read (see `_migrate`). The folded journeys (`runs`) live in memory only:
+after a restart they are folded again from the retained touchpoints.
 """
 
 from __future__ import annotations
@@ -106,11 +107,16 @@ class CustomerState:
     # Survey decisions so far (see streams.core.surveys.new_contact); None until the first.
     contact: dict | None = None
     health: dict | None = None  # the customer's health items (see streams.core.health)
-    ignored_entries: list[str] = field(default_factory=list)  # kept out by re-entry, counted
     partition: int | None = None  # where the key lives (the state scan counts its own)
+    # Processing time (wall clock) the key last took touchpoints: strays wait for a merge
+    # an identity window of it. None: unknown (tests), no wait.
+    active_wall_ms: int | None = None
+    # The journeys folded so far (streams.core.journeys.Runs); in memory only.
+    runs: Any = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict:
         doc: dict[str, Any] = {
+            "v": LAYOUT_VERSION,
             "events": [_event_json(e) for e in self.events],
             "floors": {j: list(f) for j, f in self.floors.items()},
             "emitted": {
@@ -122,7 +128,7 @@ class CustomerState:
             "leaks": self.leaks,
             "generation": self.generation,
         }
-        for name in ("identified", "linked", "ignored_entries"):
+        for name in ("identified", "linked"):
             if value := getattr(self, name):
                 doc[name] = value
         if self.profile:
@@ -133,10 +139,13 @@ class CustomerState:
             doc["health"] = self.health
         if self.partition is not None:
             doc["partition"] = self.partition
+        if self.active_wall_ms is not None:
+            doc["active"] = self.active_wall_ms
         return doc
 
     @classmethod
     def from_json(cls, doc: dict) -> CustomerState:
+        doc = _migrate(doc)
         contact = doc.get("contact")
         return cls(
             events=[Event(*e) for e in doc.get("events", ())],
@@ -154,9 +163,31 @@ class CustomerState:
             profile={name: Stamped(*v) for name, v in doc.get("profile", {}).items()},
             contact=None if contact is None else _contact_from_json(contact),
             health=doc.get("health"),
-            ignored_entries=list(doc.get("ignored_entries", ())),
             partition=doc.get("partition"),
+            active_wall_ms=doc.get("active"),
         )
+
+
+LAYOUT_VERSION = 2
+
+
+def _migrate(doc: dict) -> dict:
+    """A stored state in the current layout.
+
+    1 → 2: `ignored_entries` is gone (touchpoints outside journeys are reported as rows);
+    journey signatures changed form, so each open journey is sent once more after the
+    upgrade (the same row, a higher version). Floors without exit and start times (before
+    re-entry rules) are read by `_floor`.
+    """
+    version = doc.get("v", 1)
+    if version > LAYOUT_VERSION:
+        raise ValueError(
+            f"journey state of layout {version} is newer than this worker's "
+            f"({LAYOUT_VERSION}): upgrade the worker"
+        )
+    if version < 2:
+        doc = {k: v for k, v in doc.items() if k != "ignored_entries"}
+    return doc
 
 
 def as_event(item: Event | list | tuple) -> Event:

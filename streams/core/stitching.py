@@ -109,7 +109,7 @@ def journey_step(
                 else:
                     result.late.append((message, event))
             for owner, events in on_time.items():
-                _add(owner, events, state_of(owner, partition), put, result)
+                _add(owner, events, state_of(owner, partition), put, result, wall_ms)
             continue
         if key is None:
             continue
@@ -121,7 +121,7 @@ def journey_step(
             put(key, replace(merged, generation=state.generation + 1))
             result.merged += 1
         elif control == "forward":  # judged on time where it arrived; not judged again
-            _add(key, doc["events"], state, put, result)
+            _add(key, doc["events"], state, put, result, wall_ms)
 
     # Customers whose deadlines the watermark passed, on this batch's partitions only: a
     # watermark moves only with its partition's messages, and the caller can read and
@@ -161,7 +161,9 @@ def _link(
     put(anonymous_key, replace(new_state(), alias=customer_key))
 
 
-def _add(key: str, events: list[dict], state: CustomerState, put, result: StepResult) -> None:
+def _add(
+    key: str, events: list[dict], state: CustomerState, put, result: StepResult, wall_ms: int
+) -> None:
     if not events:
         return
     if state.alias:  # this key was merged: its events belong to the customer now
@@ -174,7 +176,7 @@ def _add(key: str, events: list[dict], state: CustomerState, put, result: StepRe
             result.sends.append((anonymous_id, {"control": "link", "customer_key": key}))
             linked = [*linked, anonymous_id][-MAX_LINKED:]
     compact = [_compact(e) for e in events]
-    updated = replace(add_events(state, compact), linked=linked)
+    updated = replace(add_events(state, compact, wall_ms), linked=linked)
     if any(event.get("customer_id") == key for event in events):
         updated.identified = True
     profile = _profile(events)

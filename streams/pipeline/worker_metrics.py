@@ -32,7 +32,7 @@ SUPPRESSION_REASONS = (
     EXPIRED,
     RULE_REMOVED,
 )
-JOURNEY_OUTCOMES = ("opened", "completed", "expired", "superseded", "entry_ignored")
+JOURNEY_OUTCOMES = ("opened", "completed", "expired", "superseded")
 PROCESSING_STEPS = ("ingest", "journeys")
 
 
