@@ -9,6 +9,7 @@ failing event pays for jsonschema, which finds the most relevant error and path.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -150,6 +151,13 @@ class EventParser:
             )
         if self._max_age_ms and ts_ms < now_ms - self._max_age_ms:
             return TS_TOO_OLD, f"ts {item['ts']} is older than {self._max_age_ms // 1000}s", "$.ts"
+        props = item.get("properties")
+        if props and "score" in props and type(props["score"]) not in (int, float):
+            score = numeric_score(props["score"])
+            if score is None:
+                detail = f'score {props["score"]!r} is not a number; send 3 or "3", not words'
+                return SCHEMA_VIOLATION, _clip(detail), "$.properties.score"
+            item = {**item, "properties": {**props, "score": score}}
         return ValidEvent(item, ts_ms, index)
 
     def _explain(self, item: Any) -> tuple[str, str, str]:
@@ -161,6 +169,24 @@ class EventParser:
             fields = " or ".join(name for names in alternatives for name in names)
             return SCHEMA_VIOLATION, f"an event needs {fields}", error.json_path
         return SCHEMA_VIOLATION, _clip(error.message), error.json_path
+
+
+def numeric_score(value: object) -> int | float | None:
+    """A survey score as a number: one rule for the engine and the views alike. A number
+    stays; a numeric string ("3", " 4.5 ") becomes one; anything else is None (rejected)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value if math.isfinite(value) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    return int(number) if number.is_integer() and "." not in value else number
 
 
 def _whole(reason: str, detail: str, raw: bytes) -> Rejection:

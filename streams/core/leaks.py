@@ -98,7 +98,10 @@ class _Absence(Tracker):
             self.waits = [w for w in self.waits if w.ts_ms + rule.within_ms <= event.ts_ms]
             if self.waits:
                 self.found = (self.waits[0].ts_ms + rule.within_ms, self.waits[0])
-        anchors = self.first if rule.after == "entry" else event.type == rule.after
+        if rule.after == "entry":  # the first touchpoint, unless it is itself expected
+            anchors = self.first and event.type not in rule.expect
+        else:
+            anchors = event.type == rule.after
         if anchors and self.found is None:
             self.waits.append(event)
         self.first = False

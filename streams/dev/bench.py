@@ -31,7 +31,7 @@ import orjson
 from streams.clickhouse.client import connect, migrate
 from streams.clickhouse.rows import TOUCHPOINT_COLUMNS, touchpoint_row
 from streams.clickhouse.sink import ClickHouseSink
-from streams.config import load_config
+from streams.config import Config, load_config
 from streams.config.settings import TOUCHPOINTS, Settings
 from streams.core.events import EventParser
 from streams.core.ingest import IngestOutcome, RawMessage, ingest_batch, kafka_partition
@@ -78,10 +78,10 @@ class Core:
     """Ingest and journey steps in-process (no Kafka, no Faust), batch by batch, as the
     agents call them, with state in dicts."""
 
-    def __init__(self, partitions: int = 4) -> None:
+    def __init__(self, partitions: int = 4, config: Config | None = None) -> None:
         self.settings = Settings()
         self.partitions = partitions
-        self.config = load_config(self.settings.config_path)
+        self.config = config or load_config(self.settings.config_path)
         self.parser = EventParser(self.config.touchpoint_types, max_age_seconds=0)
         self.seen: dict = {}
         self.states: dict = {}
@@ -92,7 +92,12 @@ class Core:
     def partition_of(self, key: str) -> int:
         return kafka_partition(key, self.partitions)
 
-    def step(self, chunk: list[tuple[bytes, bytes]]) -> tuple[IngestOutcome, StepResult]:
+    def step(
+        self, chunk: list[tuple[bytes, bytes]], wall_ms: int | None = None
+    ) -> tuple[IngestOutcome, StepResult]:
+        """One batch of `touchpoints` messages through ingest and the journey step; the
+        wall clock is now unless given."""
+        wall_ms = int(time.time() * 1000) if wall_ms is None else wall_ms
         raw = [
             RawMessage(k, v, TOUCHPOINTS, self.partition_of(k.decode()), self.offset + i)
             for i, (k, v) in enumerate(chunk)
@@ -104,7 +109,7 @@ class Core:
             self.config.phases,
             lambda key, _p: self.seen.get(key),
             self.partition_of,
-            now_ms=int(time.time() * 1000),
+            now_ms=wall_ms,
             dedupe_window_ms=int(self.settings.dedupe_window_seconds * 1000),
             dedupe_max_ids=self.settings.dedupe_max_ids_per_key,
         )
@@ -120,7 +125,7 @@ class Core:
             lambda key, _p: self.states.get(key),
             self.watermarks,
             self.due,
-            wall_ms=int(time.time() * 1000),
+            wall_ms=wall_ms,
         )
         for key, (_, state) in result.states.items():
             self.states[key] = state  # the in-memory table holds the objects

@@ -60,7 +60,7 @@ class Mapping:
         return used - {"row"}
 
     def event(self, row: dict[str, str], number: int) -> dict:
-        values = {**row, "row": str(number)}
+        values = {**row, "row": number}
         event: dict = {}
         for name, spec in self.spec.items():
             if name == "properties":

@@ -7,6 +7,7 @@ import csv
 from streams.config.settings import PROJECT_ROOT
 
 HELPDESK_MAPPING = PROJECT_ROOT / "schemas" / "mappings" / "helpdesk.yaml"
+HELPDESK_CONFIG = PROJECT_ROOT / "schemas" / "examples" / "helpdesk.yaml"
 
 
 SAMPLE = PROJECT_ROOT / "tests" / "data" / "helpdesk_sample.csv"

@@ -49,7 +49,7 @@ def test_the_default_journeys_have_the_stages_cx_teams_map():
         "post_purchase",
     )
     # ...and the ticket's closure, recorded after the goal (help desks close weeks later)
-    assert journeys["support_resolution"].stages == ("contact", "follow_up", "resolved", "closed")
+    assert journeys["support_resolution"].stages == ("contact", "follow_up", "resolved", "closure")
     assert journeys["support_resolution"].goal == frozenset({"ticket_resolved"})
     assert journeys["onboarding"].stages == ("signup", "first_use", "activated")
 

@@ -111,3 +111,22 @@ def test_the_age_check_can_be_turned_off_for_historical_replays(config):
 
 def test_every_reason_is_in_the_closed_set():
     assert len(set(ev.REASONS)) == len(ev.REASONS) == 8
+
+
+@pytest.mark.parametrize(
+    ("sent", "read"), [(3, 3), ("3", 3), (" 4.5 ", 4.5), ("10", 10), (9.0, 9.0)]
+)
+def test_a_numeric_score_string_is_read_as_the_number_it_writes(parser, sent, read):
+    answer = make_event(type="survey_response", properties={"metric": "nps", "score": sent})
+    valid, rejected = parse(parser, answer)
+    assert rejected == []
+    score = valid[0].event["properties"]["score"]
+    assert score == read and type(score) is type(read)
+
+
+@pytest.mark.parametrize("sent", ["three", "", "nan", "inf", True, [3], {"v": 3}, None])
+def test_a_score_that_is_no_number_is_rejected_naming_its_path(parser, sent):
+    answer = make_event(type="survey_response", properties={"metric": "nps", "score": sent})
+    valid, rejected = parse(parser, answer)
+    assert valid == []
+    assert (rejected[0].reason, rejected[0].path) == ("schema_violation", "$.properties.score")

@@ -22,7 +22,7 @@ def test_the_helpdesk_mapping_turns_rows_into_support_touchpoints(replay_parser)
     summary = Summary()
     events = read_events(SAMPLE, load_mapping(HELPDESK_MAPPING), replay_parser, summary)
     assert (summary.rows, summary.accepted, dict(summary.rejected)) == (362, 362, {})
-    first = next(e for _, e in events if e["event_id"] == "helpdesk-Case 1-1")
+    first = next(e for _, e in events if e["event_id"] == "helpdesk-Case 1-000001")
     assert first["type"] == "ticket_opened"  # Assign seriousness
     assert first["customer_id"] == "ticket-Case 1"
     assert first["ts"] == "2012-10-09T14:50:17.000+02:00"  # local Italian summer time
