@@ -135,6 +135,9 @@ def advance(
     already = {lid for ids in reported.values() for lid in ids}
     leak_rows = []
     gone: set[int] = set()  # sealed instances, by id()
+    quiet = _quiet(config, state, now_ms)
+    # An anonymous key's journeys wait for a merge as its strays do (see `_retained`).
+    may_seal = state.identified or quiet
     for instance in instances:
         jid = instance.id
         live_ids.add(jid)
@@ -152,7 +155,7 @@ def advance(
             seq += 1
             updates.append(journey_row(instance, customer_key, seq, now_ms, segment))
             transitions += _transitions(instance, before.signature.status if before else None)
-        if sealed(instance, watermark_ms, leaks):
+        if may_seal and sealed(instance, watermark_ms, leaks):
             # Final: emitted for the last time, then forgotten; its floor remembers it.
             gone.add(id(instance))
             reported.pop(jid, None)
@@ -196,7 +199,6 @@ def advance(
     if gone:
         runs.forget(gone, floors)
     horizon_ms = watermark_ms - config.identity_window_ms
-    quiet = _quiet(config, state, now_ms)
     if gone or (keep and keep[0].ts_ms < horizon_ms and quiet):
         keep = _retained(keep, runs.instances(), in_sealed, horizon_ms if quiet else None)
         if len(keep) < len(state.events):
@@ -213,7 +215,7 @@ def advance(
         leaks=reported,
         runs=runs,
     )
-    due_ms = _next_due_ms(config, runs.instances(), updated, watermark_ms, quiet)
+    due_ms = _next_due_ms(config, runs.instances(), updated, watermark_ms)
     return Outcome(
         updated, updates, leak_rows, due_ms, transitions, outside=outside, **outcome_extra
     )
@@ -393,7 +395,6 @@ def _next_due_ms(
     instances: list[Instance],
     state: CustomerState,
     watermark_ms: int,
-    quiet: bool,
 ) -> int | None:
     """The watermark at which `state` (with these unsealed journeys) changes without new
     events."""
@@ -418,12 +419,13 @@ def _next_due_ms(
     in_instances = {e.event_id for i in instances for e in i.events}
     stray = next((e for e in state.events if e.event_id not in in_instances), None)
     if stray is not None:  # to evict it once the identity window has passed it
-        evict_ms = stray.ts_ms + config.identity_window_ms + 1
-        # Not quiet yet (processing time): look again an identity window later.
-        if not quiet and evict_ms <= watermark_ms:
-            evict_ms = watermark_ms + config.identity_window_ms
-        times.append(evict_ms)
-    return min(times, default=None)
+        times.append(stray.ts_ms + config.identity_window_ms + 1)
+    due = min(times, default=None)
+    if due is not None and due <= watermark_ms:
+        # What is already due waits for the key to be quiet (processing time, see
+        # `_retained`): look again an identity window later in event time.
+        due = watermark_ms + config.identity_window_ms
+    return due
 
 
 def _ts(event: Event) -> int:

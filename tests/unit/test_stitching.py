@@ -174,3 +174,59 @@ def test_the_state_table_codec_stores_the_json_layout_and_reads_it_back():
     assert orjson.loads(raw) == table["c"].to_json()  # what the changelog held before
     assert codec.loads(raw) == table["c"]
     assert isinstance(codec.loads(raw), CustomerState)
+
+
+def test_a_fast_replay_keeps_the_anonymous_history_for_the_login_that_comes_late():
+    """A visitor browses, logs in, checks out and buys; other customers' events push every
+    partition's watermark ten days ahead before the link from the login is delivered (a
+    replay or a backlog runs far ahead of the topic round trip). Nothing is lost: the
+    customer's journey holds all five touchpoints, as it does when the link comes at once.
+    """
+    visitor = [
+        event(1, "site_visit", anonymous_id="anon-1"),
+        event(2, "product_view", anonymous_id="anon-1", minute=1),
+        event(3, "add_to_cart", anonymous_id="anon-1", minute=2),
+        event(4, "login", customer_id="c-1", anonymous_id="anon-1", minute=3),
+        event(5, "checkout_started", customer_id="c-1", minute=4),
+        event(6, "purchase", customer_id="c-1", minute=5),
+    ]
+    others = [
+        event(100 + i, "site_visit", customer_id=f"other-{i}", minute=60 * 24 * day)
+        for i, day in enumerate(d for d in range(1, 11) for _ in range(8))
+    ]
+
+    def journeys(link_lags: bool) -> dict:
+        table, rows, watermarks, due = {}, {}, {}, DueIndex()
+        sends: list = []
+
+        def deliver(messages):
+            result = journey_step(
+                CONFIG, messages, lambda k, _p: table.get(k), watermarks, due, wall_ms=0
+            )
+            for k, (_, state) in result.states.items():
+                table[k] = state
+            for updates in result.rows.get("journeys", {}).values():
+                for row in updates:
+                    if row["version"] > rows.get(row["journey_id"], {"version": -1})["version"]:
+                        rows[row["journey_id"]] = row
+            return result.sends
+
+        for offset, e in enumerate(visitor + others):
+            key = key_of(e)
+            sends += deliver([Message(key, partition_of(key), offset, {"events": [e]})])
+            if not link_lags:
+                while sends:
+                    key, doc = sends.pop(0)
+                    sends += deliver([Message(key, partition_of(key), 0, doc)])
+        while sends:  # the round trip catches up, days of event time later
+            key, doc = sends.pop(0)
+            sends += deliver([Message(key, partition_of(key), 0, doc)])
+        return {
+            r["customer_key"]: (r["status"], r["path"])
+            for r in rows.values()
+            if r["status"] != "superseded" and r["journey"] == "purchase"
+        }
+
+    steps = ["site_visit", "product_view", "add_to_cart", "checkout_started", "purchase"]
+    assert journeys(link_lags=True)["c-1"] == journeys(link_lags=False)["c-1"]
+    assert journeys(link_lags=True)["c-1"][1] == steps
