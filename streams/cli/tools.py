@@ -19,6 +19,8 @@ from streams.cli.options import (
     work_dir_option,
 )
 
+CORE_BASELINE = "20689b8"  # the core before incremental journeys (issue 17)
+
 
 @click.command()
 @click.option("--customers", default=400, show_default=True, help="synthetic customers")
@@ -72,6 +74,13 @@ def demo(customers: int, seed: int, data_dir: Path, timeout: float) -> None:
 @click.option("--seed", default=7, show_default=True)
 @work_dir_option("bench")
 @click.option("--timeout", default=600.0, show_default=True, help="seconds per run")
+@click.option(
+    "--compare",
+    metavar="REF",
+    help="also time the core of git commit REF (a worktree) on the same events, e.g. "
+    f"{CORE_BASELINE} (the engine before incremental journeys)",
+)
+@click.option("--core-only", is_flag=True, help="only the in-process core (and --compare)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable figures")
 def bench(as_json: bool, **options: object) -> None:
     """Measure throughput, latency and memory against baselines measured in the same run.
@@ -83,8 +92,12 @@ def bench(as_json: bool, **options: object) -> None:
     to its row in ClickHouse and to its survey invitation. Takes a few minutes.
     """
     from streams.dev.bench import run_bench
+    from streams.dev.bench_compare import CompareError
 
-    run_bench(as_json=as_json, **options)
+    try:
+        run_bench(as_json=as_json, **options)
+    except CompareError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.command()

@@ -36,6 +36,7 @@ from streams.config.settings import TOUCHPOINTS, Settings
 from streams.core.events import EventParser
 from streams.core.ingest import IngestOutcome, RawMessage, ingest_batch, kafka_partition
 from streams.core.stitching import DueIndex, Message, StepResult, journey_step
+from streams.dev.bench_compare import CoreTiming, compare_cores
 from streams.dev.bench_latency import Latency, measure_latency
 from streams.dev.local_stack import (
     ChildProcess,
@@ -72,6 +73,7 @@ class Report:
     sink_rows_per_second: float = 0.0
     state_bytes_per_customer: float = 0.0
     latency: list[Latency] = field(default_factory=list)
+    core_compared: list[CoreTiming] = field(default_factory=list)  # this commit, --compare
 
 
 class Core:
@@ -281,6 +283,8 @@ def run_bench(
     data_dir: Path,
     timeout: float,
     as_json: bool,
+    compare: str | None = None,
+    core_only: bool = False,
 ) -> Report:
     # SIGTERM (timeout, Ctrl-\, a CI cancel) unwinds like Ctrl-C, so the broker and the
     # workers this started are stopped rather than left running in their own sessions.
@@ -307,6 +311,20 @@ def run_bench(
         f"state {report.state_bytes_per_customer:,.0f} bytes per customer key"
     )
     del core
+    if compare:
+        report.core_compared = compare_cores(singles, len(events), partitions, compare, work)
+        this, then = report.core_compared
+        say(
+            f"  core vs {compare} (fresh processes, same events): "
+            f"{this.us_per_event:,.1f} µs/event against {then.us_per_event:,.1f}: "
+            f"{then.us_per_event / this.us_per_event:.2f}x"
+        )
+    if core_only:
+        if as_json:
+            print(json.dumps(asdict(report), indent=2))
+        else:
+            print_report(report)
+        return report
     report.sink_rows_per_second = run_sink(rows, work / "sink", Settings().sink_batch_max)
     say(f"  sink: {report.sink_rows_per_second:,.0f} rows/s into the embedded ClickHouse")
     del rows
@@ -361,6 +379,15 @@ def print_report(report: Report) -> None:
     for f in pipelines:
         if one is not None and f.workers > 1:
             print(f"\n{f.workers} workers vs 1: {f.events_per_second / one.events_per_second:.2f}x")
+    if report.core_compared:
+        this, then = report.core_compared
+        print(
+            f"core, this commit vs {then.tree}: {this.events_per_second:,.0f} against "
+            f"{then.events_per_second:,.0f} events/s, {this.us_per_event:,.1f} against "
+            f"{then.us_per_event:,.1f} µs/event: {then.us_per_event / this.us_per_event:.2f}x; "
+            f"state {this.state_bytes_per_customer:,.0f} against "
+            f"{then.state_bytes_per_customer:,.0f} bytes per key"
+        )
     print(f"sink: {report.sink_rows_per_second:,.0f} rows/s (embedded ClickHouse)")
     print(f"state: {report.state_bytes_per_customer:,.0f} bytes per customer key (serialized)")
     for lat in report.latency:

@@ -1,0 +1,94 @@
+"""The in-process core of another commit, timed on the same events as this one's.
+
+`parcours bench --compare REF` checks REF out into a git worktree (under the bench's
+work folder) and times both cores in fresh child processes, one after the other, on one
+file of pre-encoded messages: the ratio compares code, not machines or moments. Each
+child runs `streams.dev.bench.Core` of its own tree (a class every version since the
+layout move has), with that tree's default configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from streams.config.settings import PROJECT_ROOT
+
+# Times one core: argv = messages file, partitions; prints {"seconds", "state_bytes"}.
+_TIMER = """
+import sys, time, json, orjson
+from streams.dev.bench import Core
+raw = orjson.loads(open(sys.argv[1], "rb").read())
+messages = [tuple(bytes.fromhex(x) for x in m) for m in raw]
+core = Core(int(sys.argv[2]))
+started = time.perf_counter()
+for start in range(0, len(messages), 2000):
+    core.step(messages[start : start + 2000])
+seconds = time.perf_counter() - started
+print(json.dumps({"seconds": seconds, "state_bytes": core.state_bytes_per_customer()}))
+"""
+
+
+@dataclass
+class CoreTiming:
+    tree: str  # "this commit" or the ref
+    events_per_second: float
+    us_per_event: float
+    state_bytes_per_customer: float
+
+
+class CompareError(Exception):
+    pass
+
+
+def worktree(ref: str, folder: Path) -> Path:
+    """REF checked out (detached) at folder/REF; reused if already there."""
+    if not (PROJECT_ROOT / ".git").exists():
+        raise CompareError("--compare needs a git checkout of parcours (not an installed wheel)")
+    target = folder / ref.replace("/", "_")
+    if not (target / "streams").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "worktree", "add", "--detach", "--force",
+             str(target), ref],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if done.returncode:
+            raise CompareError(f"--compare {ref}: git worktree add failed: {done.stderr.strip()}")
+    return target
+
+
+def time_core(tree: Path, messages_file: Path, events: int, partitions: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree), "PARCOURS_SCHEMAS_DIR": str(tree / "schemas")}
+    env.pop("PARCOURS_CONFIG", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _TIMER, str(messages_file), str(partitions)],
+        capture_output=True, text=True, env=env, cwd=tree,
+    )  # fmt: skip
+    if done.returncode:
+        raise CompareError(f"timing the core of {tree.name} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare_cores(
+    messages: list[tuple[bytes, bytes]], events: int, partitions: int, ref: str, work: Path
+) -> list[CoreTiming]:
+    """This commit's core and REF's, each in a fresh process, on the same messages."""
+    messages_file = work / "core-messages.json"
+    work.mkdir(parents=True, exist_ok=True)
+    messages_file.write_bytes(orjson.dumps([[k.hex(), v.hex()] for k, v in messages]))
+    trees = [("this commit", PROJECT_ROOT), (ref, worktree(ref, work / "worktrees"))]
+    timings = []
+    for name, tree in trees:
+        figures = time_core(tree, messages_file, events, partitions)
+        seconds = figures["seconds"]
+        timings.append(
+            CoreTiming(name, events / seconds, seconds / events * 1e6, figures["state_bytes"])
+        )
+    return timings
