@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from streams.config import Config
 from streams.core import follow_ups
@@ -96,7 +96,7 @@ def add_events(
     if runs is not None and not runs.takes(fresh):
         runs = None
     active = state.active_wall_ms if wall_ms is None else wall_ms
-    return replace(state, events=merged, runs=runs, active_wall_ms=active)
+    return state.evolve( events=merged, runs=runs, active_wall_ms=active)
 
 
 def _holds(events: list[Event], event: Event) -> bool:
@@ -138,10 +138,11 @@ def advance(
     quiet = _quiet(config, state, now_ms)
     # An anonymous key's journeys wait for a merge as its strays do (see `_retained`).
     may_seal = state.identified or quiet
+    leaks_of: dict[int, list] = {}  # id(instance) -> its leaks, found once per step
     for instance in instances:
         jid = instance.id
         live_ids.add(jid)
-        leaks = instance.leaks
+        leaks = leaks_of[id(instance)] = instance.leaks
         for leak in leaks:
             if leak.due_ms <= watermark_ms:
                 lid = leak_id(leak.rule.name, leak.anchor.event_id)
@@ -205,8 +206,7 @@ def advance(
             outside += _evicted_outside(runs, state.events, keep)
     for row in outside:
         row.update(customer_key=customer_key, detected_ms=now_ms)
-    updated = replace(
-        state,
+    updated = state.evolve(
         **contact_updates,
         events=keep,
         floors=floors,
@@ -215,7 +215,7 @@ def advance(
         leaks=reported,
         runs=runs,
     )
-    due_ms = _next_due_ms(config, runs.instances(), updated, watermark_ms)
+    due_ms = _next_due_ms(config, runs.instances(), leaks_of, updated, watermark_ms)
     return Outcome(
         updated, updates, leak_rows, due_ms, transitions, outside=outside, **outcome_extra
     )
@@ -376,8 +376,7 @@ def merge_states(into: CustomerState, other: CustomerState) -> CustomerState:
         if journey not in floors or position(floor) > position(floors[journey]):
             floors[journey] = floor
     merged.runs = None  # other floors: fold again
-    return replace(
-        merged,
+    return merged.evolve(
         runs=None,
         floors=floors,
         emitted={**other.emitted, **merged.emitted},
@@ -393,23 +392,21 @@ def merge_states(into: CustomerState, other: CustomerState) -> CustomerState:
 def _next_due_ms(
     config: Config,
     instances: list[Instance],
+    leaks_of: dict[int, list],
     state: CustomerState,
     watermark_ms: int,
 ) -> int | None:
-    """The watermark at which `state` (with these unsealed journeys) changes without new
-    events."""
+    """The watermark at which `state` (with these unsealed journeys, whose leaks are in
+    `leaks_of`) changes without new events."""
     times = [  # closing, then sealing
-        max([i.closed_ms, *(leak.due_ms for leak in i.leaks)])
+        max([i.closed_ms, *(leak.due_ms for leak in leaks_of[id(i)])])
         if i.closed_ms is not None
         else i.deadline_ms
         for i in instances
     ]
-    already = {lid for ids in state.leaks.values() for lid in ids}
-    times += [  # leaks to report once the watermark reaches them
-        leak.due_ms
-        for i in instances
-        for leak in i.leaks
-        if leak_id(leak.rule.name, leak.anchor.event_id) not in already
+    # Leaks to report once the watermark reaches them (those reported are before it).
+    times += [
+        leak.due_ms for i in instances for leak in leaks_of[id(i)] if leak.due_ms > watermark_ms
     ]
     if state.identified:  # touchpoints surveys have not looked at yet
         after = bisect_right(state.events, watermark_ms, key=_ts)

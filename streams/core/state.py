@@ -114,6 +114,14 @@ class CustomerState:
     # The journeys folded so far (streams.core.journeys.Runs); in memory only.
     runs: Any = field(default=None, compare=False, repr=False)
 
+    def evolve(self, **changes: Any) -> CustomerState:
+        """A copy with `changes`: dataclasses.replace without its per-field __init__ (the
+        step makes a few per customer per batch)."""
+        new = object.__new__(CustomerState)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
+
     def to_json(self) -> dict:
         doc: dict[str, Any] = {
             "v": LAYOUT_VERSION,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from streams.config import Config
 from streams.core.customer import add_events, advance, merge_profiles, merge_states, new_state
@@ -118,7 +118,7 @@ def journey_step(
             _link(key, doc["customer_key"], state, put, result)
         elif control == "handoff":
             merged = merge_states(state, CustomerState.from_json(doc["state"]))
-            put(key, replace(merged, generation=state.generation + 1))
+            put(key, merged.evolve( generation=state.generation + 1))
             result.merged += 1
         elif control == "forward":  # judged on time where it arrived; not judged again
             _add(key, doc["events"], state, put, result, wall_ms)
@@ -158,7 +158,7 @@ def _link(
         return
     if state.events or state.emitted:
         result.sends.append((customer_key, {"control": "handoff", "state": state.to_json()}))
-    put(anonymous_key, replace(new_state(), alias=customer_key))
+    put(anonymous_key, new_state().evolve(alias=customer_key))
 
 
 def _add(
@@ -176,7 +176,7 @@ def _add(
             result.sends.append((anonymous_id, {"control": "link", "customer_key": key}))
             linked = [*linked, anonymous_id][-MAX_LINKED:]
     compact = [_compact(e) for e in events]
-    updated = replace(add_events(state, compact, wall_ms), linked=linked)
+    updated = add_events(state, compact, wall_ms).evolve(linked=linked)
     if any(event.get("customer_id") == key for event in events):
         updated.identified = True
     profile = _profile(events)
