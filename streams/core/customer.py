@@ -96,7 +96,7 @@ def add_events(
     if runs is not None and not runs.takes(fresh):
         runs = None
     active = state.active_wall_ms if wall_ms is None else wall_ms
-    return state.evolve( events=merged, runs=runs, active_wall_ms=active)
+    return state.evolve(events=merged, runs=runs, active_wall_ms=active)
 
 
 def _holds(events: list[Event], event: Event) -> bool:

@@ -1,11 +1,12 @@
 """Leaks: where a journey loses its customer, decided in event time. Pure.
 
-Each rule looks at one journey instance's events and finds the first leak it describes,
-with the event time at which that leak is decided (`due_ms`): a leak is reported once
-the watermark reaches it, when no touchpoint that could still arrive on time can change
-the answer. A rule finds at most one leak per journey, and a leak's id is its rule and
-the touchpoint it is about (not the journey, whose id an identity merge may change), so
-it is reported once whatever the order of arrival, the batch sizes, merges or restarts.
+Each rule keeps a small partial state per journey instance (a `Tracker`), fed the
+instance's touchpoints in order, and finds the first leak it describes, with the event
+time at which that leak is decided (`due_ms`): a leak is reported once the watermark
+reaches it, when no touchpoint that could still arrive on time can change the answer. A
+rule finds at most one leak per journey, and a leak's id is its rule and the touchpoint
+it is about (not the journey, whose id an identity merge may change), so it is reported
+once whatever the order of arrival, the batch sizes, merges or restarts.
 
     absence  after an `after` touchpoint at t, none of `expect` in [t, t + within):
              due at t + within
@@ -15,6 +16,8 @@ it is reported once whatever the order of arrival, the batch sizes, merges or re
              while not completed: due at t + limit
     score    a `touchpoint` carrying a metric and a score that meet `scores` (a
              detractor's survey response): due just after it
+
+A rule names one journey, or `any`: every journey its touchpoints belong to.
 """
 
 from __future__ import annotations
@@ -39,24 +42,6 @@ class Leak:
 @functools.lru_cache(maxsize=1 << 16)  # hashed again for every open journey on each step
 def leak_id(rule: str, anchor_event_id: str) -> str:
     return hashlib.blake2b(f"{rule}/{anchor_event_id}".encode(), digest_size=12).hexdigest()
-
-
-def find(
-    rule: LeakRule,
-    journey_id: str,
-    events: list[Event],
-    stage_of: dict[str, int],
-    completed_ms: int | None,
-) -> Leak | None:
-    """The first leak of `rule` in one journey's sorted events, decided or not yet: the
-    same answer as feeding them one by one to a `Tracker`, computed at once."""
-    tracker = TRACKERS[rule.kind](rule, stage_of)
-    completed_at = None
-    for event in events:
-        if completed_ms is not None and event.ts_ms >= completed_ms:
-            completed_at = completed_ms
-        tracker.feed(event, completed_at)
-    return tracker.leak(journey_id, completed_ms)
 
 
 class Tracker:

@@ -118,7 +118,7 @@ def journey_step(
             _link(key, doc["customer_key"], state, put, result)
         elif control == "handoff":
             merged = merge_states(state, CustomerState.from_json(doc["state"]))
-            put(key, merged.evolve( generation=state.generation + 1))
+            put(key, merged.evolve(generation=state.generation + 1))
             result.merged += 1
         elif control == "forward":  # judged on time where it arrived; not judged again
             _add(key, doc["events"], state, put, result, wall_ms)

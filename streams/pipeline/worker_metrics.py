@@ -20,6 +20,7 @@ from streams.core.guardrails import (
     RULE_REMOVED,
     SAMPLED_OUT,
 )
+from streams.core.journeys import OUTSIDE_REASONS
 from streams.core.state import CustomerState
 
 SUPPRESSION_REASONS = (
@@ -51,6 +52,8 @@ def show_every_series(config: Config, tables: Iterable[str]) -> None:
     for journey in config.journeys:
         for outcome in JOURNEY_OUTCOMES:
             metrics.JOURNEYS.labels(journey, outcome)
+        for reason in OUTSIDE_REASONS:
+            metrics.OUTSIDE_JOURNEYS.labels(journey, reason)
     for rule in config.leaks.values():
         metrics.LEAKS.labels(rule.name, rule.category)
     for name in config.surveys.rules:
