@@ -196,8 +196,9 @@ def advance(
         )
     outside = _outside_below_floors(runs, state.events, state.floors, floors)
     keep = state.events
-    in_sealed = {e.event_id for i in instances if id(i) in gone for e in i.events}
+    in_sealed: set[str] = set()
     if gone:
+        in_sealed = {e.event_id for i in instances if id(i) in gone for e in i.events}
         runs.forget(gone, floors)
     horizon_ms = watermark_ms - config.identity_window_ms
     if gone or (keep and keep[0].ts_ms < horizon_ms and quiet):

@@ -64,7 +64,7 @@ def worktree(ref: str, folder: Path) -> Path:
     return target
 
 
-def time_core(tree: Path, messages_file: Path, events: int, partitions: int) -> dict:
+def time_core(tree: Path, messages_file: Path, partitions: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "PARCOURS_SCHEMAS_DIR": str(tree / "schemas")}
     env.pop("PARCOURS_CONFIG", None)
     done = subprocess.run(
@@ -86,7 +86,7 @@ def compare_cores(
     trees = [("this commit", PROJECT_ROOT), (ref, worktree(ref, work / "worktrees"))]
     timings = []
     for name, tree in trees:
-        figures = time_core(tree, messages_file, events, partitions)
+        figures = time_core(tree, messages_file, partitions)
         seconds = figures["seconds"]
         timings.append(
             CoreTiming(name, events / seconds, seconds / events * 1e6, figures["state_bytes"])
