@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,37 @@ class Surveys:
     quiet_hours: QuietHours | None = None
     default_channel: str = "email"
     max_wait_ms: int = DEFAULT_MAX_WAIT_MS  # after the trigger, a held invitation expires
+
+    @functools.cached_property
+    def reach_ms(self) -> int:
+        """How long a sent invitation matters to the guardrails."""
+        waits = [r.unless_surveyed_within_ms for r in self.rules.values()]
+        return max([self.cap_ms, *self.channel_cap_ms.values(), *waits])
+
+    @functools.cached_property
+    def index(self) -> SurveyIndex:
+        """The rules by what fires them, so a step looks only at those that can."""
+        index = SurveyIndex()
+        for rule in self.rules.values():
+            if rule.trigger == "touchpoint" and rule.touchpoint:
+                index.on_touchpoint.setdefault(rule.touchpoint, []).append(rule)
+            elif rule.trigger == "completion" and rule.journey:
+                index.on_completion.setdefault(rule.journey, []).append(rule)
+            elif rule.trigger == "leak" and rule.leak:
+                index.on_leak.setdefault(rule.leak, []).append(rule)
+            elif rule.trigger == "relational":
+                index.relational.append(rule)
+        return index
+
+
+@dataclass
+class SurveyIndex:
+    """Survey rules by trigger: touchpoint type, completed journey, leak rule name."""
+
+    on_touchpoint: dict[str, list[SurveyRule]] = field(default_factory=dict)
+    on_completion: dict[str, list[SurveyRule]] = field(default_factory=dict)
+    on_leak: dict[str, list[SurveyRule]] = field(default_factory=dict)
+    relational: list[SurveyRule] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

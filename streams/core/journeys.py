@@ -79,8 +79,10 @@ class Instance:
     closed_by: Event | None = None  # the touchpoint that opened the next instance, if one did
     reopened: int = 0  # times a touchpoint re-opened it after its goal
     digest: int = 0  # of its event ids, order-free: part of the signature
+    # What the leak rules found, kept until a touchpoint joins or the goal is undone.
+    _leaks: list[Leak] | None = field(default=None, repr=False)
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
         return journey_id(self.journey.name, self.entry.event_id)
 
@@ -108,10 +110,12 @@ class Instance:
             self.completed_ms = event.ts_ms
         for tracker in self.leak_rules:
             tracker.feed(event, self.completed_ms)
+        self._leaks = None
 
     def reopen(self) -> None:
         self.completed_ms = None
         self.reopened += 1
+        self._leaks = None
         for tracker in self.leak_rules:
             tracker.reopened()
 
@@ -131,8 +135,10 @@ class Instance:
     @property
     def leaks(self) -> list[Leak]:
         """What the leak rules find in it so far (decided or pending)."""
-        found = (t.leak(self.id, self.completed_ms) for t in self.leak_rules)
-        return [leak for leak in found if leak is not None]
+        if self._leaks is None:
+            found = (t.leak(self.id, self.completed_ms) for t in self.leak_rules)
+            self._leaks = [leak for leak in found if leak is not None]
+        return self._leaks
 
     @property
     def exit_ms(self) -> int:
@@ -285,6 +291,12 @@ class Runs:
         for event in events:
             at = (event.ts_ms, event.event_id)
             for run in runs:
+                # Another journey's touchpoint matters only to expire an open instance.
+                current = run.current
+                if event.type not in run.journey.stage_of and (
+                    current is None or current.deadline_ms > event.ts_ms
+                ):
+                    continue
                 if run.floor is None or at > (run.floor.ts_ms, run.floor.event_id):
                     run.feed(event)
             self.last = at

@@ -103,50 +103,55 @@ def find_triggers(
     A completion fires once its touchpoint is final, even if it is older than the cursor:
     an identity merge can bring the journey it completes after the cursor passed it.
     """
-    fresh_ids = {e.event_id for e in fresh}
-    where: dict[str, tuple[str, str, str]] = {}  # event id -> (journey id, journey, stage)
+    index = surveys.index
     triggers: list[Trigger] = []
     for instance in instances:
         journey = instance.journey
-        for event in instance.events:
-            if event.event_id in fresh_ids:
-                stage = journey.stages[journey.stage_of[event.type]]
-                where.setdefault(event.event_id, (instance.id, journey.name, stage))
-        for rule in surveys.rules.values():
-            if rule.trigger == "completion" and rule.journey == journey.name:
-                anchor = _completion_anchor(rule, instance)
-                done = contact.get("completed", {}).get(rule.name, [])
-                if (
-                    anchor is not None
-                    and anchor.ts_ms <= watermark_ms
-                    and anchor.event_id not in done
-                ):
-                    stage = journey.stages[journey.stage_of[anchor.type]]
-                    triggers.append(
-                        Trigger(rule, anchor.ts_ms, anchor, instance.id, journey.name, stage)
-                    )
-    last = dict(contact["relational"])
-    for event in fresh:
-        journey_id, journey, stage = where.get(event.event_id, ("", "", ""))
-        for rule in surveys.rules.values():
-            if rule.trigger == "touchpoint" and event.type == rule.touchpoint:
-                if rule.journey is None or rule.journey == journey:
-                    triggers.append(Trigger(rule, event.ts_ms, event, journey_id, journey, stage))
-            elif rule.trigger == "relational" and _relational_due(rule, event, last):
-                last[rule.name] = event.ts_ms
-                triggers.append(Trigger(rule, event.ts_ms, event, journey_id, journey, stage))
-    for row in leak_rows:
-        for rule in surveys.rules.values():
-            if rule.trigger == "leak" and rule.leak == row["rule"]:
-                anchor = Event(row["anchor_ms"], row["anchor_event_id"], row["anchor_type"], "")
+        for rule in index.on_completion.get(journey.name, ()):
+            anchor = _completion_anchor(rule, instance)
+            done = contact.get("completed", {}).get(rule.name, [])
+            if anchor is not None and anchor.ts_ms <= watermark_ms and anchor.event_id not in done:
+                stage = journey.stages[journey.stage_of[anchor.type]]
                 triggers.append(
-                    Trigger(
-                        rule, row["due_ms"], anchor, row["journey_id"], row["journey"], row["stage"]
-                    )
+                    Trigger(rule, anchor.ts_ms, anchor, instance.id, journey.name, stage)
                 )
+    last = dict(contact["relational"])
+    fired: list[tuple[SurveyRule, Event]] = []  # touchpoint and relational rules, in order
+    for event in fresh:
+        fired += [(rule, event) for rule in index.on_touchpoint.get(event.type, ())]
+        for rule in index.relational:
+            if _relational_due(rule, event, last):
+                last[rule.name] = event.ts_ms
+                fired.append((rule, event))
+    where = _journeys_of({e.event_id for _, e in fired}, instances) if fired else {}
+    for rule, event in fired:
+        journey_id, journey, stage = where.get(event.event_id, ("", "", ""))
+        if rule.trigger == "touchpoint" and rule.journey not in (None, journey):
+            continue
+        triggers.append(Trigger(rule, event.ts_ms, event, journey_id, journey, stage))
+    for row in leak_rows:
+        for rule in index.on_leak.get(row["rule"], ()):
+            anchor = Event(row["anchor_ms"], row["anchor_event_id"], row["anchor_type"], "")
+            triggers.append(
+                Trigger(
+                    rule, row["due_ms"], anchor, row["journey_id"], row["journey"], row["stage"]
+                )
+            )
     return sorted(
         triggers, key=lambda t: (t.at_ms, -t.rule.priority, t.rule.name, t.anchor.event_id)
     )
+
+
+def _journeys_of(event_ids: set[str], instances: Iterable) -> dict[str, tuple[str, str, str]]:
+    """Event id -> (journey id, journey, stage) of the first instance holding it."""
+    where: dict[str, tuple[str, str, str]] = {}
+    for instance in instances:
+        journey = instance.journey
+        for event in instance.events:
+            if event.event_id in event_ids and event.event_id not in where:
+                stage = journey.stages[journey.stage_of[event.type]]
+                where[event.event_id] = (instance.id, journey.name, stage)
+    return where
 
 
 def _relational_due(rule: SurveyRule, event: Event, last: dict[str, int]) -> bool:
@@ -200,6 +205,13 @@ def decide(
     out = Decisions(contact)
     spans = journey_spans or {}
 
+    if not triggers and not any(row["send_at_ms"] <= watermark_ms for row in held):
+        # Nothing to decide or send (most steps): only the touchpoints' effects.
+        for event in fresh:
+            opted_out, orders = _applied(event, surveys, opted_out, orders)
+        out.contact = _moved(contact, fresh, surveys, watermark_ms, opted_out, orders, sent)
+        return out
+
     # A heap: held invitations become due while it is worked through.
     timeline = [(e.ts_ms, EVENT, i, e) for i, e in enumerate(fresh)]
     timeline += [(t.at_ms, TRIGGER, i, t) for i, t in enumerate(triggers)]
@@ -210,12 +222,7 @@ def decide(
     while timeline:
         at_ms, what, _, item = heapq.heappop(timeline)
         if what == EVENT:
-            if item.type in surveys.opt_out:
-                opted_out = True
-            elif item.type in surveys.opt_in:
-                opted_out = False
-            if item.type == "purchase":
-                orders = Orders(orders.count + 1, orders.value + _amount(item))
+            opted_out, orders = _applied(item, surveys, opted_out, orders)
             continue
         if what == SEND:
             held = [row for row in held if row is not item]
@@ -264,18 +271,42 @@ def decide(
             ids = journeys.setdefault(rule.name, [])
             journeys[rule.name] = [*ids, trigger.journey_id][-MAX_JOURNEYS_PER_RULE:]
 
-    out.contact = {
+    out.contact = _moved(contact, fresh, surveys, watermark_ms, opted_out, orders, sent)
+    out.contact.update(held=held, journeys=journeys, relational=relational, completed=completed)
+    return out
+
+
+def _applied(
+    event: Event, surveys: Surveys, opted_out: bool, orders: Orders
+) -> tuple[bool, Orders]:
+    """A touchpoint's effect on the guardrails: opt-out or opt-in, and orders."""
+    if event.type in surveys.opt_out:
+        opted_out = True
+    elif event.type in surveys.opt_in:
+        opted_out = False
+    if event.type == "purchase":
+        orders = Orders(orders.count + 1, orders.value + _amount(event))
+    return opted_out, orders
+
+
+def _moved(
+    contact: dict,
+    fresh: list[Event],
+    surveys: Surveys,
+    watermark_ms: int,
+    opted_out: bool,
+    orders: Orders,
+    sent: list[Booking],
+) -> dict:
+    """The contact state past `fresh`: cursor moved, sent bookings out of reach dropped."""
+    reach_from = watermark_ms - surveys.reach_ms
+    return {
         **contact,
         "cursor": moved_cursor(contact, fresh),
         "opted_out": opted_out,
         "orders": orders,
-        "sent": [s for s in sent if s.send_at_ms > watermark_ms - _reach(surveys)],
-        "held": held,
-        "journeys": journeys,
-        "relational": relational,
-        "completed": completed,
+        "sent": [s for s in sent if s.send_at_ms > reach_from],
     }
-    return out
 
 
 def _due(held: list[dict], watermark_ms: int) -> Iterable[tuple[int, dict]]:
@@ -299,12 +330,6 @@ def has_due(contact: dict, watermark_ms: int) -> bool:
 def _booking(row: dict) -> Booking:
     """An invitation as an entry of `sent`: held, it holds its place under the caps."""
     return Booking(row["send_at_ms"], row["channel"], row["rule"], row["trigger_ms"])
-
-
-def _reach(surveys: Surveys) -> int:
-    """How long a sent invitation matters to the guardrails."""
-    waits = [r.unless_surveyed_within_ms for r in surveys.rules.values()]
-    return max([surveys.cap_ms, *surveys.channel_cap_ms.values(), *waits])
 
 
 def segment_of(segments: Segments, profile: dict, orders: Orders) -> str:
