@@ -49,6 +49,7 @@ from streams.dev.local_stack import (
 from streams.dev.synth import generate
 from streams.edge.produce import as_messages, create_topics, send_messages
 from streams.outputs import WORKER_TOPICS
+from streams.pipeline.gc_tuning import tune_gc
 
 
 @dataclass
@@ -78,7 +79,7 @@ class Report:
 
 class Core:
     """Ingest and journey steps in-process (no Kafka, no Faust), batch by batch, as the
-    agents call them, with state in dicts."""
+    agents call them, with state in dicts; garbage collection tuned as in the worker."""
 
     def __init__(self, partitions: int = 4, config: Config | None = None) -> None:
         self.settings = Settings()
@@ -90,6 +91,7 @@ class Core:
         self.watermarks: dict = {}
         self.due = DueIndex()
         self.offset = 0
+        tune_gc()
 
     def partition_of(self, key: str) -> int:
         return kafka_partition(key, self.partitions)

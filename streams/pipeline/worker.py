@@ -15,6 +15,7 @@ from streams.clickhouse.sink import ClickHouseSink
 from streams.config import Config, load_config
 from streams.config.settings import Settings
 from streams.pipeline.app import create_app
+from streams.pipeline.gc_tuning import tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     if port:
         log.info("metrics on :%d/metrics", port)
     app = create_app(settings, config, sink)
+    tune_gc()  # after startup: what it allocated is frozen out of collections
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     try:
         worker.execute_from_commandline()
