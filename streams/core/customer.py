@@ -84,7 +84,7 @@ def add_events(
     """
     fresh = sorted({e.event_id: e for e in map(as_event, events)}.values(), key=position)
     held = state.events
-    fresh = [e for e in fresh if not _holds(held, e)]
+    fresh = [e for e in fresh if not holds(held, e)]
     if not fresh:
         return state
     if not held or position(fresh[0]) > position(held[-1]):
@@ -99,7 +99,8 @@ def add_events(
     return state.evolve(events=merged, runs=runs, active_wall_ms=active)
 
 
-def _holds(events: list[Event], event: Event) -> bool:
+def holds(events: list[Event], event: Event) -> bool:
+    """Is `event` (by position and id) among the sorted `events`?"""
     at = bisect_left(events, position(event), key=position)
     return at < len(events) and events[at].event_id == event.event_id
 

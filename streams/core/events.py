@@ -32,6 +32,9 @@ TS_IN_FUTURE = "ts_in_future"
 TS_TOO_OLD = "ts_too_old"
 OVERSIZE = "oversize"
 LATE = "late"  # behind the watermark: stored as a touchpoint, kept out of journeys
+PROCESSING_ERROR = "processing_error"  # the step raised on it: isolated, the rest goes on
+SINK_REJECTED = "sink_rejected"  # ClickHouse refused its row for good
+TS_OUT_OF_RANGE = "ts_out_of_range"  # before 2000: no sane event time, whatever max-age says
 REASONS = (
     INVALID_JSON,
     INVALID_ENVELOPE,
@@ -39,9 +42,13 @@ REASONS = (
     UNKNOWN_TYPE,
     TS_IN_FUTURE,
     TS_TOO_OLD,
+    TS_OUT_OF_RANGE,
     OVERSIZE,
     LATE,
+    PROCESSING_ERROR,
+    SINK_REJECTED,
 )
+EARLIEST_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 
 WHOLE_MESSAGE = -1  # Rejection.index when the message itself, not one event, is bad
 _DETAIL_LIMIT = 300  # error texts quote the bad value; a 1 MB string must not follow it around
@@ -91,40 +98,54 @@ class EventParser:
         """Split one message into its valid events and its rejections, in envelope order."""
         raw = raw or b""
         if len(raw) > self._max_bytes:
-            return [], [_whole(OVERSIZE, f"{len(raw)} bytes > limit {self._max_bytes}", raw)]
+            return [], [whole_message(OVERSIZE, f"{len(raw)} bytes > limit {self._max_bytes}", raw)]
         try:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:  # also empty input, bad UTF-8, nesting > 1024
-            return [], [_whole(INVALID_JSON, _clip(str(exc)), raw)]
+            return [], [whole_message(INVALID_JSON, _clip(str(exc)), raw)]
 
         if isinstance(doc, dict) and set(doc) == {"events"}:
             items = doc["events"]
             if not isinstance(items, list):
-                return [], [_whole(INVALID_ENVELOPE, "'events' must be an array of events", raw)]
+                return [], [
+                    whole_message(INVALID_ENVELOPE, "'events' must be an array of events", raw)
+                ]
             single = False
         elif isinstance(doc, dict):
             items, single = [doc], True
         else:
             kind = type(doc).__name__
             detail = f'a message is one event object or {{"events": [...]}}, not a JSON {kind}'
-            return [], [_whole(INVALID_ENVELOPE, detail, raw)]
+            return [], [whole_message(INVALID_ENVELOPE, detail, raw)]
 
         # A single-event message keeps its exact bytes; an envelope member is re-encoded.
-        return self.check_items(items, now_ms, raw if single else None)
+        return self.check_items(items, now_ms, raw if single else None, whole_raw=raw)
 
     def check_items(
-        self, items: list[Any], now_ms: int, single_raw: bytes | None = None
+        self,
+        items: list[Any],
+        now_ms: int,
+        single_raw: bytes | None = None,
+        whole_raw: bytes | None = None,
     ) -> tuple[list[ValidEvent], list[Rejection]]:
-        """Validate decoded events one by one (an envelope's, or an HTTP batch's)."""
+        """Validate decoded events one by one (an envelope's, or an HTTP batch's).
+
+        Never raises: an event the checks themselves fail on (nesting deeper than the
+        encoder or the explainer go) is a `processing_error` letter, and the others go on.
+        `whole_raw` (the message or body) is kept for a member that cannot be re-encoded.
+        """
         valid: list[ValidEvent] = []
         rejected: list[Rejection] = []
         for index, item in enumerate(items):
-            outcome = self._check_event(item, index, now_ms)
+            try:
+                outcome = self._check_event(item, index, now_ms)
+            except Exception as exc:  # a bug or a limit: isolate this event, keep the rest
+                outcome = PROCESSING_ERROR, _clip(f"{type(exc).__name__}: {exc}"), "$"
             if isinstance(outcome, ValidEvent):
                 valid.append(outcome)
             else:
                 reason, detail, path = outcome
-                payload = single_raw if single_raw is not None else orjson.dumps(item)
+                payload = single_raw if single_raw is not None else _encoded(item, whole_raw)
                 rejected.append(Rejection(reason, detail, path, index, payload))
         return valid, rejected
 
@@ -143,6 +164,8 @@ class EventParser:
             ts_ms = int(datetime.fromisoformat(item["ts"]).timestamp() * 1000)
         except ValueError as exc:
             return SCHEMA_VIOLATION, _clip(f"ts {item['ts']!r}: {exc}"), "$.ts"
+        if ts_ms < EARLIEST_TS_MS:
+            return TS_OUT_OF_RANGE, f"ts {item['ts']} is before 2000: not a real event time", "$.ts"
         if ts_ms > now_ms + self._max_future_ms:
             return (
                 TS_IN_FUTURE,
@@ -161,7 +184,10 @@ class EventParser:
         return ValidEvent(item, ts_ms, index)
 
     def _explain(self, item: Any) -> tuple[str, str, str]:
-        error = jsonschema.exceptions.best_match(self._explainer.iter_errors(item))
+        try:
+            error = jsonschema.exceptions.best_match(self._explainer.iter_errors(item))
+        except RecursionError:  # the schema allows no nesting: say so without the details
+            return SCHEMA_VIOLATION, "nested too deeply (properties are a flat map)", "$"
         if error is None:  # the two validators disagree: keep the event out, say so
             return SCHEMA_VIOLATION, "rejected by the compiled schema", "$"
         alternatives = [s.get("required") for s in error.schema.get("anyOf", [])]
@@ -189,7 +215,17 @@ def numeric_score(value: object) -> int | float | None:
     return int(number) if number.is_integer() and "." not in value else number
 
 
-def _whole(reason: str, detail: str, raw: bytes) -> Rejection:
+def _encoded(item: Any, whole_raw: bytes | None) -> bytes:
+    """One event's bytes for its dead letter; the whole message if it cannot be encoded
+    alone (nested deeper than orjson writes), so nothing is lost."""
+    try:
+        return orjson.dumps(item)
+    except TypeError:
+        return whole_raw if whole_raw is not None else _clip(repr(item)).encode()
+
+
+def whole_message(reason: str, detail: str, raw: bytes) -> Rejection:
+    """A rejection of the message itself, not one of its events."""
     return Rejection(reason, detail, "$", WHOLE_MESSAGE, raw)
 
 

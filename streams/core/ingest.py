@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from aiokafka.partitioner import DefaultPartitioner
 
 from streams.core.dedupe import SeenIds, drop_duplicates
-from streams.core.events import EventParser, Rejection, ValidEvent
+from streams.core.events import (
+    PROCESSING_ERROR,
+    EventParser,
+    Rejection,
+    ValidEvent,
+    whole_message,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +113,11 @@ def ingest_batch(
     fresh_arrivals: list[int] = []
 
     for message in messages:
-        valid, rejected = parser.parse(message.value, now_ms)
+        try:
+            valid, rejected = parser.parse(message.value, now_ms)
+        except Exception as exc:  # the parser isolates events; this is the last resort
+            detail = f"{type(exc).__name__}: {exc}"[:300]
+            valid, rejected = [], [whole_message(PROCESSING_ERROR, detail, message.value or b"")]
         for rejection in rejected:
             outcome.dead_letters.append(
                 DeadLetter(rejection, message.topic, message.partition, message.offset, now_ms)

@@ -24,9 +24,17 @@ import heapq
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from streams.config import Config
-from streams.core.customer import add_events, advance, merge_profiles, merge_states, new_state
+from streams.core.customer import (
+    add_events,
+    advance,
+    holds,
+    merge_profiles,
+    merge_states,
+    new_state,
+)
 from streams.core.eventtime import Watermark
 from streams.core.state import CustomerState, Event, Stamped
 
@@ -66,7 +74,11 @@ class StepResult:
     rows: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
     sends: list[tuple[str, dict]] = field(default_factory=list)  # (key, control doc)
     late: list[tuple[Message, dict]] = field(default_factory=list)  # (message, event)
+    # (message, its event or None for the whole message, what was raised): the step raised
+    # on a customer; their events of this batch are kept out, the state stays as it was.
+    failed: list[tuple[Message, dict | None, str]] = field(default_factory=list)
     merged: int = 0
+    replayed: int = 0  # behind the watermark but already applied (a re-delivery)
     transitions: Counter = field(default_factory=Counter)  # (journey, what happened) -> n
 
 
@@ -82,15 +94,37 @@ def journey_step(
     result = StepResult()
     states: dict[str, tuple[int, CustomerState]] = {}
     touched: set[str] = set()
+    loaded: dict[str, CustomerState | None] = {}  # as stored: kept if the step fails on a key
+    taken: dict[str, list[tuple[Message, dict | None]]] = {}  # what each key took, for letters
+    broken: set[str] = set()  # keys the step failed on: left alone for the rest of the batch
 
     def state_of(key: str, partition: int) -> CustomerState:
         if key not in states:
-            states[key] = (partition, load_state(key, partition) or new_state())
+            loaded[key] = load_state(key, partition)
+            states[key] = (partition, loaded[key] or new_state())
         return states[key][1]
 
     def put(key: str, state: CustomerState) -> None:
         states[key] = (states[key][0], state)
         touched.add(key)
+
+    def isolated(key: str, message: Message, events: list[dict] | None, step: Callable) -> None:
+        """Run one key's part of the batch; if it raises, the key keeps its stored state
+        and what it took in this batch becomes `processing_error` letters (nothing else
+        is held up: a poison message costs its customer's batch, not the partition's)."""
+        items = [(message, e) for e in events] if events is not None else [(message, None)]
+        taken.setdefault(key, []).extend(items)
+        try:
+            step()
+        except Exception as exc:
+            fail(key, exc)
+
+    def fail(key: str, exc: Exception) -> None:
+        detail = f"{type(exc).__name__}: {exc}"[:300]
+        result.failed += [(m, e, detail) for m, e in taken.pop(key, [])]
+        states[key] = (states[key][0], loaded[key] or new_state())
+        touched.discard(key)
+        broken.add(key)
 
     for message in messages:
         doc, key, partition = message.doc, message.key, message.partition
@@ -106,22 +140,35 @@ def journey_step(
             for event in doc.get("events", []):
                 if mark.observe(event["ts_ms"], wall_ms):
                     on_time.setdefault(event["customer_key"], []).append(event)
+                elif _applied(state_of(event["customer_key"], partition), event):
+                    result.replayed += 1  # re-delivered after a crash: a duplicate, not late
                 else:
                     result.late.append((message, event))
             for owner, events in on_time.items():
-                _add(owner, events, state_of(owner, partition), put, result, wall_ms)
+                if owner in broken:
+                    result.failed += [(message, e, "its customer failed earlier") for e in events]
+                    continue
+                state = state_of(owner, partition)
+                isolated(
+                    owner, message, events,
+                    partial(_add, owner, events, state, put, result, wall_ms),
+                )  # fmt: skip
             continue
         if key is None:
             continue
+        if key in broken:
+            result.failed.append((message, None, "its customer failed earlier"))
+            continue
         state = state_of(key, partition)
         if control == "link":
-            _link(key, doc["customer_key"], state, put, result)
+            isolated(
+                key, message, None, partial(_link, key, doc["customer_key"], state, put, result)
+            )
         elif control == "handoff":
-            merged = merge_states(state, CustomerState.from_json(doc["state"]))
-            put(key, merged.evolve(generation=state.generation + 1))
-            result.merged += 1
+            isolated(key, message, None, partial(_handoff, key, doc, state, put, result))
         elif control == "forward":  # judged on time where it arrived; not judged again
-            _add(key, doc["events"], state, put, result, wall_ms)
+            events = doc["events"]
+            isolated(key, message, events, partial(_add, key, events, state, put, result, wall_ms))
 
     # Customers whose deadlines the watermark passed, on this batch's partitions only: a
     # watermark moves only with its partition's messages, and the caller can read and
@@ -136,7 +183,11 @@ def journey_step(
         if state.alias:
             continue
         watermark = watermarks[partition].value
-        outcome = advance(config, state, key, watermark, now_ms=wall_ms)
+        try:
+            outcome = advance(config, state, key, watermark, now_ms=wall_ms)
+        except Exception as exc:
+            fail(key, exc)
+            continue
         states[key] = (partition, outcome.state)
         due.push(partition, outcome.due_ms, key)
         result.transitions.update(outcome.transitions)
@@ -147,14 +198,33 @@ def journey_step(
     return result
 
 
+def _handoff(key: str, doc: dict, state: CustomerState, put, result: StepResult) -> None:
+    if state.alias:  # merged elsewhere meanwhile: the state goes on to where this key went
+        result.sends.append((state.alias, doc))
+        return
+    merged = merge_states(state, CustomerState.from_json(doc["state"]))
+    put(key, merged.evolve(generation=state.generation + 1))
+    result.merged += 1
+
+
 def _link(
     anonymous_key: str, customer_key: str, state: CustomerState, put, result: StepResult
 ) -> None:
-    """`anonymous_key` belongs to `customer_key`: hand its state over, forward from now on."""
+    """`anonymous_key` belongs to `customer_key`: hand its state over, forward from now on.
+
+    Merges never form a cycle: when both keys are customers (each had an event with its
+    own customer_id), the smaller key is the canonical one and the larger merges into it.
+    So an alias points from a key that never was a customer, or to a smaller customer
+    key; an alias never becomes a customer (its events are forwarded), so no chain of
+    aliases comes back to where it started, and every link ends with one canonical key.
+    """
     if anonymous_key == customer_key or state.alias == customer_key:
         return
     if state.alias:  # already merged elsewhere: follow the chain
         result.sends.append((state.alias, {"control": "link", "customer_key": customer_key}))
+        return
+    if state.identified and anonymous_key < customer_key:  # the other way round
+        result.sends.append((customer_key, {"control": "link", "customer_key": anonymous_key}))
         return
     if state.events or state.emitted:
         result.sends.append((customer_key, {"control": "handoff", "state": state.to_json()}))
@@ -183,6 +253,11 @@ def _add(
     if profile:
         updated.profile = merge_profiles(state.profile, profile)
     put(key, updated)
+
+
+def _applied(state: CustomerState, event: dict) -> bool:
+    """Is this touchpoint already in the customer's retained history?"""
+    return holds(state.events, Event(event["ts_ms"], event["event_id"], event["type"], ""))
 
 
 def _compact(event: dict) -> Event:

@@ -112,12 +112,13 @@ def create_collector(
             raise Refused(429, "too many requests in flight; retry shortly", retry_after=1)
         in_flight += 1
         try:
-            items = _events_in(await _body(request, settings.max_body_bytes), settings)
+            body = await _body(request, settings.max_body_bytes)
+            items = _events_in(body, settings)
             now_ms = int(clock() * 1000)
             for item in items:
                 if isinstance(item, dict) and "source" not in item:
                     item["source"] = source
-            valid, rejected = parser.check_items(items, now_ms)
+            valid, rejected = parser.check_items(items, now_ms, whole_raw=body)
             letters = [
                 (r.payload, _letter(r, next(sequence), now_ms).headers(source)) for r in rejected
             ]

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 import yaml
 
-from streams.core.events import EventParser
+from streams.core.events import SCHEMA_VIOLATION, EventParser
 from streams.edge.produce import as_messages, send_messages
 
 REQUIRED = ("event_id", "type", "ts", "channel", "source")
@@ -169,7 +169,12 @@ def read_events(
     out = []
     for number, event in _rows(path, mapping, summary):
         summary.rows += 1
-        valid, rejected = parser.parse(orjson.dumps(event), now_ms)
+        try:
+            raw = orjson.dumps(event)
+        except TypeError:  # nested deeper than orjson writes: the schema allows no nesting
+            summary.reject(number, SCHEMA_VIOLATION, "$: nested too deeply")
+            continue
+        valid, rejected = parser.parse(raw, now_ms)
         for rejection in rejected:
             summary.reject(number, rejection.reason, f"{rejection.path}: {rejection.detail}")
         for item in valid:

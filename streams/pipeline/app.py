@@ -33,7 +33,7 @@ from streams.clickhouse.rows import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS
 from streams.clickhouse.sink import ClickHouseSink, batch_token
 from streams.config import Config
 from streams.config.settings import TOUCHPOINTS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RESOLVED, Settings
-from streams.core.events import parser_for
+from streams.core.events import PROCESSING_ERROR, parser_for
 from streams.core.ingest import ingest_batch, kafka_partition
 from streams.core.stitching import DueIndex, StepResult, journey_step
 from streams.outputs import OUTPUTS
@@ -198,16 +198,21 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
             for (kind, partition), rows in batches.items()
             for payload in batch_payloads(rows, kind)
         ]
-        for message, event in result.late:
-            letter = records.late_letter(message, event, resolved.get_topic_name())
-            sends.append(
-                partial(
-                    dead_letter_topic.send,
-                    key=None,
-                    value=letter.rejection.payload,
-                    headers=letter.headers("journeys"),
-                )
+        topic = resolved.get_topic_name()
+        letters = [records.late_letter(message, event, topic) for message, event in result.late]
+        letters += [
+            records.step_letter(message, event, topic, PROCESSING_ERROR, detail)
+            for message, event, detail in result.failed
+        ]
+        sends += [
+            partial(
+                dead_letter_topic.send,
+                key=None,
+                value=letter.rejection.payload,
+                headers=letter.headers("journeys"),
             )
+            for letter in letters
+        ]
         return sends
 
     @app.timer(interval=settings.state_scan_seconds)

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from streams import metrics
 from streams.config import Config
-from streams.core.events import LATE
+from streams.core.events import LATE, PROCESSING_ERROR
 from streams.core.eventtime import NEVER, Watermark
 from streams.core.ingest import IngestOutcome
 from streams.core.state import CustomerState
@@ -60,6 +60,7 @@ class Recorder:
         for _, event in result.late:
             source = metrics.source_label(event["source"])
             metrics.EVENTS.labels(event["type"], event["channel"], source, "late").inc()
+        metrics.DEAD_LETTERS.labels(PROCESSING_ERROR).inc(len(result.failed))
         metrics.IDENTITY_MERGES.inc(result.merged)
         count_outputs(result.rows)
         for (journey, what), n in result.transitions.items():

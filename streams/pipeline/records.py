@@ -9,7 +9,7 @@ import faust
 import orjson
 
 from streams.clickhouse.rows import dead_letter_row, touchpoint_row
-from streams.core.events import LATE, Rejection
+from streams.core.events import LATE, WHOLE_MESSAGE, Rejection
 from streams.core.ingest import DeadLetter, RawMessage
 from streams.core.stitching import Message
 
@@ -26,9 +26,20 @@ def journey_message(event: faust.EventT) -> Message:
 
 
 def late_letter(message: Message, event: dict, topic: str) -> DeadLetter:
-    index = next(i for i, e in enumerate(message.doc["events"]) if e is event)
     detail = f"ts {event['ts']} is behind the watermark of partition {message.partition}"
-    rejection = Rejection(LATE, detail, "$.ts", index, orjson.dumps(event))
+    return step_letter(message, event, topic, LATE, detail, "$.ts")
+
+
+def step_letter(
+    message: Message, event: dict | None, topic: str, reason: str, detail: str, path: str = "$"
+) -> DeadLetter:
+    """A dead letter of the journey step: one event of `message`, or all of it (None)."""
+    if event is None:
+        index, payload = WHOLE_MESSAGE, orjson.dumps(message.doc)
+    else:
+        index = next(i for i, e in enumerate(message.doc["events"]) if e is event)
+        payload = orjson.dumps(event)
+    rejection = Rejection(reason, detail, path, index, payload)
     return DeadLetter(rejection, topic, message.partition, message.offset, int(time.time() * 1000))
 
 

@@ -230,3 +230,50 @@ def test_a_fast_replay_keeps_the_anonymous_history_for_the_login_that_comes_late
     steps = ["site_visit", "product_view", "add_to_cart", "checkout_started", "purchase"]
     assert journeys(link_lags=True)["c-1"] == journeys(link_lags=False)["c-1"]
     assert journeys(link_lags=True)["c-1"][1] == steps
+
+
+KEYS = ("k0", "k1", "k2", "k3")
+linked_event = st.tuples(st.sampled_from(KEYS), st.sampled_from((*KEYS, None)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(linked_event, min_size=1, max_size=8), st.integers(0, 10**6))
+def test_identity_merges_end_without_a_loop_and_each_touchpoint_has_one_customer(pairs, seed):
+    """Any keys, each both a customer id and an anonymous id ({A, anon C} then {C, anon
+    A} made a forwarding loop): the messages run out, aliases form no cycle, and every
+    touchpoint is held by exactly one customer that is no alias."""
+    rng = random.Random(seed)
+    events = [
+        event(n, "site_visit", customer_id=c, anonymous_id=a, minute=n)
+        for n, (c, a) in enumerate(pairs)
+    ]
+    table, watermarks, due = {}, {}, DueIndex()
+    pending = [(key_of(e), {"events": [e]}) for e in events]
+    delivered = 0
+    while pending:
+        delivered += 1
+        assert delivered < 500, f"messages still circulating: {pending[:3]}"
+        key = rng.choice(sorted({k for k, _ in pending}))
+        _, doc = pending.pop(next(i for i, (k, _) in enumerate(pending) if k == key))
+        result = journey_step(
+            CONFIG, [Message(key, partition_of(key), delivered, doc)],
+            lambda k, _p: table.get(k), watermarks, due, wall_ms=0,
+        )  # fmt: skip
+        assert not result.failed and not result.late
+        for k, (_, state) in result.states.items():
+            table[k] = state
+        pending += result.sends
+
+    for key in table:  # every alias chain ends at a key that is no alias
+        seen, at = set(), key
+        while table.get(at) is not None and table[at].alias:
+            assert at not in seen, f"alias cycle through {at}"
+            seen.add(at)
+            at = table[at].alias
+    holders = {
+        e.event_id: [k for k, s in table.items() if not s.alias and e in s.events]
+        for s in table.values()
+        for e in s.events
+    }
+    assert sorted(holders) == sorted(e["event_id"] for e in events)
+    assert all(len(keys) == 1 for keys in holders.values()), holders
