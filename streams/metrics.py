@@ -129,7 +129,14 @@ SURVEY_SCORE = Gauge(
 SINK_ROWS = Counter("parcours_sink_rows_total", "Rows accepted by ClickHouse", ["table"])
 SINK_BATCHES = Counter("parcours_sink_batches_total", "Batches accepted by ClickHouse", ["table"])
 SINK_FAILURES = Counter(
-    "parcours_sink_failures_total", "Failed ClickHouse inserts (each is retried)", ["table"]
+    "parcours_sink_failures_total",
+    "Failed ClickHouse inserts (transient ones are retried, permanent ones split)",
+    ["table"],
+)
+SINK_REJECTED = Counter(
+    "parcours_sink_rejected_rows_total",
+    "Rows ClickHouse refused for good (dead-lettered as sink_rejected)",
+    ["table"],
 )
 SINK_LAST_WRITE = Gauge(
     "parcours_sink_last_write_timestamp_seconds",

@@ -49,6 +49,19 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
+# The column each table is partitioned by month on (PARTITION BY toYYYYMM(column)):
+# the sink inserts one month at a time. A test reads the migrations to keep it true.
+PARTITIONED_BY = {
+    "touchpoints": "ts",
+    "dead_letters": "received_at",
+    "leaks": "due_at",
+    "survey_invitations": "trigger_at",
+    "survey_suppressions": "trigger_at",
+    "follow_ups": "created_at",
+    "outside_journeys": "ts",
+}
+
+
 def touchpoint_row(event: dict) -> list:
     """A resolved event (see ingest.resolved_event) as a `touchpoints` row."""
     return [

@@ -1,10 +1,18 @@
-"""Write batches to ClickHouse from a thread, retrying until they are accepted.
+"""Write batches to ClickHouse from a thread: transient failures retried, permanent ones
+isolated to the rows that cause them.
 
 clickhouse-connect's embedded (chDB) client has no async API, so inserts run on
 one dedicated thread; the agent awaits them, which is what holds back its
 offset commit until ClickHouse has the rows. A failed insert is retried with
 the same deduplication token (the batch's offset ranges), so a retry that had
 in fact succeeded is dropped by ClickHouse instead of doubling the rows.
+
+Transient failures (connection, timeouts, too many parts, memory) are retried with
+jittered backoff, for as long as it takes. A permanent one (ClickHouse refuses the rows
+themselves, or the client cannot encode them) splits the batch in halves until the bad
+rows are found; those go to `on_rejected` (the worker dead-letters them as
+`sink_rejected`) and the rest are written. A batch is inserted one partition (month) at a
+time, so a legal batch is never refused for spanning many months.
 """
 
 from __future__ import annotations
@@ -12,16 +20,63 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
+import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError, DataError
 
 from streams import metrics
+from streams.clickhouse.rows import PARTITIONED_BY
 
 log = logging.getLogger(__name__)
+
+# Server errors worth retrying: the rows are fine, the server is not (yet).
+TRANSIENT_CODES = frozenset({
+    3,    # UNEXPECTED_END_OF_FILE
+    159,  # TIMEOUT_EXCEEDED
+    164,  # READONLY
+    202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+    203,  # NO_FREE_CONNECTION
+    209,  # SOCKET_TIMEOUT
+    210,  # NETWORK_ERROR
+    241,  # MEMORY_LIMIT_EXCEEDED
+    242,  # TABLE_IS_READ_ONLY
+    252,  # TOO_MANY_PARTS (merges catch up); a batch's months are inserted apart
+    319,  # UNKNOWN_STATUS_OF_INSERT
+    394,  # QUERY_WAS_CANCELLED
+    425,  # SYSTEM_ERROR
+    999,  # KEEPER_EXCEPTION
+})  # fmt: skip
+_CODE = re.compile(r"Code: (\d+)")
+Rejected = Callable[[str, Sequence[str], Sequence, str], Awaitable[None]]
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Will the same insert fail again however often it is retried?"""
+    if isinstance(exc, DataError | ValueError | TypeError | OverflowError):
+        return True  # the client cannot encode the rows
+    code = _CODE.search(str(exc)) if isinstance(exc, DatabaseError) else None
+    return code is not None and int(code.group(1)) not in TRANSIENT_CODES
+
+
+def by_partition(table: str, columns: Sequence[str], rows: Sequence[Sequence]) -> list[list]:
+    """The rows grouped by the table's monthly partition, in first-seen order."""
+    column = PARTITIONED_BY.get(table)
+    if column is None or column not in columns:
+        return [list(rows)]
+    at = list(columns).index(column)
+    groups: dict[object, list] = {}
+    for row in rows:
+        value = row[at]
+        month = (value.year, value.month) if isinstance(value, datetime) else None
+        groups.setdefault(month, []).append(row)
+    return list(groups.values())
 
 
 def batch_token(table: str, offsets: Iterable[tuple[str, int, int]]) -> str:
@@ -68,11 +123,52 @@ class ClickHouseSink:
         return self._executor.submit(lambda: fn(self._client_now())).result()
 
     async def write(
-        self, table: str, columns: Sequence[str], rows: Sequence[Sequence], token: str
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence],
+        token: str,
+        on_rejected: Rejected | None = None,
     ) -> None:
+        """Insert `rows`; return once ClickHouse has all of them but those it refuses for
+        good, which go to `on_rejected(table, columns, row, error)` (logged if None)."""
         if not rows:
             return
         metrics.SINK_BACKLOG.labels(table).inc(len(rows))
+        groups = by_partition(table, columns, rows)
+        for n, group in enumerate(groups):
+            part_token = token if len(groups) == 1 else f"{token}/m{n}"
+            await self._write_isolating(table, columns, group, part_token, on_rejected)
+        metrics.SINK_BACKLOG.labels(table).dec(len(rows))
+
+    async def _write_isolating(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: list,
+        token: str,
+        on_rejected: Rejected | None,
+    ) -> None:
+        try:
+            await self._insert_retrying(table, columns, rows, token)
+            return
+        except Exception as exc:
+            if len(rows) > 1:  # halves, each with its own token, until the bad rows show
+                mid = len(rows) // 2
+                await self._write_isolating(table, columns, rows[:mid], f"{token}/a", on_rejected)
+                await self._write_isolating(table, columns, rows[mid:], f"{token}/b", on_rejected)
+                return
+            error = str(exc)[:1000]
+        metrics.SINK_REJECTED.labels(table).inc()
+        if on_rejected is None:
+            log.error("ClickHouse refused a row of %s for good: %s", table, error)
+        else:
+            await on_rejected(table, columns, rows[0], error)
+
+    async def _insert_retrying(
+        self, table: str, columns: Sequence[str], rows: list, token: str
+    ) -> None:
+        """Insert; retry transient failures with jittered backoff; raise permanent ones."""
         backoff = 0.25
         while True:
             started = time.perf_counter()
@@ -87,16 +183,18 @@ class ClickHouseSink:
                         settings={"insert_deduplication_token": token},
                     )
                 )
-            except Exception as exc:  # any failure: keep the rows, wait, retry
+            except Exception as exc:
                 metrics.SINK_FAILURES.labels(table).inc()
-                log.warning("insert into %s failed (%s); retrying in %.1fs", table, exc, backoff)
-                await asyncio.sleep(backoff)
+                if is_permanent(exc):
+                    raise
+                wait = backoff * random.uniform(0.5, 1.5)  # jitter: workers do not retry in step
+                log.warning("insert into %s failed (%s); retrying in %.1fs", table, exc, wait)
+                await asyncio.sleep(wait)
                 backoff = min(backoff * 2, self._max_backoff)
                 continue
             metrics.SINK_INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
             metrics.SINK_ROWS.labels(table).inc(len(rows))
             metrics.SINK_BATCHES.labels(table).inc()
-            metrics.SINK_BACKLOG.labels(table).dec(len(rows))
             metrics.SINK_LAST_WRITE.labels(table).set(time.time())
             return
 

@@ -143,9 +143,17 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
                 settings.sink_batch_max, within=settings.sink_batch_seconds
             ):
                 token = batch_token(table, records.offsets(events))
-                await sink.write(table, columns, rows_of(events), token)
+                # A row refused for good is dead-lettered (never the dead letters' own).
+                rejected = None if topic is dead_letter_topic else partial(refused, events[0])
+                await sink.write(table, columns, rows_of(events), token, rejected)
 
         app.agent(topic, name=f"sink_{table}")(write)
+
+    async def refused(first: faust.EventT, table: str, columns, row, error: str) -> None:
+        letter = records.sink_letter(first, table, columns, row, error)
+        await dead_letter_topic.send(
+            key=None, value=letter.rejection.payload, headers=letter.headers("sink")
+        )
 
     sink_to(resolved, "touchpoints", TOUCHPOINT_COLUMNS, records.touchpoint_rows)
     sink_to(dead_letter_topic, "dead_letters", DEAD_LETTER_COLUMNS, records.dead_letter_rows)

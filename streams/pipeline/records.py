@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 
 import faust
 import orjson
 
 from streams.clickhouse.rows import dead_letter_row, touchpoint_row
-from streams.core.events import LATE, WHOLE_MESSAGE, Rejection
+from streams.core.events import LATE, SINK_REJECTED, WHOLE_MESSAGE, Rejection
 from streams.core.ingest import DeadLetter, RawMessage
 from streams.core.stitching import Message
 
@@ -41,6 +42,19 @@ def step_letter(
         payload = orjson.dumps(event)
     rejection = Rejection(reason, detail, path, index, payload)
     return DeadLetter(rejection, topic, message.partition, message.offset, int(time.time() * 1000))
+
+
+def sink_letter(
+    first: faust.EventT, table: str, columns: Sequence[str], row: Sequence, error: str
+) -> DeadLetter:
+    """A row ClickHouse refused for good, as a `sink_rejected` dead letter: the row as JSON,
+    from the batch whose first message is `first` (the index tells rows apart)."""
+    payload = orjson.dumps(dict(zip(columns, row, strict=True)), default=str)
+    index = zlib.crc32(payload) & 0x7FFFFFFF
+    detail = f"ClickHouse refused this {table} row: {error}"[:1000]
+    rejection = Rejection(SINK_REJECTED, detail, "$", index, payload)
+    m = first.message
+    return DeadLetter(rejection, m.topic, m.partition, m.offset, int(time.time() * 1000))
 
 
 def touchpoint_rows(events: list[faust.EventT]) -> list:

@@ -45,7 +45,12 @@ def show_every_series(config: Config, tables: Iterable[str]) -> None:
     for step in PROCESSING_STEPS:
         metrics.PROCESSING.labels(step)
     for table in tables:
-        for family in (metrics.SINK_ROWS, metrics.SINK_BATCHES, metrics.SINK_FAILURES):
+        for family in (
+            metrics.SINK_ROWS,
+            metrics.SINK_BATCHES,
+            metrics.SINK_FAILURES,
+            metrics.SINK_REJECTED,
+        ):
             family.labels(table)
         metrics.SINK_BACKLOG.labels(table)
         metrics.SINK_LAST_WRITE.labels(table)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime
 
 import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError, DataError
 
 from streams import metrics
 from streams.clickhouse.client import (
@@ -15,8 +17,8 @@ from streams.clickhouse.client import (
     migrate,
     split_statements,
 )
-from streams.clickhouse.rows import TOUCHPOINT_COLUMNS
-from streams.clickhouse.sink import ClickHouseSink, batch_token
+from streams.clickhouse.rows import PARTITIONED_BY, TOUCHPOINT_COLUMNS
+from streams.clickhouse.sink import ClickHouseSink, batch_token, is_permanent
 from tests.support.clickhouse import clickhouse
 
 
@@ -143,3 +145,68 @@ def test_the_sink_retries_until_clickhouse_accepts_and_counts_failures(tmp_path)
     assert count == 5
     assert metrics.SINK_FAILURES.labels("touchpoints")._value.get() - failures_before == 3
     assert metrics.SINK_BACKLOG.labels("touchpoints")._value.get() == 0
+
+
+def test_a_row_clickhouse_refuses_for_good_is_isolated_and_the_rest_land(tmp_path):
+    refused: list[tuple] = []
+
+    async def on_rejected(table, columns, row, error):
+        refused.append((table, row[0], error))
+
+    rows = [touchpoint(f"e{i}") for i in range(9)]
+    bad = touchpoint("e-bad")
+    bad[TOUCHPOINT_COLUMNS.index("src_partition")] = "not a number"  # UInt16
+    rows.insert(4, bad)
+    with clickhouse(tmp_path / "ch") as client:
+        migrate(client)
+        sink = ClickHouseSink(lambda: FlakyClient(client, failures=0), max_backoff_seconds=0.05)
+        asyncio.run(sink.write("touchpoints", TOUCHPOINT_COLUMNS, rows, "tok", on_rejected))
+        sink.close()
+        stored = sorted(r[0] for r in client.query("SELECT event_id FROM touchpoints").result_rows)
+    assert stored == [f"e{i}" for i in range(9)]
+    assert [(t, e) for t, e, _ in refused] == [("touchpoints", "e-bad")]
+    assert "'not a number'" in refused[0][2]  # the error's own words (here the client's)
+
+
+def test_a_batch_spanning_150_months_is_written_one_month_at_a_time(tmp_path):
+    rows = []
+    for i in range(150):
+        row = touchpoint(f"e{i}")
+        row[TOUCHPOINT_COLUMNS.index("ts")] = datetime(2010 + i // 12, 1 + i % 12, 3, tzinfo=UTC)
+        rows.append(row)
+    with clickhouse(tmp_path / "ch") as client:
+        migrate(client)
+        with pytest.raises(Exception, match="Too many partitions"):  # what the sink avoids
+            client.insert("touchpoints", rows, column_names=TOUCHPOINT_COLUMNS)
+        sink = ClickHouseSink(lambda: FlakyClient(client, failures=0), max_backoff_seconds=0.05)
+        asyncio.run(sink.write("touchpoints", TOUCHPOINT_COLUMNS, rows, "tok"))
+        sink.close()
+        count = client.query("SELECT count() FROM touchpoints").result_rows[0][0]
+    assert count == 150
+
+
+@pytest.mark.parametrize(
+    ("error", "permanent"),
+    [
+        (ConnectionError("refused"), False),
+        (DatabaseError("Code: 252. DB::Exception: Too many parts"), False),
+        (DatabaseError("Code: 241. DB::Exception: Memory limit exceeded"), False),
+        (DatabaseError("HTTP driver received HTTP status 503"), False),
+        (DatabaseError("Code: 60. DB::Exception: Unknown table"), True),
+        (DatabaseError("Code: 27. DB::Exception: Cannot parse input"), True),
+        (DataError("Unable to create native array for column"), True),
+    ],
+)
+def test_permanent_errors_are_told_from_transient_ones(error, permanent):
+    assert is_permanent(error) is permanent
+
+
+def test_the_sinks_partition_columns_are_the_migrations_partition_keys():
+    declared = {}
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        for statement in split_statements(path.read_text()):
+            table = re.search(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
+            key = re.search(r"PARTITION BY toYYYYMM\((\w+)\)", statement)
+            if table and key:
+                declared[table.group(1)] = key.group(1)
+    assert declared == PARTITIONED_BY
