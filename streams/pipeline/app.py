@@ -40,7 +40,14 @@ from streams.outputs import OUTPUTS
 from streams.pipeline import records
 from streams.pipeline.payloads import batch_payloads
 from streams.pipeline.recorder import Recorder
-from streams.pipeline.tables import CUSTOMER_STATE, index_due, read_in_partition, remember
+from streams.pipeline.tables import (
+    CUSTOMER_STATE,
+    as_state,
+    index_due,
+    read_in_partition,
+    read_state,
+    remember,
+)
 
 
 def kafka_url(broker: str) -> str:
@@ -176,7 +183,7 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
             result = journey_step(
                 config,
                 messages,
-                partial(read_in_partition, journey_state, event_of_partition),
+                partial(read_state, journey_state, event_of_partition),
                 watermarks,
                 due,
                 wall_ms=int(time.time() * 1000),
@@ -228,7 +235,7 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
         """Journeys open, keys and retained touchpoints, consumer lag, broker resets."""
         assigned = app.consumer.assignment()
         mine = {tp.partition for tp in assigned if tp.topic == resolved.get_topic_name()}
-        record.state_scanned(journey_state.values(), mine)
+        record.state_scanned(map(as_state, journey_state.values()), mine)
         ends = {}
         for tp in assigned:
             if tp.topic.endswith("-changelog"):  # table state: read at recovery, not committed

@@ -70,8 +70,22 @@ CUSTOMER_STATE = "customer-state"
 codecs.register(CUSTOMER_STATE, CustomerStateCodec())
 
 
+def as_state(value: object) -> CustomerState | None:
+    """A journey-state table value as a `CustomerState`. Values recovered from the
+    changelog can come back as their JSON layout (a dict): Faust decodes a recovery with
+    the codec its changelog topic was created with, before ours was set."""
+    return CustomerState.from_json(value) if isinstance(value, dict) else value  # type: ignore[return-value]
+
+
+def read_state(
+    table: faust.TableT, event_of_partition: dict[int, faust.EventT], key: str, partition: int
+) -> CustomerState | None:
+    return as_state(read_in_partition(table, event_of_partition, key, partition))
+
+
 def index_due(table: faust.TableT, partition: int, due: DueIndex) -> None:
     """Re-find the customers of `partition` with journeys to close (the index is in memory)."""
-    for key, state in table.items():
+    for key, value in table.items():
+        state = as_state(value)
         if state and state.partition == partition and not state.alias:
             due.push(partition, min((e.ts_ms for e in state.events), default=None), key)

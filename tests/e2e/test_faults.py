@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 import time
 from collections import Counter
 
@@ -221,3 +222,70 @@ def test_a_broker_restarted_empty_is_survived_and_the_loss_is_logged(tmp_path):
     with clickhouse(tmp_path / "clickhouse") as client:
         ids = client.query("SELECT event_id FROM touchpoints FINAL").result_rows
     assert Counter(i for (i,) in ids) == Counter(e["event_id"] for e in before + after)
+
+
+def deep_member(event: dict, depth: int) -> bytes:
+    """`event` as JSON with properties nested `depth` levels deep (the schema allows none)."""
+    raw = orjson.dumps({**event, "properties": {"x": 1}})
+    return raw.replace(b'{"x":1}', b'{"x":' + b'{"n":' * depth + b"1" + b"}" * depth + b"}")
+
+
+def test_poison_messages_cost_only_themselves(tmp_path):
+    """An envelope member nested deeper than the encoder writes, properties deeper than the
+    explainer recurses, a ts of year 1, and 150 valid events spanning 150 months: every
+    valid event lands in ClickHouse, every bad one in the dead letters with its reason."""
+    valid = [make_event(i, customer_id=f"c-{i % 7}") for i in range(100)]
+    envelope = orjson.dumps({"events": valid[:50]})
+    envelope = envelope[: -len(b"]}")] + b"," + deep_member(make_event(900), 300) + b"]}"
+    spread = [
+        make_event(
+            200 + i, customer_id="c-old", ts=f"{2010 + i // 12}-{1 + i % 12:02d}-03T10:00:00Z"
+        )
+        for i in range(150)
+    ]
+    messages = [
+        (b"c-0", envelope),
+        (b"c-1", deep_member(make_event(901), 1000)),
+        (b"c-2", orjson.dumps(make_event(902, ts="0001-01-01T00:00:00Z"))),
+        *as_messages(valid[50:]),
+    ]
+    with (
+        LocalBroker(log_path=tmp_path / "broker.log") as broker,
+        broker.worker(tmp_path, PARCOURS_MAX_AGE_SECONDS="0") as worker,
+    ):
+        # First, and alone: behind the others' watermark they would be late.
+        produce(broker.bootstrap, "touchpoints", as_messages(spread, 150))
+        worker.wait_for_rows({"touchpoints": 150}, timeout=120)
+        produce(broker.bootstrap, "touchpoints", messages)
+        worker.wait_for_rows({"touchpoints": 250, "dead_letters": 3}, timeout=120)
+        worker.wait_until_quiet("dead_letters")
+        assert worker.process.poll() is None
+    with clickhouse(tmp_path / "clickhouse") as client:
+        stored = client.query("SELECT count(), uniqExact(event_id) FROM touchpoints").result_rows
+        reasons = sorted(client.query("SELECT reason FROM dead_letters").result_rows)
+    assert stored == [(250, 250)]
+    assert reasons == [("schema_violation",), ("schema_violation",), ("ts_out_of_range",)]
+
+
+def test_sigterm_stops_a_worker_within_10_s_while_clickhouse_is_down_and_loses_nothing(tmp_path):
+    fault = tmp_path / "clickhouse-is-down"
+    fault.touch()
+    events = [make_event(i, customer_id=f"c-{i % 11}") for i in range(200)]
+    with LocalBroker(log_path=tmp_path / "broker.log") as broker:
+        env = {"PARCOURS_SINK_FAULT_FILE": str(fault), "PARCOURS_SINK_MAX_BACKOFF_SECONDS": "30"}
+        with broker.worker(tmp_path, **env) as worker:
+            produce(broker.bootstrap, "touchpoints", as_messages(events))
+            wait_until(
+                lambda: worker.metric_sum("parcours_sink_failures_total", table="touchpoints") >= 5,
+                90,
+                "no failing inserts",
+                worker,
+            )
+            started = time.monotonic()
+            worker.process.send_signal(signal.SIGTERM)
+            worker.process.wait(30)
+            stopped_in = time.monotonic() - started
+        fault.unlink()
+        with broker.worker(tmp_path, **env) as worker:
+            worker.wait_for_rows({"touchpoints": 200}, timeout=120)
+    assert stopped_in < 10, f"SIGTERM took {stopped_in:.1f}s"
