@@ -93,7 +93,8 @@ def test_batches_linger_no_longer_than_asked_when_the_caller_never_pauses():
 
     sent, started = asyncio.run(busy())
     assert sent, "nothing left within the half second"
-    assert sent[0][0] - started < 0.1  # the first batch went after its linger, not at the end
+    # After its linger (0.05 s), not at the end (0.5 s); slack for a loaded CI machine.
+    assert sent[0][0] - started < 0.25
 
 
 def test_the_package_exports_the_producer_helper_and_nothing_heavy_on_import():
