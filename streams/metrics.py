@@ -194,6 +194,9 @@ class AnswerScores:
 
     def __init__(self, subjects: dict[str, str], touchpoint_types: Iterable[str]) -> None:
         self.subjects, self.types = subjects, frozenset(touchpoint_types)
+        # The `metric` label's closed set: the standard ones and those survey rules name;
+        # anything else a producer sends is "other" (3,000 made-up metrics, 1 series).
+        self.metrics = frozenset({"nps", "csat", "ces", *subjects})
         self.tallies: dict[tuple[str, str], list[float]] = {}  # -> [n, positive, negative, sum]
 
     def count(self, events: Iterable[dict]) -> None:
@@ -204,7 +207,7 @@ class AnswerScores:
                 continue
             if not isinstance(score, int | float) or isinstance(score, bool):
                 continue
-            metric = metric.lower()
+            metric = metric.lower() if metric.lower() in self.metrics else "other"
             about = props.get("about")
             subject = about if about in self.types else self.subjects.get(metric, "unknown")
             answer = {"promoter": "positive", "detractor": "negative"}.get(

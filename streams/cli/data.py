@@ -134,7 +134,7 @@ def report(
     """
     from datetime import UTC, timedelta
 
-    from streams.clickhouse.client import connect
+    from streams.clickhouse.client import connect, masked
     from streams.clickhouse.report import as_json, as_text, read_map
     from streams.clickhouse.report_html import write_report
 
@@ -163,6 +163,6 @@ def report(
             return
         found = write_report(settings.clickhouse_url, journey, since, until, html_path)
     except Exception as exc:  # unreachable server, missing views: say which and where
-        raise click.ClickException(f"{settings.clickhouse_url}: {exc}") from None
+        raise click.ClickException(f"{masked(settings.clickhouse_url)}: {exc}") from None
     click.echo(as_text(found))
     click.echo(f"\nHTML report: {html_path.resolve()}")

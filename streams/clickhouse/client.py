@@ -25,6 +25,15 @@ class ClickHouseUrlError(ValueError):
     pass
 
 
+def masked(url: str) -> str:
+    """`url` fit for logs and messages: a password in it becomes ***."""
+    parsed = urlparse(url)
+    if not parsed.password:
+        return url
+    user = f"{parsed.username}:***@" if parsed.username else ":***@"
+    return parsed._replace(netloc=user + parsed.netloc.rpartition("@")[2]).geturl()
+
+
 def client_args(url: str) -> dict:
     """clickhouse-connect `get_client` arguments for `url`; ClickHouseUrlError if unusable."""
     if url.startswith("chdb://"):
@@ -33,7 +42,7 @@ def client_args(url: str) -> dict:
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ClickHouseUrlError(
-            f"ClickHouse URL {url!r} is not understood; use http://user:pass@host:8123/db "
+            f"ClickHouse URL {masked(url)!r} is not understood; use http://user:pass@host:8123/db "
             "for a server or chdb://path/to/dir for the embedded engine"
         )
     return {

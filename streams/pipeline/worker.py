@@ -12,7 +12,7 @@ from pathlib import Path
 import faust
 
 from streams import metrics
-from streams.clickhouse.client import connect, migrate, write_stage_order
+from streams.clickhouse.client import connect, masked, migrate, write_stage_order
 from streams.clickhouse.sink import ClickHouseSink
 from streams.config import Config, load_config
 from streams.config.settings import Settings
@@ -38,8 +38,8 @@ def wait_for_migrations(
             return
         except Exception as exc:
             if time.monotonic() > deadline:
-                raise SystemExit(f"ClickHouse at {url} is not usable: {exc}") from exc
-            log.warning("waiting for ClickHouse at %s (%s)", url, exc)
+                raise SystemExit(f"ClickHouse at {masked(url)} is not usable: {exc}") from exc
+            log.warning("waiting for ClickHouse at %s (%s)", masked(url), exc)
             time.sleep(2.0)
 
 

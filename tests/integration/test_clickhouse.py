@@ -14,6 +14,7 @@ from streams.clickhouse.client import (
     MIGRATIONS_DIR,
     ClickHouseUrlError,
     client_args,
+    masked,
     migrate,
     split_statements,
 )
@@ -210,3 +211,19 @@ def test_the_sinks_partition_columns_are_the_migrations_partition_keys():
             if table and key:
                 declared[table.group(1)] = key.group(1)
     assert declared == PARTITIONED_BY
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://parcours:s3cret@ch:8123/db", "http://parcours:***@ch:8123/db"),
+        ("https://:p%40ss@ch:8443", "https://:***@ch:8443"),
+        ("http://parcours@ch:8123", "http://parcours@ch:8123"),
+        ("chdb://.parcours/clickhouse", "chdb://.parcours/clickhouse"),
+    ],
+)
+def test_a_clickhouse_password_is_never_shown(url, shown):
+    assert masked(url) == shown
+    with pytest.raises(ClickHouseUrlError) as raised:
+        client_args(url.replace("http", "htp", 1) if url.startswith("http") else "ftp://u:s3cret@x")
+    assert "s3cret" not in str(raised.value) and "p%40ss" not in str(raised.value)

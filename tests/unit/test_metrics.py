@@ -145,3 +145,22 @@ def test_a_port_range_lets_two_processes_share_a_host():
         with pytest.raises(OSError, match="PARCOURS_METRICS_PORT"):
             metrics.serve(str(busy))
     assert metrics.serve("0") == 0
+
+
+def test_made_up_survey_metrics_share_one_other_series(config):
+    scores = metrics.AnswerScores(worker_metrics.answer_subjects(config), config.touchpoint_types)
+
+    def series() -> int:
+        return sum(
+            1
+            for family in REGISTRY.collect()
+            for s in family.samples
+            if s.name.startswith("parcours_survey_")
+        )
+
+    scores.count([answer(f"made-up-{n}", 5) for n in range(3)])  # "other" exists from here
+    before = series()
+    scores.count([answer(f"made-up-{n}", 5) for n in range(3, 3000)])
+    assert series() == before
+    assert sample("parcours_survey_responses_total", metric="other", touchpoint="unknown",
+                  answer="neutral") >= 3000  # fmt: skip
