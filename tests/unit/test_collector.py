@@ -238,6 +238,10 @@ bodies = st.one_of(
     json_values.map(orjson.dumps),
     st.lists(event_like, max_size=6).map(orjson.dumps),
     st.lists(event_like, max_size=6).map(lambda e: gzip.compress(orjson.dumps({"events": e}))),
+    # Members nested deeper than orjson writes (254) or jsonschema recurses: one bad event.
+    st.integers(200, 1000).map(
+        lambda depth: b'[{"event_id":"deep","x":' + b"[" * depth + b"]" * depth + b"}]"
+    ),
 )
 header_sets = st.fixed_dictionaries(
     {},
