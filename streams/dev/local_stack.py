@@ -9,6 +9,7 @@ Prometheus would.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -269,13 +270,17 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, poll: flo
         time.sleep(poll)
 
 
+READY = re.compile(r"\[\^\w*Worker\]: Ready")
+
+
 def wait_ready(processes: list[ChildProcess], timeout: float) -> None:
     """Until every Faust worker logged Ready, then the group's rebalance settles."""
 
     def ready(p: ChildProcess) -> bool:
         if p.process is not None and p.process.poll() is not None:
             raise RuntimeError(f"{p.log_path}: exited with {p.process.returncode} while starting")
-        return "[^Worker]: Ready" in p.log_path.read_text(errors="replace")
+        # Faust labels the line with the worker's class: [^Worker], [^StoppingWorker].
+        return READY.search(p.log_path.read_text(errors="replace")) is not None
 
     for p in processes:
         wait_for(lambda p=p: ready(p), timeout, f"{p.log_path} to show Ready", poll=0.2)
