@@ -140,7 +140,7 @@ class EventParser:
             try:
                 outcome = self._check_event(item, index, now_ms)
             except Exception as exc:  # a bug or a limit: isolate this event, keep the rest
-                outcome = PROCESSING_ERROR, _clip(f"{type(exc).__name__}: {exc}"), "$"
+                outcome = PROCESSING_ERROR, describe(exc), "$"
             if isinstance(outcome, ValidEvent):
                 valid.append(outcome)
             else:
@@ -227,6 +227,11 @@ def _encoded(item: Any, whole_raw: bytes | None) -> bytes:
 def whole_message(reason: str, detail: str, raw: bytes) -> Rejection:
     """A rejection of the message itself, not one of its events."""
     return Rejection(reason, detail, "$", WHOLE_MESSAGE, raw)
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as a dead letter's detail: its type and message, clipped."""
+    return _clip(f"{type(exc).__name__}: {exc}")
 
 
 def _clip(text: str) -> str:

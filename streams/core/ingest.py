@@ -24,6 +24,7 @@ from streams.core.events import (
     EventParser,
     Rejection,
     ValidEvent,
+    describe,
     whole_message,
 )
 
@@ -116,8 +117,8 @@ def ingest_batch(
         try:
             valid, rejected = parser.parse(message.value, now_ms)
         except Exception as exc:  # the parser isolates events; this is the last resort
-            detail = f"{type(exc).__name__}: {exc}"[:300]
-            valid, rejected = [], [whole_message(PROCESSING_ERROR, detail, message.value or b"")]
+            letter = whole_message(PROCESSING_ERROR, describe(exc), message.value or b"")
+            valid, rejected = [], [letter]
         for rejection in rejected:
             outcome.dead_letters.append(
                 DeadLetter(rejection, message.topic, message.partition, message.offset, now_ms)

@@ -35,6 +35,7 @@ from streams.core.customer import (
     merge_states,
     new_state,
 )
+from streams.core.events import describe
 from streams.core.eventtime import Watermark
 from streams.core.state import CustomerState, Event, Stamped
 
@@ -95,7 +96,9 @@ def journey_step(
     states: dict[str, tuple[int, CustomerState]] = {}
     touched: set[str] = set()
     loaded: dict[str, CustomerState | None] = {}  # as stored: kept if the step fails on a key
-    taken: dict[str, list[tuple[Message, dict | None]]] = {}  # what each key took, for letters
+    # What each key took in this batch, for its letters if the step fails on it: a message
+    # and its events (None: the message itself, a link or a hand-off).
+    taken: dict[str, list[tuple[Message, list[dict] | None]]] = {}
     broken: set[str] = set()  # keys the step failed on: left alone for the rest of the batch
 
     def state_of(key: str, partition: int) -> CustomerState:
@@ -112,16 +115,16 @@ def journey_step(
         """Run one key's part of the batch; if it raises, the key keeps its stored state
         and what it took in this batch becomes `processing_error` letters (nothing else
         is held up: a poison message costs its customer's batch, not the partition's)."""
-        items = [(message, e) for e in events] if events is not None else [(message, None)]
-        taken.setdefault(key, []).extend(items)
+        taken.setdefault(key, []).append((message, events))
         try:
             step()
         except Exception as exc:
             fail(key, exc)
 
     def fail(key: str, exc: Exception) -> None:
-        detail = f"{type(exc).__name__}: {exc}"[:300]
-        result.failed += [(m, e, detail) for m, e in taken.pop(key, [])]
+        detail = describe(exc)
+        for message, events in taken.pop(key, []):
+            result.failed += [(message, e, detail) for e in events or [None]]
         states[key] = (states[key][0], loaded[key] or new_state())
         touched.discard(key)
         broken.add(key)
