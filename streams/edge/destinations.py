@@ -19,7 +19,11 @@ secret, limits and the template that turns an item into the body the tool expect
           properties: {rule: "{rule}", journey: "{journey}"}
 
 A template value that is exactly "{field}" takes the field with its type; other
-strings are formatted with the invitation's fields; lists and mappings recurse.
+strings are formatted with the invitation's fields; lists and mappings recurse. Each
+template is rendered at load with a sample item of each kind it takes, so a template
+that cannot render (`{send_at_ms:%Y-%m-%d}`: a number has no date format) is refused
+then, not at send time. A destination without a secret is refused unless it says
+`unsigned: true`: a receiver cannot tell an unsigned request from a forged one.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jsonschema
+import orjson
 import yaml
 
 from streams.config.durations import duration_ms
@@ -66,6 +71,7 @@ SCHEMA = {
                     "backoff": DURATION,
                     "max_backoff": DURATION,
                     "template": {"type": ["object", "array"]},
+                    "unsigned": {"type": "boolean"},
                 },
             },
         }
@@ -96,6 +102,7 @@ class Destination:
     backoff_seconds: float = 0.5
     max_backoff_seconds: float = 30.0
     template: object = None  # None: the invitation as it is
+    unsigned: bool = False  # says `unsigned: true`: no secret, requests go unsigned
 
     def body(self, item: dict) -> object:
         return item if self.template is None else render(self.template, item)
@@ -120,15 +127,26 @@ def load_destinations(path: Path, env: dict[str, str] | None = None) -> list[Des
         raise DestinationsError(f"{path}: {where}: {exc.message}") from None
     destinations = []
     for name, spec in doc["destinations"].items():
+        where = f"{path}: destinations/{name}"
         secret = env.get(DEFAULT_SECRET_ENV, "").encode()
         if "secret_env" in spec:
             value = env.get(spec["secret_env"], "")
             if not value:
                 raise DestinationsError(
-                    f"{path}: destinations/{name}/secret_env: {spec['secret_env']} is not set; "
+                    f"{where}/secret_env: {spec['secret_env']} is not set; "
                     "export it with the webhook's shared secret"
                 )
             secret = value.encode()
+        unsigned = spec.get("unsigned", False)
+        if not secret and not unsigned:
+            raise DestinationsError(
+                f"{where}: no secret to sign requests with; export {DEFAULT_SECRET_ENV} "
+                "(or name a variable in secret_env), or write `unsigned: true` to send "
+                "unsigned requests"
+            )
+        deliver = tuple(spec.get("deliver", [INVITATIONS]))
+        if "template" in spec:
+            check_template(spec["template"], deliver, where)
         seconds = {
             k: duration_ms(spec[k]) / 1000
             for k in ("timeout", "backoff", "max_backoff")
@@ -139,7 +157,7 @@ def load_destinations(path: Path, env: dict[str, str] | None = None) -> list[Des
                 name,
                 spec["url"],
                 secret,
-                deliver=tuple(spec.get("deliver", [INVITATIONS])),
+                deliver=deliver,
                 timeout_seconds=seconds.get("timeout", 5.0),
                 rate_limit=float(spec.get("rate_limit", 50.0)),
                 concurrency=spec.get("concurrency", 8),
@@ -147,9 +165,74 @@ def load_destinations(path: Path, env: dict[str, str] | None = None) -> list[Des
                 backoff_seconds=seconds.get("backoff", 0.5),
                 max_backoff_seconds=seconds.get("max_backoff", 30.0),
                 template=spec.get("template"),
+                unsigned=unsigned,
             )
         )
     return destinations
+
+
+# An item of each kind with every field and its type (see streams.core.surveys'
+# invitation_row and streams.core.follow_ups), to render templates with at load.
+SAMPLE_ITEMS = {
+    INVITATIONS: {
+        **dict.fromkeys(
+            (
+                "invitation_id",
+                "rule",
+                "trigger",
+                "metric",
+                "customer_key",
+                "journey_id",
+                "journey",
+                "stage",
+                "touchpoint",
+                "anchor_event_id",
+                "channel",
+                "segment",
+                "held_for",
+            ),
+            "x",
+        ),
+        **dict.fromkeys(("priority", "trigger_ms", "send_at_ms", "decided_ms"), 1_700_000_000_000),
+    },
+    FOLLOW_UPS: {
+        **dict.fromkeys(
+            (
+                "task_id",
+                "rule",
+                "customer_key",
+                "reason",
+                "category",
+                "severity",
+                "journey_id",
+                "journey",
+                "stage",
+                "anchor_event_id",
+                "status",
+                "closed_by",
+            ),
+            "x",
+        ),
+        "recent_touchpoints": ["x"],
+        **dict.fromkeys(
+            ("priority", "created_ms", "due_ms", "closed_ms", "version", "decided_ms"),
+            1_700_000_000_000,
+        ),
+    },
+}
+
+
+def check_template(template: object, kinds: tuple[str, ...], where: str) -> None:
+    """Refuse a template that cannot render an item of a kind it will be sent."""
+    for kind in kinds:
+        try:
+            orjson.dumps(render(template, SAMPLE_ITEMS[kind]))
+        except Exception as exc:  # str.format raises Value, Key, Index, AttributeError
+            raise DestinationsError(
+                f"{where}/template: cannot render a {kind} item: {type(exc).__name__}: "
+                f'{exc}; use "{{field}}" for the value or a format spec valid for its type '
+                "(numbers: {send_at_ms:d}; dates are not formatted, *_ms are epoch ms)"
+            ) from None
 
 
 def render(template: object, item: dict) -> object:

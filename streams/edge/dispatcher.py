@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaConsumer
 
 from streams import metrics
 from streams.config.settings import DISPATCH_DLQ, Settings
+from streams.core.text import printable
 from streams.edge.destinations import (
     FOLLOW_UPS,
     IDEMPOTENCY_HEADER,
@@ -52,6 +53,9 @@ from streams.outputs import OUTPUT_OF
 log = logging.getLogger("parcours.dispatcher")
 
 RETRYABLE_STATUS = {408, 429}  # and every 5xx
+# How much of an answer is read: enough for an error message, never a receiver's
+# whole (possibly huge) body.
+MAX_ANSWER_BYTES = 4096
 
 
 class Ledger:
@@ -143,8 +147,14 @@ class Dispatcher:
 
     async def _deliver(self, destination: Destination, kind: str, item: dict, item_id: str) -> None:
         started = time.monotonic()
-        body = orjson.dumps(destination.body(item))
+        try:
+            body = orjson.dumps(destination.body(item))
+        except Exception as exc:  # a template checked at load can still meet odd values
+            detail = f"template failed: {type(exc).__name__}: {exc}"[:300]
+            await self._give_up(destination, item, item_id, 0, detail)
+            return
         detail = ""
+        attempt = 0
         for attempt in range(1, destination.max_attempts + 1):
             wait = self.buckets[destination.name].wait_seconds()
             if wait:
@@ -166,9 +176,14 @@ class Dispatcher:
                 break
             if attempt < destination.max_attempts:
                 await asyncio.sleep(destination.backoff(attempt))
+        await self._give_up(destination, item, item_id, attempt, detail)
+
+    async def _give_up(
+        self, destination: Destination, item: dict, item_id: str, attempts: int, detail: str
+    ) -> None:
         log.warning("giving up on %s for %s: %s", item_id, destination.name, detail)
         await self.dead_letter(item, destination, detail)
-        self.ledger.record(destination.name, item_id, "dead_lettered", attempt, detail)
+        self.ledger.record(destination.name, item_id, "dead_lettered", attempts, detail)
         metrics.DISPATCHED.labels(destination.name, "dead_lettered").inc()
 
     async def post(self, destination: Destination, kind: str, item_id: str, body: bytes) -> Attempt:
@@ -187,13 +202,24 @@ class Dispatcher:
                 data=body,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=destination.timeout_seconds),
+                allow_redirects=False,  # a redirect would carry the signed body elsewhere
             ) as response:
                 status = response.status
-                text = (await response.text())[:200]
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                location = response.headers.get("Location", "")
+                # A bounded prefix; leaving the rest unread closes the connection.
+                head = b"" if 200 <= status < 300 else await response.content.read(MAX_ANSWER_BYTES)
+        except Exception as exc:  # whatever a receiver sends back is an attempt, not a crash
             return Attempt(False, True, f"{type(exc).__name__}: {exc}"[:300])
         if 200 <= status < 300:
             return Attempt(True, False, "")
+        text = printable(head.decode("utf-8", "replace"))
+        if 300 <= status < 400:
+            return Attempt(
+                False,
+                False,
+                f"HTTP {status}: redirect to {printable(location)!r} not followed; "
+                "set the destination's url to the final address",
+            )
         retry = status >= 500 or status in RETRYABLE_STATUS
         return Attempt(False, retry, f"HTTP {status}: {text}")
 

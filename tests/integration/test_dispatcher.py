@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -131,13 +132,14 @@ def test_destinations_file_loads_with_defaults_and_the_secret_from_the_environme
     )
     assert d.body(invitation(1)) == {"email": "c-1"}
     assert Destination("x", "http://h").body(invitation(1)) == invitation(1)
-    # Without secret_env, PARCOURS_WEBHOOK_SECRET signs; without either, nothing does.
+    # Without secret_env, PARCOURS_WEBHOOK_SECRET signs (without either: see below).
     plain = write(tmp_path, "destinations:\n  tool: {url: 'http://h'}\n")
-    assert load_destinations(plain, env={"PARCOURS_WEBHOOK_SECRET": "k"})[0].secret == b"k"
-    assert load_destinations(plain, env={})[0].secret == b""
-    assert load_destinations(plain, env={})[0].deliver == ("invitations",)
+    signed = load_destinations(plain, env={"PARCOURS_WEBHOOK_SECRET": "k"})[0]
+    assert (signed.secret, signed.deliver) == (b"k", ("invitations",))
     both = write(tmp_path, "destinations:\n  crm: {url: 'http://h', deliver: [follow_ups]}\n")
-    assert load_destinations(both, env={})[0].deliver == ("follow_ups",)
+    assert load_destinations(both, env={"PARCOURS_WEBHOOK_SECRET": "k"})[0].deliver == (
+        "follow_ups",
+    )
 
 
 def test_the_shipped_example_loads_and_so_does_its_commented_helpdesk(tmp_path):
@@ -268,3 +270,116 @@ def test_an_unreachable_destination_is_retried_then_dead_lettered(tmp_path):
 
 
 # --- end to end ---------------------------------------------------------------------------
+
+
+# --- a hostile or broken receiver ------------------------------------------------------------
+
+
+def answer_with(status: int, body: bytes, headers: dict[str, str] | None = None):
+    def answer(handler, _status) -> None:
+        handler.send_response(status)
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return answer
+
+
+def test_an_accepted_answer_with_bytes_that_are_not_text_is_still_delivered(tmp_path, receiver):
+    receiver.answer = answer_with(200, b"\xff\xfe\x00 not utf-8 \xc3")
+    assert asyncio.run(dispatch(tmp_path, destination(receiver.url), [invitation(1)])) == []
+    ledger = Ledger(tmp_path / "ledger.db")
+    assert ledger.counts() == {"delivered": 1}  # a restart would not post it again
+    ledger.close()
+    assert len(receiver.requests) == 1
+
+
+def test_a_refusal_with_garbage_bytes_is_dead_lettered_with_a_printable_reason(tmp_path, receiver):
+    receiver.answer = answer_with(422, b"\xff\x1b[2J\x07bad \xc3(")
+    [(_, _, reason)] = asyncio.run(dispatch(tmp_path, destination(receiver.url), [invitation(1)]))
+    assert reason.startswith("HTTP 422: ") and "\x1b" not in reason and "\\x1b" in reason
+
+
+def test_a_redirect_is_not_followed_and_the_signed_body_goes_nowhere_else(tmp_path, receiver):
+    elsewhere = Receiver()
+    try:
+        receiver.answer = answer_with(307, b"", {"Location": elsewhere.url})
+        [(_, _, reason)] = asyncio.run(
+            dispatch(tmp_path, destination(receiver.url), [invitation(1)])
+        )
+        assert reason.startswith("HTTP 307: redirect to") and "not followed" in reason
+        assert len(receiver.requests) == 1  # a redirect is a refusal: not retried
+        assert elsewhere.requests == []
+    finally:
+        elsewhere.close()
+
+
+def test_a_huge_error_answer_is_read_only_as_far_as_its_first_bytes(tmp_path, receiver):
+    size = 256 * 1024 * 1024
+    sent = []
+
+    def endless(handler, _status) -> None:
+        handler.send_response(500)
+        handler.send_header("Content-Length", str(size))
+        handler.end_headers()
+        chunk, total = b"e" * 65536, 0
+        try:
+            while total < size:
+                handler.wfile.write(chunk)
+                total += len(chunk)
+        except OSError:  # the dispatcher hung up
+            pass
+        sent.append(total)
+
+    receiver.answer = endless
+    dest = destination(receiver.url, max_attempts=2)
+    [(_, _, reason)] = asyncio.run(dispatch(tmp_path, dest, [invitation(1)]))
+    assert reason.startswith("HTTP 500: eee") and len(reason) < 300
+    deadline = time.monotonic() + 10
+    while len(sent) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # What the server managed to write before the hang-up: socket buffers, not 256 MB.
+    assert len(sent) == 2 and max(sent) < 32 * 1024 * 1024, sent
+
+
+def test_a_template_that_cannot_render_is_refused_at_load(tmp_path):
+    path = write(
+        tmp_path,
+        "destinations:\n  tool:\n    url: http://h\n    unsigned: true\n"
+        "    template: {when: '{send_at_ms:%Y-%m-%d}'}\n",
+    )
+    with pytest.raises(DestinationsError) as caught:
+        load_destinations(path, env={})
+    message = str(caught.value)
+    assert "destinations/tool/template: cannot render a invitations item" in message
+    assert "{send_at_ms:d}" in message
+    # The same field, formatted as the number it is, loads; and a follow-ups template is
+    # rendered with a task (which has no send_at_ms: empty, not an error).
+    ok = write(
+        tmp_path,
+        "destinations:\n  tool:\n    url: http://h\n    unsigned: true\n"
+        "    deliver: [invitations, follow_ups]\n    template: {when: '{send_at_ms:d}'}\n",
+    )
+    with pytest.raises(DestinationsError, match="cannot render a follow_ups item"):
+        load_destinations(ok, env={})
+
+
+def test_a_destination_without_a_secret_must_say_it_is_unsigned(tmp_path):
+    plain = write(tmp_path, "destinations:\n  tool: {url: 'http://h'}\n")
+    with pytest.raises(DestinationsError, match="destinations/tool: no secret") as caught:
+        load_destinations(plain, env={})
+    assert "unsigned: true" in str(caught.value)
+    said = write(tmp_path, "destinations:\n  tool: {url: 'http://h', unsigned: true}\n")
+    [d] = load_destinations(said, env={})
+    assert (d.secret, d.unsigned) == (b"", True)
+
+
+def test_a_template_that_fails_on_a_real_item_is_dead_lettered_not_a_crash(tmp_path, receiver):
+    dest = destination(receiver.url, template={"n": "{send_at_ms:d}"})
+    [(item_id, _, reason)] = asyncio.run(
+        dispatch(tmp_path, dest, [invitation(1, send_at_ms="not a number")])
+    )
+    assert item_id == "inv-0001" and reason.startswith("template failed: ValueError")
+    assert receiver.requests == []

@@ -11,13 +11,14 @@ SECRET = b"test-secret"
 
 class Receiver:
     """A webhook receiver: records each request; answers 500 to the first `fail_first`,
-    then `status`."""
+    then `status`, or lets `answer(handler, status)` write the whole answer."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.requests: list[dict] = []
         self.fail_first = 0
         self.status = 200
         self.delay = delay
+        self.answer = None  # a callable(handler, status) writing a custom answer
         self.lock = threading.Lock()
         receiver = self
 
@@ -31,6 +32,9 @@ class Receiver:
                     receiver.requests.append(
                         {"headers": dict(self.headers), "body": body, "status": status}
                     )
+                if receiver.answer is not None:
+                    receiver.answer(self, status)
+                    return
                 self.send_response(status)
                 self.end_headers()
 
