@@ -88,6 +88,7 @@ def collector(host: str, **overrides: object) -> None:
         parse_write_keys,
         serve,
     )
+    from streams.edge.produce import MAX_ENVELOPE_BYTES
 
     settings = settings_needing("broker", **overrides)
     config = checked_config(settings)
@@ -95,7 +96,13 @@ def collector(host: str, **overrides: object) -> None:
         collector_settings = CollectorSettings(
             write_keys=parse_write_keys(settings.write_keys),
             max_body_bytes=settings.max_message_bytes,
+            # The worker refuses messages over the same limit: envelopes stay under it.
+            max_envelope_bytes=min(MAX_ENVELOPE_BYTES, settings.max_message_bytes),
             max_in_flight=settings.collector_max_in_flight,
+            max_per_client=settings.collector_max_per_client,
+            max_per_key=settings.collector_max_per_key,
+            header_timeout_seconds=settings.collector_header_timeout_seconds,
+            body_timeout_seconds=settings.collector_body_timeout_seconds,
             cors_origins=frozenset(
                 o.strip() for o in settings.cors_origins.split(",") if o.strip()
             ),

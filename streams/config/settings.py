@@ -124,6 +124,18 @@ class Settings:
     collector_max_in_flight: int = field(
         default_factory=lambda: _env_number("PARCOURS_COLLECTOR_MAX_IN_FLIGHT", 64)
     )
+    collector_max_per_client: int = field(
+        default_factory=lambda: _env_number("PARCOURS_COLLECTOR_MAX_PER_CLIENT", 16)
+    )
+    collector_max_per_key: int = field(
+        default_factory=lambda: _env_number("PARCOURS_COLLECTOR_MAX_PER_KEY", 512)
+    )
+    collector_header_timeout_seconds: float = field(
+        default_factory=lambda: _env_number("PARCOURS_COLLECTOR_HEADER_TIMEOUT_SECONDS", 10.0)
+    )
+    collector_body_timeout_seconds: float = field(
+        default_factory=lambda: _env_number("PARCOURS_COLLECTOR_BODY_TIMEOUT_SECONDS", 10.0)
+    )
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

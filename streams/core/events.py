@@ -35,6 +35,7 @@ LATE = "late"  # behind the watermark: stored as a touchpoint, kept out of journ
 PROCESSING_ERROR = "processing_error"  # the step raised on it: isolated, the rest goes on
 SINK_REJECTED = "sink_rejected"  # ClickHouse refused its row for good
 TS_OUT_OF_RANGE = "ts_out_of_range"  # before 2000: no sane event time, whatever max-age says
+SOURCE_NOT_ALLOWED = "source_not_allowed"  # claims a source its collector write key is not for
 REASONS = (
     INVALID_JSON,
     INVALID_ENVELOPE,
@@ -47,6 +48,7 @@ REASONS = (
     LATE,
     PROCESSING_ERROR,
     SINK_REJECTED,
+    SOURCE_NOT_ALLOWED,
 )
 EARLIEST_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 

@@ -7,23 +7,34 @@
                       ones go to `touchpoints` as one batch envelope per customer key,
                       rejected ones to the dead-letter topic. 202 only once the broker
                       has acknowledged both, with {"accepted", "rejected", "errors"}.
-    GET  /healthz     200 while the producer is connected
+    GET  /healthz     200 while the broker answers (probed every few seconds), else 503
     GET  /metrics     Prometheus metrics
 
 Refusals: 401 (no or unknown write key), 413 (body or batch over the limit, also after
-gunzip), 400 (not JSON, not events, bad gzip), 415 (another content encoding), 429 with
-Retry-After (more requests in flight than allowed), 503 with Retry-After (the broker did
-not acknowledge: nothing of the request was accepted, send it again; event ids make the
-retry harmless). Browsers get CORS headers for the configured origins.
+gunzip), 400 (not JSON, not events, bad gzip), 408 (the body did not arrive in time),
+415 (another content encoding), 429 with Retry-After (the client address or the write
+key has too many requests open, or too many are being published), 503 with Retry-After
+(the broker did not acknowledge: nothing of the request was accepted, send it again;
+event ids make the retry harmless). Browsers get CORS headers for the configured origins.
+
+A write key is public (a site's lives in its JavaScript), so no one client may hold the
+collector: request lines and headers must arrive within `header_timeout_seconds` (also
+the idle keep-alive), a body within `body_timeout_seconds`; a client address and a write
+key may each be sending only so many bodies at once; and the slots of the publishing
+stage are taken only once a body is in, so a slow sender holds none of them. An event may not claim
+a source other than its key's (`source_not_allowed`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections import Counter as Tally
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +42,11 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from streams.core.events import EventParser, Rejection
+from streams.core.events import SOURCE_NOT_ALLOWED, EventParser, Rejection, ValidEvent
 from streams.core.ingest import DeadLetter
-from streams.edge.produce import envelopes_by_key, kafka_producer
+from streams.edge.produce import MAX_ENVELOPE_BYTES, envelopes_by_key, kafka_producer
+
+log = logging.getLogger("parcours.collector")
 
 ORIGIN_TOPIC = "http"  # dead letters from the collector name this as their origin
 REQUESTS = Counter(
@@ -65,7 +78,12 @@ class CollectorSettings:
     write_keys: dict[str, str]  # write key -> source name
     max_body_bytes: int = 1_048_576  # before and after gunzip
     max_events: int = 1000  # per request
-    max_in_flight: int = 64  # concurrent POSTs; more get 429
+    max_envelope_bytes: int = MAX_ENVELOPE_BYTES  # split a customer's events above this
+    max_in_flight: int = 64  # requests being published at once; more get 429
+    max_per_client: int = 16  # bodies one client address may be sending at once
+    max_per_key: int = 512  # bodies one write key may be sending at once (a site's: all browsers)
+    header_timeout_seconds: float = 10.0  # request line and headers; also idle keep-alive
+    body_timeout_seconds: float = 10.0  # the whole body, once the headers are in
     cors_origins: frozenset[str] = field(default_factory=frozenset)  # "*" for any
 
 
@@ -86,6 +104,27 @@ def parse_write_keys(text: str) -> dict[str, str]:
     return keys
 
 
+class OpenRequests:
+    """How many bodies each client address (or write key) is sending, up to a limit."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        self.limit, self.what, self.open = limit, what, Tally[str]()
+
+    @contextlib.contextmanager
+    def slot(self, who: str) -> Iterator[None]:
+        if self.open[who] >= self.limit:
+            raise Refused(
+                429, f"this {self.what} is sending {self.limit} bodies already; retry shortly", 1
+            )
+        self.open[who] += 1
+        try:
+            yield
+        finally:
+            self.open[who] -= 1
+            if not self.open[who]:
+                del self.open[who]
+
+
 class Refused(Exception):
     """A request answered with an error status and a reason."""
 
@@ -103,27 +142,40 @@ def create_collector(
 ) -> web.Application:
     in_flight = 0
     sequence = itertools.count()
+    per_client = OpenRequests(settings.max_per_client, "client address")
+    per_key = OpenRequests(settings.max_per_key, "write key")
 
     async def post_events(request: web.Request) -> web.Response:
         nonlocal in_flight
         started = time.perf_counter()
-        source = _source(request, settings.write_keys)
+        key, source = _source(request, settings.write_keys)
+        # Receiving the body is the one phase a client paces: that is what the per-address
+        # and per-key slots bound. Publishing is paced by the broker.
+        with per_client.slot(request.remote or ""), per_key.slot(key):
+            try:
+                async with asyncio.timeout(settings.body_timeout_seconds):
+                    body = await _body(request, settings.max_body_bytes)
+            except TimeoutError:
+                raise Refused(
+                    408, f"the body did not arrive within {settings.body_timeout_seconds:g}s"
+                ) from None
         if in_flight >= settings.max_in_flight:
             raise Refused(429, "too many requests in flight; retry shortly", retry_after=1)
         in_flight += 1
         try:
-            body = await _body(request, settings.max_body_bytes)
             items = _events_in(body, settings)
             now_ms = int(clock() * 1000)
             for item in items:
                 if isinstance(item, dict) and "source" not in item:
                     item["source"] = source
             valid, rejected = parser.check_items(items, now_ms, whole_raw=body)
+            valid, rejected = _sources_checked(valid, rejected, source)
             letters = [
                 (r.payload, _letter(r, next(sequence), now_ms).headers(source)) for r in rejected
             ]
+            envelopes = envelopes_by_key((v.event for v in valid), settings.max_envelope_bytes)
             try:
-                await publish(envelopes_by_key(v.event for v in valid), letters)
+                await publish(envelopes, letters)
             except Exception as exc:  # any broker failure means "not accepted"
                 raise Refused(503, f"the broker did not acknowledge ({exc}); retry", 5) from None
         finally:
@@ -194,7 +246,8 @@ async def _preflight(_: web.Request) -> web.Response:
     )
 
 
-def _source(request: web.Request, write_keys: dict[str, str]) -> str:
+def _source(request: web.Request, write_keys: dict[str, str]) -> tuple[str, str]:
+    """(write key, the source it names)."""
     auth = request.headers.get("Authorization", "")
     key = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("X-Write-Key")
     if not key:
@@ -202,7 +255,29 @@ def _source(request: web.Request, write_keys: dict[str, str]) -> str:
     source = write_keys.get(key)
     if source is None:
         raise Refused(401, "unknown write key")
-    return source
+    return key, source
+
+
+def _sources_checked(
+    valid: list[ValidEvent], rejected: list[Rejection], source: str
+) -> tuple[list[ValidEvent], list[Rejection]]:
+    """Valid events that claim another source than their write key's become rejections."""
+    kept = [v for v in valid if v.event["source"] == source]
+    if len(kept) == len(valid):
+        return valid, rejected
+    refused = [
+        Rejection(
+            SOURCE_NOT_ALLOWED,
+            f"this write key sends source {source!r}, not {v.event['source']!r}; use that "
+            "source's own key",
+            "$.source",
+            v.index,
+            orjson.dumps(v.event),
+        )
+        for v in valid
+        if v.event["source"] != source
+    ]
+    return kept, sorted([*rejected, *refused], key=lambda r: r.index)
 
 
 async def _body(request: web.Request, limit: int) -> bytes:
@@ -264,8 +339,12 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+PROBE_SECONDS = 2.0  # how often the broker is asked for its metadata, for /healthz
+
+
 class KafkaPublisher:
-    """Sends a request's envelopes and dead letters; returns once the broker acked all."""
+    """Sends a request's envelopes and dead letters; returns once the broker acked all.
+    `connected` says whether the broker answered the last probe."""
 
     def __init__(
         self, bootstrap: str, topic: str, dead_letter_topic: str, idempotent: bool = True
@@ -279,10 +358,25 @@ class KafkaPublisher:
     async def start(self) -> None:
         await self.producer.start()
         self.connected = True
+        self._probing = asyncio.create_task(self._probe())
 
     async def stop(self) -> None:
         self.connected = False
+        self._probing.cancel()
         await self.producer.stop()
+
+    async def _probe(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_SECONDS)
+            try:
+                async with asyncio.timeout(PROBE_SECONDS):
+                    await self.producer.client.fetch_all_metadata()
+                answered = True
+            except Exception:  # unreachable, refused, timed out: all mean "not healthy"
+                answered = False
+            if answered != self.connected:
+                log.warning("broker %s", "reachable again" if answered else "unreachable")
+            self.connected = answered
 
     async def publish(self, messages: Messages, letters: Letters) -> None:
         acks = [await self.producer.send(self.topic, value=v, key=k) for k, v in messages]
@@ -290,6 +384,12 @@ class KafkaPublisher:
             await self.producer.send(self.dead_letter_topic, value=v, headers=h) for v, h in letters
         ]
         await asyncio.gather(*acks)
+
+
+def collector_runner(app: web.Application, settings: CollectorSettings) -> web.AppRunner:
+    # aiohttp closes a connection whose request has not arrived within its keep-alive
+    # timeout, counted from the connection's start: that is the header timeout too.
+    return web.AppRunner(app, access_log=None, keepalive_timeout=settings.header_timeout_seconds)
 
 
 async def serve(
@@ -307,7 +407,9 @@ async def serve(
     publisher = KafkaPublisher(bootstrap, topic, dead_letter_topic, idempotent)
     await publisher.start()
     app = create_collector(parser, publisher.publish, settings, lambda: publisher.connected)
-    runner = web.AppRunner(app, access_log=None)
+    # aiohttp closes a connection whose request has not arrived within its keep-alive
+    # timeout, counted from the connection's start: that is the header timeout too.
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=settings.header_timeout_seconds)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

@@ -47,12 +47,39 @@ def as_messages(
     return messages
 
 
-def envelopes_by_key(events: Iterable[dict]) -> list[tuple[bytes, bytes]]:
-    """One batch envelope per customer key, in the order the keys first appear."""
-    by_key: dict[str, list[dict]] = {}
+# What one envelope may weigh: under the producer's max_request_size and the broker's
+# message.max.bytes (both 1 MiB by default), with room for the record's own framing.
+MAX_ENVELOPE_BYTES = 1_000_000
+
+
+def envelopes_by_key(
+    events: Iterable[dict], max_bytes: int = MAX_ENVELOPE_BYTES
+) -> list[tuple[bytes, bytes]]:
+    """One batch envelope per customer key, in the order the keys first appear; a key
+    whose events weigh more than `max_bytes` gets several, in order."""
+    by_key: dict[str, list[bytes]] = {}
     for event in events:
-        by_key.setdefault(customer_key(event), []).append(event)
-    return [(key.encode(), orjson.dumps({"events": batch})) for key, batch in by_key.items()]
+        by_key.setdefault(customer_key(event), []).append(orjson.dumps(event))
+    messages = []
+    for key, encoded in by_key.items():
+        for value in _packed(encoded, max_bytes):
+            messages.append((key.encode(), value))
+    return messages
+
+
+def _packed(encoded: list[bytes], max_bytes: int) -> list[bytes]:
+    """`{"events": [...]}` envelopes of the encoded events, each at most `max_bytes` (an
+    event heavier than that alone goes alone: the worker's size check then says so)."""
+    envelopes, members, size = [], [], len(b'{"events":[]}')
+    for event in encoded:
+        if members and size + len(event) + 1 > max_bytes:
+            envelopes.append(b'{"events":[' + b",".join(members) + b"]}")
+            members, size = [], len(b'{"events":[]}')
+        members.append(event)
+        size += len(event) + 1
+    if members:
+        envelopes.append(b'{"events":[' + b",".join(members) + b"]}")
+    return envelopes
 
 
 def kafka_producer(bootstrap: str, idempotent: bool = False, **options: Any) -> AIOKafkaProducer:

@@ -68,7 +68,8 @@ def test_a_mixed_batch_accepts_the_good_and_explains_the_bad():
         event(2, "c2"),
         event(3, "c1", type="teleport"),
         {"event_id": "e4"},
-        event(5, "c1", source="app"),
+        event(5, "c1", source="site"),
+        event(6, "c1", source="crm"),  # a site key cannot speak for the CRM
     ]
 
     async def scenario(client, recorder):
@@ -77,20 +78,23 @@ def test_a_mixed_batch_accepts_the_good_and_explains_the_bad():
     recorder = Recorder()
     status, body, _ = run(scenario, recorder)
     assert status == 202
-    assert (body["accepted"], body["rejected"]) == (3, 2)
+    assert (body["accepted"], body["rejected"]) == (3, 3)
     assert [(e["index"], e["reason"]) for e in body["errors"]] == [
         (2, "unknown_type"),
         (3, "schema_violation"),
+        (5, "source_not_allowed"),
     ]
+    assert "not 'crm'" in body["errors"][2]["detail"]
     assert body["errors"][0]["path"] == "$.type"
-    # One envelope per customer key, in order; an explicit source is kept.
+    # One envelope per customer key, in order; the key's own source may be explicit.
     assert [
         (k, [e["event_id"] for e in orjson.loads(v)["events"]]) for k, v in recorder.messages
     ] == [
         (b"c1", ["e1", "e5"]),
         (b"c2", ["e2"]),
     ]
-    assert recorder.events()[1]["source"] == "app"
+    assert recorder.events()[1]["source"] == "site"
+    assert orjson.loads(recorder.letters[2][0])["event_id"] == "e6"
     headers = dict(recorder.letters[0][1])
     assert (headers["parcours.reason"], headers["parcours.source"]) == (b"unknown_type", b"site")
     assert headers["parcours.origin.topic"] == b"http"
