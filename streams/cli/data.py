@@ -67,12 +67,12 @@ def replay(
     """
     from streams.config.settings import TOUCHPOINTS
     from streams.core.events import EventParser
-    from streams.edge.replay import MappingError, print_summary
+    from streams.edge.replay import InputError, MappingError, print_summary
     from streams.edge.replay import replay as run_replay
 
     settings = settings_needing("broker", broker=broker, config_path=config_path)
     config = checked_config(settings)
-    with one_line_errors(MappingError):
+    with one_line_errors(MappingError, InputError):
         parser = EventParser(
             config.touchpoint_types, max_age_seconds=0, max_message_bytes=settings.max_message_bytes
         )

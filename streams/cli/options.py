@@ -11,6 +11,7 @@ import click
 
 from streams.config import Config, ConfigError, load_config
 from streams.config.settings import Settings
+from streams.core.text import printable
 
 LOCAL_STACK_HINT = """\
 No {what} given. Point the worker at your services:
@@ -74,7 +75,8 @@ def one_line_errors(*kinds: type[Exception]) -> Iterator[None]:
     try:
         yield
     except (ConfigError, *kinds) as exc:
-        raise click.ClickException(str(exc)) from None
+        # Messages quote files and values: no control characters reach the terminal.
+        raise click.ClickException(printable(str(exc), 2000)) from None
 
 
 def checked_config(settings: Settings) -> Config:

@@ -24,6 +24,7 @@ from streams.config.sections import (
     surveys_from,
 )
 from streams.config.settings import SCHEMAS_DIR
+from streams.config.yaml_files import load_yaml
 
 CONFIG_SCHEMA_PATH = SCHEMAS_DIR / "journeys.schema.json"
 
@@ -42,8 +43,7 @@ def load_config(path: Path | str) -> Config:
             f"{path}: no such file; pass an existing file with --config or PARCOURS_CONFIG"
         ) from None
     try:
-        root_node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data, root_node = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""

@@ -41,6 +41,7 @@ import orjson
 import yaml
 
 from streams.config.durations import duration_ms
+from streams.config.yaml_files import load_yaml
 
 DURATION = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?[smhd]$"}
 SCHEMA = {
@@ -115,7 +116,7 @@ class Destination:
 def load_destinations(path: Path, env: dict[str, str] | None = None) -> list[Destination]:
     env = os.environ if env is None else env
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc, _ = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DestinationsError(f"{path}: no such file; pass --destinations FILE") from None
     except yaml.YAMLError as exc:

@@ -26,7 +26,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 import yaml
 
+from streams.config.yaml_files import load_yaml
 from streams.core.events import SCHEMA_VIOLATION, EventParser
+from streams.core.text import printable
 from streams.edge.produce import as_messages, send_messages
 
 REQUIRED = ("event_id", "type", "ts", "channel", "source")
@@ -35,6 +37,10 @@ OPTIONAL = ("customer_id", "anonymous_id", "session_id", "segment", "properties"
 
 class MappingError(ValueError):
     """The mapping file cannot describe this input; the message says how to fix it."""
+
+
+class InputError(ValueError):
+    """The input file cannot be read; the message names the row, the line and the fix."""
 
 
 class RowError(ValueError):
@@ -77,7 +83,7 @@ class Mapping:
 
 def load_mapping(path: Path) -> Mapping:
     try:
-        spec = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        spec, _ = load_yaml(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MappingError(f"{path}: no such mapping file") from None
     except yaml.YAMLError as exc:
@@ -158,7 +164,7 @@ class Summary:
     def reject(self, number: int, reason: str, detail: str) -> None:
         self.rejected[reason] += 1
         if len(self.examples) < 10:
-            self.examples.append(f"row {number}: {reason}: {detail}")
+            self.examples.append(f"row {number}: {reason}: {printable(detail, 300)}")
 
 
 def read_events(
@@ -197,23 +203,81 @@ def _rows(path: Path, mapping: Mapping | None, summary: Summary) -> Iterator[tup
         return
     if mapping is None:
         raise MappingError(f"{path}: a CSV needs a column mapping: --mapping FILE.yaml")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = set(reader.fieldnames or [])
-        missing = sorted(mapping.columns() - header)
+    # A field longer than a message could never make an event: read it, and let the
+    # parser reject its row as oversize, rather than stop the file.
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    # Bytes that are not UTF-8 are kept as surrogates so that their row, not the whole
+    # file, is rejected (see _shape_problem).
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+        reader = csv.DictReader(handle, strict=True)
+        header = _header(reader, path)
+        missing = sorted(mapping.columns() - set(header))
         if missing:
             raise MappingError(
                 f"{mapping.path}: reads column(s) {', '.join(missing)} that {path} lacks; "
-                f"its columns are: {', '.join(reader.fieldnames or [])}"
+                f"its columns are: {printable(', '.join(header))}"
             )
-        for number, row in enumerate(reader, start=1):
+        number, line = 0, reader.line_num
+        while True:
             try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise InputError(
+                    f"{path}: row {number + 1} (from line {line + 1}): {exc}; a quote is "
+                    "probably not closed, or a field is over "
+                    f"{CSV_FIELD_LIMIT // 1_048_576} MB: fix the file there"
+                ) from None
+            number, line = number + 1, reader.line_num
+            problem = _shape_problem(row, header)
+            try:
+                if problem:
+                    raise RowError(*problem)
                 yield number, mapping.event(row, number)
             except RowError as exc:
                 summary.rows += 1
                 summary.reject(number, exc.reason, str(exc))
             except ZoneInfoNotFoundError as exc:
                 raise MappingError(f"{mapping.path}: ts.timezone: {exc}") from None
+
+
+CSV_FIELD_LIMIT = 16 * 1_048_576
+
+
+def _header(reader: csv.DictReader, path: Path) -> list[str]:
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        raise InputError(f"{path}: the header line: {exc}; fix the file there") from None
+    if not header:
+        raise InputError(f"{path}: empty file; a CSV export starts with its header line")
+    return list(header)
+
+
+def _shape_problem(row: dict, header: list[str]) -> tuple[str, str] | None:
+    """Why a CSV row cannot be read as the header says, or None."""
+    if None in row:  # more fields than the header: DictReader files them under None
+        return "long_row", f"{len(header) + len(row[None])} fields; the header has {len(header)}"
+    if None in row.values():
+        present = sum(v is not None for v in row.values())
+        return "short_row", f"{present} fields; the header has {len(header)}"
+    try:
+        "".join(row.values()).encode("utf-8")
+    except UnicodeEncodeError:
+        column = next(k for k, v in row.items() if not _is_utf8(v))
+        return "invalid_utf8", (
+            f"column {printable(column)!r} has bytes that are not UTF-8; save the file as UTF-8"
+        )
+    return None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def send(

@@ -205,3 +205,29 @@ def test_survey_errors_point_at_the_line_and_say_how_to_fix(tmp_path, old, new, 
         load_config(write(tmp_path, text.replace(old, new)))
     for part in expected:
         assert part in str(error.value), str(error.value)
+
+
+BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n"
+    for previous, name in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+def test_an_alias_bomb_is_refused_before_anything_walks_it(tmp_path):
+    from streams.edge.destinations import DestinationsError, load_destinations
+    from streams.edge.replay import MappingError, load_mapping
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB + "touchpoint_types: *i\n")
+    with pytest.raises(ConfigError, match=r"bomb.yaml:\d+: .*aliases expand to more than 100,000"):
+        load_config(path)
+    with pytest.raises(DestinationsError, match="aliases expand"):
+        load_destinations(path, env={})
+    with pytest.raises(MappingError, match="aliases expand"):
+        load_mapping(path)
+    # Aliases that expand to a sane size still work.
+    small = tmp_path / "small.yaml"
+    small.write_text("a: &a [1, 2]\nb: [*a, *a]\n")
+    from streams.config.yaml_files import load_yaml
+
+    assert load_yaml(small.read_text())[0] == {"a": [1, 2], "b": [[1, 2], [1, 2]]}

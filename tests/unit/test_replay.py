@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from streams.core.events import EventParser
-from streams.edge.replay import MappingError, Summary, load_mapping, read_events
+from streams.edge.replay import InputError, MappingError, Summary, load_mapping, read_events
 from tests.support.events import make_event
 from tests.support.helpdesk import HELPDESK_MAPPING, SAMPLE
 
@@ -104,3 +104,59 @@ def test_jsonl_lines_are_events_as_they_are(tmp_path, replay_parser):
     events = read_events(path, None, replay_parser, summary)
     assert sorted(e["event_id"] for _, e in events) == ["e-1", "e-2"]
     assert dict(summary.rejected) == {"invalid_json": 1}
+
+
+def test_rows_of_the_wrong_shape_or_bytes_are_rejected_by_row_and_the_rest_go_on(
+    tmp_path, replay_parser
+):
+    mapping_path = tmp_path / "mapping.yaml"
+    mapping_path.write_text(MAPPING)
+    good = b"1,visit,2024-05-01T10:00:00,c1\r\n"
+    path = tmp_path / "export.csv"
+    path.write_bytes(
+        b"id,what,when,who\r\n"
+        + good
+        + b"2,visit\r\n"  # short
+        + b"3,visit,2024-05-01T10:00:00,c1,extra\r\n"  # long
+        + b"4,visit,2024-05-01T10:00:00,c\xe9\xff\r\n"  # Latin-1, not UTF-8
+        + b'5,visit,2024-05-01T10:00:00,"' + b"x" * 200_000 + b'"\r\n'  # a 200 KB field
+        + b"6,visit,2024-05-01T10:00:00,c\x1b[31m\r\n"  # an escape sequence
+        + good.replace(b"1,", b"7,", 1)
+    )
+    summary = Summary()
+    events = read_events(path, load_mapping(mapping_path), replay_parser, summary)
+    assert [e["event_id"] for _, e in events] == ["crm-1", "crm-6", "crm-7"]
+    assert summary.rows == 7
+    assert dict(summary.rejected) == {
+        "short_row": 1,
+        "long_row": 1,
+        "invalid_utf8": 1,
+        "schema_violation": 1,  # customer_id of 200,000 characters
+    }
+    assert summary.examples[:3] == [
+        "row 2: short_row: 2 fields; the header has 4",
+        "row 3: long_row: 5 fields; the header has 4",
+        "row 4: invalid_utf8: column 'who' has bytes that are not UTF-8; save the file as UTF-8",
+    ]
+    assert summary.examples[3].startswith("row 5: schema_violation: $.customer_id")
+    assert len(summary.examples[3]) < 400
+
+
+def test_an_unterminated_quote_stops_with_the_row_and_the_line(tmp_path, replay_parser):
+    mapping_path = tmp_path / "mapping.yaml"
+    mapping_path.write_text(MAPPING)
+    path = tmp_path / "export.csv"
+    path.write_text(
+        'id,what,when,who\n1,visit,2024-05-01T10:00:00,c1\n2,visit,"2024-05-01\n3,x,y,z\n'
+    )
+    with pytest.raises(InputError) as caught:
+        read_events(path, load_mapping(mapping_path), replay_parser, Summary())
+    message = str(caught.value)
+    assert message.startswith(f"{path}: row 2 (from line 3): unexpected end of data")
+    assert "a quote is probably not closed" in message
+
+
+def test_control_characters_in_rejections_are_shown_escaped():
+    summary = Summary()
+    summary.reject(1, "schema_violation", "type 'a\x1b[2J\x07' is unknown")
+    assert summary.examples == ["row 1: schema_violation: type 'a\\x1b[2J\\x07' is unknown"]
