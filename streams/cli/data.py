@@ -163,6 +163,12 @@ def report(
             return
         found = write_report(settings.clickhouse_url, journey, since, until, html_path)
     except Exception as exc:  # unreachable server, missing views: say which and where
-        raise click.ClickException(f"{masked(settings.clickhouse_url)}: {exc}") from None
+        text = str(exc)
+        if "UNKNOWN_FUNCTION" in text or "UNKNOWN_TABLE" in text:
+            text = (
+                "no parcours tables here; a worker creates them when it starts against this "
+                "URL (or run `parcours demo` for a filled local store)"
+            )
+        raise click.ClickException(f"{masked(settings.clickhouse_url)}: {text}") from None
     click.echo(as_text(found))
     click.echo(f"\nHTML report: {html_path.resolve()}")

@@ -79,6 +79,18 @@ def one_line_errors(*kinds: type[Exception]) -> Iterator[None]:
         raise click.ClickException(printable(str(exc), 2000)) from None
 
 
+def ready_folder(folder: Path, setting: str) -> Path:
+    """`folder`, created with its parents if new; one clear line if it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(
+            f"{setting}={folder}: cannot create it ({exc.strerror}); set it to a folder "
+            "you can write to"
+        ) from None
+    return folder
+
+
 def checked_config(settings: Settings) -> Config:
     with one_line_errors():
         return load_config(settings.config_path)

@@ -13,6 +13,7 @@ from streams.cli.options import (
     CONFIG_OPTION,
     checked_config,
     one_line_errors,
+    ready_folder,
     settings_needing,
 )
 
@@ -53,6 +54,7 @@ def worker(loglevel: str, **overrides: object) -> None:
     from streams.pipeline.worker import run_worker
 
     checked_config(settings)  # report bad input here, before Faust buries it in logs
+    ready_folder(settings.data_dir, "PARCOURS_DATA_DIR")  # Faust makes only its last level
     with one_line_errors(ClickHouseUrlError):
         client_args(settings.clickhouse_url)
     run_worker(settings, loglevel=loglevel)
@@ -179,6 +181,7 @@ def dispatcher(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     port = metrics.serve(metrics_port)
     ledger = ledger or settings.data_dir / "dispatcher" / "ledger.db"
+    ready_folder(ledger.parent, "--ledger's folder")
     click.echo(
         f"dispatcher: {len(destinations)} destination(s), ledger {ledger}"
         + (f", metrics on :{port}/metrics" if port else "")

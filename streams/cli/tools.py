@@ -274,12 +274,24 @@ def load_collector(url: str, write_key: str, events: int, batch_size: int, clien
 @click.option("--port", type=int, default=9092, show_default=True)
 def local_broker(port: int) -> None:
     """Run the local Kafka-compatible broker (tansu, memory storage) until Ctrl-C."""
+    import signal
+
     from streams.dev.local_stack import LocalBroker
 
+    def interrupted(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (a service manager, `kill`) stops tansu too, as Ctrl-C does.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupted)
     broker = LocalBroker(port=port)
-    broker.start()
-    click.echo(f"broker ready: kafka://{broker.bootstrap} (memory storage; Ctrl-C stops it)")
+    code = 0
     try:
-        sys.exit(broker.process.wait())
+        broker.start()
+        click.echo(f"broker ready: kafka://{broker.bootstrap} (memory storage; Ctrl-C stops it)")
+        code = broker.process.wait()
     except KeyboardInterrupt:
+        pass
+    finally:
         broker.stop()
+    sys.exit(code)

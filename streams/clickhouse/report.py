@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 
+from streams.core.text import printable
+
 TOP_PATHS = 5  # per outcome
 SANKEY_STEPS = 5  # touchpoints per path in the Sankey, after collapsing repeats
 AT_RISK_ROWS = 20
@@ -147,13 +149,19 @@ def as_text(found: JourneyMap) -> str:
     for score in found.scores:
         flag = " *" if score["small_sample"] else ""
         lines.append(
-            f"  {score['metric'].upper():<5} {score['touchpoint']:<16} {score['score']:>7}"
+            f"  {printable(score['metric'].upper(), 40):<5} "
+            f"{printable(score['touchpoint'], 40):<16} {shown_score(score['score']):>7}"
             f"  from {score['responses']:,}{flag}"
         )
     if not found.scores:
         lines.append("  (no answers)")
     lines += ["", f"Customers at risk now: {len(found.at_risk)} shown (lowest health first)"]
     return "\n".join(lines)
+
+
+def shown_score(score: float | None) -> str:
+    """A score as shown; a metric with no formula (not nps, csat or ces) has none."""
+    return "n/a" if score is None else f"{score:g}"
 
 
 # --- HTML: inline SVG charts --------------------------------------------------------------

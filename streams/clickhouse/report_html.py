@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from streams.clickhouse.report import SANKEY_STEPS, JourneyMap, duration_label, read_map
+from streams.clickhouse.report import (
+    SANKEY_STEPS,
+    JourneyMap,
+    duration_label,
+    read_map,
+    shown_score,
+)
 
 PALETTE = ["#3b6fb6", "#e07b39", "#4aa36b", "#c94f6d", "#8a6bbf", "#c2a13b", "#3aa6a6"]
 
@@ -168,6 +174,7 @@ def _scores_table(scores: list[dict]) -> str:
     rows = [
         {
             **s,
+            "score": shown_score(s["score"]),
             "sample": f"{s['responses']:,}" + (" (too few to trust)" if s["small_sample"] else ""),
         }
         for s in scores

@@ -64,3 +64,57 @@ def test_simulate_checks_its_options_before_sending(tmp_path):
     result = run("simulate", "--events", "300", "--fast", "--jsonl", str(out), "--seed", "3")
     assert result.exit_code == 0 and "sent 300 events" in result.output
     assert len(out.read_bytes().splitlines()) == 300
+
+
+def test_local_broker_stops_tansu_on_sigterm(tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from streams.dev.local_stack import free_port, wait_for
+
+    port = free_port()
+    log = tmp_path / "local-broker.log"
+    with log.open("wb") as out:
+        command = subprocess.Popen(
+            [sys.executable, "-m", "streams", "local-broker", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: b"broker ready" in log.read_bytes(), 30, "the broker to start")
+        command.send_signal(signal.SIGTERM)
+        assert command.wait(20) == 0
+    finally:
+        command.kill()
+
+    def listening() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(lambda: not listening(), 5, f"port {port} to be free")  # raises if tansu stays
+
+
+def test_report_on_a_store_without_tables_says_how_to_fill_it(tmp_path):
+    result = run("report", "--clickhouse", f"chdb://{tmp_path / 'empty'}")
+    assert result.exit_code == 1
+    assert "no parcours tables here; a worker creates them" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_data_dir_that_cannot_be_made_is_one_line_and_a_new_one_is_made(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    result = run(
+        "worker",
+        "--broker",
+        "localhost:9",
+        "--clickhouse",
+        f"chdb://{tmp_path / 'ch'}",
+        env={"PARCOURS_DATA_DIR": str(tmp_path / "a-file" / "data")},
+    )
+    assert result.exit_code == 1
+    assert "PARCOURS_DATA_DIR=" in result.output and "set it to a folder" in result.output
+    from streams.cli.options import ready_folder
+
+    assert ready_folder(tmp_path / "new" / "deeper", "PARCOURS_DATA_DIR").is_dir()

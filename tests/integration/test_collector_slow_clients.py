@@ -135,11 +135,14 @@ def test_one_write_key_cannot_take_every_slot_from_the_others():
         try:
             slow = [asyncio.create_task(slow_body(port)) for _ in range(5)]  # the site key
             await asyncio.sleep(0.3)
-            async with aiohttp.ClientSession() as session, session.post(
-                f"http://127.0.0.1:{port}/v1/events",
-                data=orjson.dumps([event(1, source="crm")]),
-                headers={"Authorization": "Bearer crm-key"},
-            ) as response:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    f"http://127.0.0.1:{port}/v1/events",
+                    data=orjson.dumps([event(1, source="crm")]),
+                    headers={"Authorization": "Bearer crm-key"},
+                ) as response,
+            ):
                 crm = response.status
             answers = await asyncio.gather(*slow)
         finally:

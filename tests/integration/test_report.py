@@ -182,3 +182,32 @@ def test_the_html_report_renders_in_chromium_without_errors_or_requests(store, t
     assert lightness.stddev[0] > 10  # not a blank page: text, bars, bands
     dark = sum(image.histogram()[:128]) / (image.width * image.height)
     assert 0.005 < dark < 0.5  # some ink, not a black screen
+
+
+def test_a_metric_with_no_formula_and_odd_text_is_shown_not_a_crash(store):
+    import dataclasses
+
+    _, found = store
+    scores = [
+        {
+            "metric": "nps",
+            "touchpoint": "delivery",
+            "score": 42.5,
+            "responses": 40,
+            "small_sample": False,
+        },
+        {
+            "metric": "effort_v2",
+            "touchpoint": "call\x1b[2J",
+            "score": None,
+            "responses": 3,
+            "small_sample": True,
+        },
+    ]
+    odd = dataclasses.replace(found, scores=scores)
+    text = as_text(odd)
+    assert "NPS   delivery            42.5  from 40" in text
+    assert "EFFORT_V2 call\\x1b[2J" in text and "n/a  from 3 *" in text
+    assert "\x1b" not in text
+    page = as_html(odd)
+    assert '<td class="">n/a</td>' in page

@@ -119,7 +119,9 @@ def test_rows_of_the_wrong_shape_or_bytes_are_rejected_by_row_and_the_rest_go_on
         + b"2,visit\r\n"  # short
         + b"3,visit,2024-05-01T10:00:00,c1,extra\r\n"  # long
         + b"4,visit,2024-05-01T10:00:00,c\xe9\xff\r\n"  # Latin-1, not UTF-8
-        + b'5,visit,2024-05-01T10:00:00,"' + b"x" * 200_000 + b'"\r\n'  # a 200 KB field
+        + b'5,visit,2024-05-01T10:00:00,"'
+        + b"x" * 200_000
+        + b'"\r\n'  # a 200 KB field
         + b"6,visit,2024-05-01T10:00:00,c\x1b[31m\r\n"  # an escape sequence
         + good.replace(b"1,", b"7,", 1)
     )
