@@ -86,6 +86,11 @@ class Settings:
     dedupe_max_ids_per_key: int = field(
         default_factory=lambda: _env_number("PARCOURS_DEDUPE_MAX_IDS_PER_KEY", 1000)
     )
+    # Customers whose folded journeys stay in memory between steps (see
+    # streams.core.stitching.Folds); the others fold again from their touchpoints.
+    fold_cache_keys: int = field(
+        default_factory=lambda: _env_number("PARCOURS_FOLD_CACHE_KEYS", 10_000)
+    )
     # Batching of the agents: up to N messages, or whatever arrived within S seconds.
     batch_max: int = field(default_factory=lambda: _env_number("PARCOURS_BATCH_MAX", 2000))
     batch_seconds: float = field(default_factory=lambda: _env_number("PARCOURS_BATCH_SECONDS", 0.5))

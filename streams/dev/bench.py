@@ -35,7 +35,7 @@ from streams.config import Config, load_config
 from streams.config.settings import TOUCHPOINTS, Settings
 from streams.core.events import EventParser
 from streams.core.ingest import IngestOutcome, RawMessage, ingest_batch, kafka_partition
-from streams.core.stitching import DueIndex, Message, StepResult, journey_step
+from streams.core.stitching import DueIndex, Folds, Message, StepResult, journey_step
 from streams.dev.bench_compare import CoreTiming, compare_cores
 from streams.dev.bench_latency import Latency, measure_latency
 from streams.dev.local_stack import (
@@ -90,6 +90,7 @@ class Core:
         self.states: dict = {}
         self.watermarks: dict = {}
         self.due = DueIndex()
+        self.folds = Folds(self.settings.fold_cache_keys)
         self.offset = 0
         tune_gc()
 
@@ -130,9 +131,13 @@ class Core:
             self.watermarks,
             self.due,
             wall_ms=wall_ms,
+            folds=self.folds,
         )
         for key, (_, state) in result.states.items():
-            self.states[key] = state  # the in-memory table holds the objects
+            if state is None:
+                self.states.pop(key, None)
+            else:
+                self.states[key] = state  # the in-memory table holds the objects
         return outcome, result
 
     def state_bytes_per_customer(self) -> float:

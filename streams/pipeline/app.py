@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from functools import partial
 
 import faust
@@ -35,7 +34,7 @@ from streams.config import Config
 from streams.config.settings import TOUCHPOINTS, TOUCHPOINTS_DLQ, TOUCHPOINTS_RESOLVED, Settings
 from streams.core.events import PROCESSING_ERROR, parser_for
 from streams.core.ingest import ingest_batch, kafka_partition
-from streams.core.stitching import DueIndex, StepResult, journey_step
+from streams.core.stitching import DueIndex, Folds, StepResult, journey_step
 from streams.outputs import OUTPUTS
 from streams.pipeline import records
 from streams.pipeline.payloads import batch_payloads
@@ -170,6 +169,7 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
 
     watermarks: dict = {}  # partition -> Watermark, of this process's partitions
     due = DueIndex()
+    folds = Folds(settings.fold_cache_keys)
     indexed: set[int] = set()  # partitions whose due customers were loaded from the table
 
     @app.agent(resolved)
@@ -187,13 +187,10 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
                 watermarks,
                 due,
                 wall_ms=int(time.time() * 1000),
+                folds=folds,
             )
             await asyncio.gather(*[await send() for send in publish(result)])
-            changed = (
-                (key, (partition, replace(state, partition=partition)))
-                for key, (partition, state) in result.states.items()
-            )
-            await remember(app, journey_state, event_of_partition, changed)
+            await remember(app, journey_state, event_of_partition, result.states.items())
             record.journeys_stepped(messages, result, watermarks)
 
     def publish(result: StepResult) -> list[Callable]:

@@ -43,14 +43,18 @@ async def remember(
     event_of_partition: dict[int, faust.EventT],
     updates: Iterable[tuple[str, tuple[int, object]]],
 ) -> None:
-    """Write (key, (partition, value)) to `table`, durably, before offsets are committed.
+    """Write (key, (partition, value)) to `table`, durably, before offsets are committed;
+    a value of None deletes the key (a tombstone in the changelog).
 
     Changelog writes are buffered: flushing makes them durable first, or a restart would
     forget this batch's state and redo it.
     """
     for key, (partition, value) in updates:
         with current(event_of_partition[partition]):
-            table[key] = value
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
     await app.producer.flush()
 
 

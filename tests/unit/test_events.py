@@ -110,7 +110,7 @@ def test_the_age_check_can_be_turned_off_for_historical_replays(config):
 
 
 def test_every_reason_is_in_the_closed_set():
-    assert len(set(ev.REASONS)) == len(ev.REASONS) == 11
+    assert len(set(ev.REASONS)) == len(ev.REASONS) == 12
 
 
 @pytest.mark.parametrize(
