@@ -23,6 +23,7 @@ for command in (
     tools.simulate,
     tools.bench,
     tools.bench_views,
+    tools.bench_memory,
     tools.load_collector,
     tools.local_broker,
 ):

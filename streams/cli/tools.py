@@ -250,6 +250,23 @@ def bench_views(
     run(touchpoints, seed, weeks, data_dir, runs, as_json, reuse)
 
 
+@click.command("bench-memory")
+@click.option("--keys", default=20_000, show_default=True, help="anonymous ids per batch")
+@click.option("--store", default="memory://", show_default=True, help="the worker's table store")
+@work_dir_option("bench-memory")
+def bench_memory(keys: int, store: str, data_dir: Path) -> None:
+    """Measure a worker's memory per customer key: RSS after a warm-up batch of one-visit
+    anonymous ids, and after two more batches of as many new ones."""
+    from streams.dev.bench_memory import run
+
+    click.echo(f"worker RSS (local broker, embedded ClickHouse, {store}):")
+    figures = run(keys, data_dir / "bench-memory", store)
+    click.echo(
+        f"{figures['bytes_per_key']:,} bytes per key kept (the next {2 * keys:,} ids: "
+        f"{figures['rss_after_first_mb']:,} -> {figures['rss_after_third_mb']:,} MB)"
+    )
+
+
 @click.command("load-collector")
 @click.option("--url", default="http://127.0.0.1:8080/v1/events", show_default=True)
 @click.option("--write-key", required=True, help="a key of PARCOURS_WRITE_KEYS")
