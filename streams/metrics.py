@@ -48,6 +48,11 @@ DEAD_LETTERS = Counter(
 LATE_EVENTS = Counter(
     "parcours_late_events_total", "Events behind their partition's watermark, kept out of journeys"
 )
+REPLAYED_EVENTS = Counter(
+    "parcours_replayed_events_total",
+    "Events behind the watermark that their customer's history already held (re-delivered "
+    "after a crash): duplicates, not late",
+)
 IDENTITY_MERGES = Counter(
     "parcours_identity_merges_total", "Anonymous journey states merged into a customer's"
 )

@@ -56,6 +56,7 @@ class Recorder:
             if mark.value > NEVER:
                 metrics.WATERMARK.labels(str(partition)).set(mark.value / 1000)
         metrics.LATE_EVENTS.inc(len(result.late))
+        metrics.REPLAYED_EVENTS.inc(result.replayed)
         metrics.DEAD_LETTERS.labels(LATE).inc(len(result.late))
         for _, event in result.late:
             source = metrics.source_label(event["source"])
