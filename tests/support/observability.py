@@ -109,7 +109,8 @@ class Collector:
         self.env = {
             **os.environ,
             "KAFKA_BROKER": broker,
-            "PARCOURS_WRITE_KEYS": f"site:{key}",
+            # A key per source: a write key may send only its own source's events.
+            "PARCOURS_WRITE_KEYS": f"site:{key},crm:{key}-crm",
             **LocalBroker.WORKER_ENV,
         }
 
@@ -129,13 +130,21 @@ class Collector:
         self.process.wait(timeout=15)
 
     def post(self, events: list[dict]) -> int:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/v1/events",
-            data=orjson.dumps(events),
-            headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return answer.status
+        """POST each source's events with its key; the worst status."""
+        by_source: dict[str, list[dict]] = {}
+        for event in events:
+            by_source.setdefault(event.get("source", "site"), []).append(event)
+        statuses = []
+        for source, group in by_source.items():
+            key = self.key if source == "site" else f"{self.key}-{source}"
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{self.port}/v1/events",
+                data=orjson.dumps(group),
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                statuses.append(answer.status)
+        return max(statuses)
 
 
 DASHBOARDS = sorted((PROJECT_ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
