@@ -13,6 +13,7 @@ from streams.core.stitching import forgettable
 from streams.dev.bench import Core
 from streams.dev.synth import generate
 from streams.edge.produce import as_messages
+from tests.support.scripted import touch
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -41,19 +42,8 @@ def test_keys_without_a_fold_in_memory_step_exactly_as_those_with_one():
 
 
 def visit(n: int, when: datetime, anonymous_id: str | None = None, customer_id: str | None = None):
-    event = {
-        "event_id": f"v{n}",
-        "type": "site_visit",
-        "ts": when.isoformat(timespec="milliseconds"),
-        "channel": "web",
-        "source": "site",
-    }
-    if anonymous_id:
-        event["anonymous_id"] = anonymous_id
-    if customer_id:
-        event["customer_id"] = customer_id
-    key = (customer_id or anonymous_id).encode()
-    return key, orjson.dumps(event)
+    event = touch(n, "site_visit", int(when.timestamp() * 1000), customer_id, anonymous_id)
+    return (customer_id or anonymous_id).encode(), orjson.dumps(event)
 
 
 def test_an_anonymous_key_that_can_no_longer_merge_is_deleted():
