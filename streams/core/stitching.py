@@ -236,9 +236,10 @@ def journey_step(
         stepped = outcome.state
         if stepped.partition != partition:  # where the key lives: the state scan counts
             stepped = stepped.evolve(partition=partition)
-        states[key] = (partition, None if forgettable(stepped) else stepped)
-        if folds is not None:
-            folds.keep(key, stepped)
+        kept = None if forgettable(stepped) else stepped
+        states[key] = (partition, kept)
+        if folds is not None and kept is not None:  # a deleted key's fold is dead weight
+            folds.keep(key, kept)
         due.push(partition, outcome.due_ms, key)
         result.transitions.update(outcome.transitions)
         for kind, rows in outcome.rows().items():

@@ -262,9 +262,7 @@ def _shape_problem(row: dict, header: list[str]) -> tuple[str, str] | None:
     if None in row.values():
         present = sum(v is not None for v in row.values())
         return "short_row", f"{present} fields; the header has {len(header)}"
-    try:
-        "".join(row.values()).encode("utf-8")
-    except UnicodeEncodeError:
+    if not _is_utf8("".join(row.values())):  # one check for the row; the column if it fails
         column = next(k for k, v in row.items() if not _is_utf8(v))
         return "invalid_utf8", (
             f"column {printable(column)!r} has bytes that are not UTF-8; save the file as UTF-8"
