@@ -1,9 +1,10 @@
 """What the journey step emits, declared once: each output kind with its topic, its
 ClickHouse table and columns, its row function and the counter it moves.
 
-The Faust app makes one topic and one sink agent per output; the dispatcher finds its
-topics here; the bench, the metrics and the docs read the same list. A new kind of
-output is one line here (and its rows in `streams.core`, its table in a migration).
+The worker writes each output's rows to its ClickHouse table, and publishes to a topic
+only the kinds a consumer outside the worker takes (the dispatcher); the bench, the
+metrics and the docs read the same list. A new kind of output is one line here (and its
+rows in `streams.core`, its table in a migration).
 """
 
 from __future__ import annotations
@@ -16,13 +17,8 @@ from prometheus_client import Counter
 from streams import metrics
 from streams.clickhouse import rows
 from streams.config.settings import (
-    CUSTOMER_HEALTH,
     FOLLOW_UPS,
-    JOURNEY_UPDATES,
-    LEAKS,
-    OUTSIDE_JOURNEYS,
     SURVEY_INVITATIONS,
-    SURVEY_SUPPRESSIONS,
     TOUCHPOINTS,
     TOUCHPOINTS_DLQ,
     TOUCHPOINTS_RESOLVED,
@@ -32,7 +28,7 @@ from streams.config.settings import (
 @dataclass(frozen=True)
 class Output:
     kind: str  # its name in the journey step's results (streams.core.customer.Outcome)
-    topic: str  # each message is {kind: [rows]}
+    topic: str | None  # each message is {kind: [rows]}; None: ClickHouse only
     table: str
     columns: list[str]
     to_row: Callable[[dict], list]  # a published row as a ClickHouse row
@@ -48,7 +44,7 @@ class Output:
 OUTPUTS = (
     Output(
         "journeys",
-        JOURNEY_UPDATES,
+        None,
         "journeys",
         rows.JOURNEY_COLUMNS,
         rows.journey_ch_row,
@@ -57,7 +53,7 @@ OUTPUTS = (
     ),
     Output(
         "leaks",
-        LEAKS,
+        None,
         "leaks",
         rows.LEAK_COLUMNS,
         rows.leak_ch_row,
@@ -75,14 +71,14 @@ OUTPUTS = (
     ),
     Output(
         "suppressions",
-        SURVEY_SUPPRESSIONS,
+        None,
         "survey_suppressions",
         rows.SUPPRESSION_COLUMNS,
         rows.suppression_ch_row,
         metrics.SURVEY_SUPPRESSIONS,
         ("rule", "reason"),
     ),
-    Output("health", CUSTOMER_HEALTH, "customer_health", rows.HEALTH_COLUMNS, rows.health_ch_row),
+    Output("health", None, "customer_health", rows.HEALTH_COLUMNS, rows.health_ch_row),
     Output(
         "follow_ups",
         FOLLOW_UPS,
@@ -94,7 +90,7 @@ OUTPUTS = (
     ),
     Output(
         "outside",
-        OUTSIDE_JOURNEYS,
+        None,
         "outside_journeys",
         rows.OUTSIDE_COLUMNS,
         rows.outside_ch_row,
@@ -107,7 +103,12 @@ OUTPUT_OF = {output.kind: output for output in OUTPUTS}
 # Every table the worker writes, and every topic it reads or writes but the tables'
 # changelogs (Faust makes those).
 TABLES = ("touchpoints", "dead_letters", *(o.table for o in OUTPUTS))
-WORKER_TOPICS = (TOUCHPOINTS, TOUCHPOINTS_RESOLVED, TOUCHPOINTS_DLQ, *(o.topic for o in OUTPUTS))
+WORKER_TOPICS = (
+    TOUCHPOINTS,
+    TOUCHPOINTS_RESOLVED,
+    TOUCHPOINTS_DLQ,
+    *(o.topic for o in OUTPUTS if o.topic),
+)
 
 
 def count_outputs(published: dict[str, dict[str, list[dict]]]) -> None:

@@ -18,13 +18,9 @@ SCHEMAS_DIR = Path(os.environ.get("PARCOURS_SCHEMAS_DIR", PROJECT_ROOT / "schema
 TOUCHPOINTS = "touchpoints"
 TOUCHPOINTS_RESOLVED = "touchpoints-resolved"
 TOUCHPOINTS_DLQ = "touchpoints-dlq"
-JOURNEY_UPDATES = "journey-updates"
-LEAKS = "leaks"
+# Outputs the dispatcher takes (the other outputs go to ClickHouse only).
 SURVEY_INVITATIONS = "survey-invitations"
-SURVEY_SUPPRESSIONS = "survey-suppressions"
-CUSTOMER_HEALTH = "customer-health"
 FOLLOW_UPS = "follow-ups"
-OUTSIDE_JOURNEYS = "touchpoints-outside-journeys"
 # Invitations `parcours dispatcher` gave up on (see streams.edge.dispatcher).
 DISPATCH_DLQ = "dispatch-dlq"
 N = TypeVar("N", int, float)
@@ -103,6 +99,11 @@ class Settings:
     # off for brokers without InitProducerId (the local broker).
     producer_idempotent: bool = field(
         default_factory=lambda: bool(_env_number("PARCOURS_PRODUCER_IDEMPOTENT", 1))
+    )
+    # Faust's standby copies of each table partition on other workers: 0 on one host;
+    # 1 on a cluster for fast failover (each worker then replays the others' changelogs).
+    standby_replicas: int = field(
+        default_factory=lambda: _env_number("PARCOURS_STANDBY_REPLICAS", 0)
     )
     # How often workers send the wall clock to each partition (idle watermarks).
     tick_seconds: float = field(default_factory=lambda: _env_number("PARCOURS_TICK_SECONDS", 5.0))

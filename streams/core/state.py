@@ -111,6 +111,9 @@ class CustomerState:
     # Processing time (wall clock) the key last took touchpoints: strays wait for a merge
     # an identity window of it. None: unknown (tests), no wait.
     active_wall_ms: int | None = None
+    # Event ids taken recently under this key, with their event times: the dedupe memory
+    # (streams.core.dedupe) lives with the state it protects, in the same changelog record.
+    seen: dict[str, int] = field(default_factory=dict)
     # The journeys folded so far (streams.core.journeys.Runs); in memory only.
     runs: Any = field(default=None, compare=False, repr=False)
 
@@ -149,6 +152,8 @@ class CustomerState:
             doc["partition"] = self.partition
         if self.active_wall_ms is not None:
             doc["active"] = self.active_wall_ms
+        if self.seen:
+            doc["seen"] = self.seen
         return doc
 
     @classmethod
@@ -173,6 +178,7 @@ class CustomerState:
             health=doc.get("health"),
             partition=doc.get("partition"),
             active_wall_ms=doc.get("active"),
+            seen=dict(doc.get("seen", ())),
         )
 
 

@@ -69,7 +69,7 @@ class TouchpointProducer:
             raise ValueError(f"max_events must be at least 1, not {max_events}")
         self._parser = parser_for(load_config(settings.config_path).touchpoint_types, settings)
         self._topic = settings.topic(TOUCHPOINTS)
-        batch = settings.producer_max_batch_bytes  # 1 on the local broker (see LocalBroker)
+        batch = settings.producer_max_batch_bytes
         self._producer = kafka_producer(
             bootstrap, settings.producer_idempotent, **({"max_batch_size": batch} if batch else {})
         )

@@ -47,14 +47,27 @@ def step_letter(
 def sink_letter(
     first: faust.EventT, table: str, columns: Sequence[str], row: Sequence, error: str
 ) -> DeadLetter:
+    """A row ClickHouse refused for good, from the batch whose first message is `first`."""
+    m = first.message
+    return sink_letter_of(m.topic, m.partition, m.offset, table, columns, row, error)
+
+
+def sink_letter_of(
+    topic: str,
+    partition: int,
+    offset: int,
+    table: str,
+    columns: Sequence[str],
+    row: Sequence,
+    error: str,
+) -> DeadLetter:
     """A row ClickHouse refused for good, as a `sink_rejected` dead letter: the row as JSON,
-    from the batch whose first message is `first` (the index tells rows apart)."""
+    from the batch starting at `offset` (the index tells rows apart)."""
     payload = orjson.dumps(dict(zip(columns, row, strict=True)), default=str)
     index = zlib.crc32(payload) & 0x7FFFFFFF
     detail = f"ClickHouse refused this {table} row: {error}"[:1000]
     rejection = Rejection(SINK_REJECTED, detail, "$", index, payload)
-    m = first.message
-    return DeadLetter(rejection, m.topic, m.partition, m.offset, int(time.time() * 1000))
+    return DeadLetter(rejection, topic, partition, offset, int(time.time() * 1000))
 
 
 def touchpoint_rows(events: list[faust.EventT]) -> list:

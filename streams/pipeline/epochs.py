@@ -1,0 +1,207 @@
+"""Epochs: the unit in which the worker makes its effects durable. Pure.
+
+An epoch is one batch of offsets [first, last] of one topic partition. The worker
+computes an epoch's effects in memory, then makes them durable in this order:
+
+    1. intent   the partition's mark names the epoch (its offsets, the wall clock and
+                the watermark it was computed with), alone in its changelog batch;
+    2. rows     ClickHouse inserts, one per table, token (table, topic, partition,
+                first, last): a repeated insert of the same epoch is dropped;
+    3. messages the dispatcher's topics, dead letters, forwards to other partitions;
+    4. state    one changelog record per changed customer key;
+    5. mark     the partition's mark moves `done` to `last` and closes the intent: the
+                commit marker, again alone in its batch;
+    6. offsets  Faust commits last + 1 (it may lag: the mark is the truth).
+
+After a crash, offsets at or below `done` are skipped, and an epoch left open is run
+again over exactly [first, last] with its recorded clock and watermark, so it computes
+the same rows under the same tokens (fetching from the broker what the first batch
+after the restart did not bring). A customer whose state record was written before the
+crash sees its events again as duplicates (their ids are in its state): nothing is
+applied twice. The mark is the last record of its changelog partition in every batch,
+which also keeps the local broker's end-offset quirk (see LocalBroker) from hiding the
+state records before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from streams.core.eventtime import Watermark
+
+MARK_PREFIX = "\x00epochs/"  # table keys of marks: no customer key starts with NUL
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A Kafka record as the worker needs it."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class OpenEpoch:
+    topic: str
+    first: int
+    last: int
+    wall_ms: int
+    watermark: dict | None  # the partition's watermark before the epoch (None: fresh)
+
+    def to_json(self) -> list:
+        return [self.topic, self.first, self.last, self.wall_ms, self.watermark]
+
+
+@dataclass
+class PartitionMark:
+    """Per partition: how far each topic's effects are durable, and what is in flight."""
+
+    done: dict[str, int] = field(default_factory=dict)  # topic -> last durable offset
+    open: list[OpenEpoch] = field(default_factory=list)
+    watermark: dict | None = None  # after the last durable epoch
+    # topic -> the latest record timestamp (s) up to `done`: a record at or below `done`
+    # that is newer comes from a log the broker started over (it lost its data).
+    done_ts: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "epochs": 1,
+            "done": self.done,
+            "open": [e.to_json() for e in self.open],
+            "watermark": self.watermark,
+            "done_ts": self.done_ts,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> PartitionMark:
+        return cls(
+            dict(doc.get("done", {})),
+            [OpenEpoch(*e) for e in doc.get("open", ())],
+            doc.get("watermark"),
+            dict(doc.get("done_ts", {})),
+        )
+
+    def done_at(self, topic: str) -> int:
+        return self.done.get(topic, -1)
+
+    def is_done(self, record: Record) -> bool:
+        """Are `record`'s effects durable? Forgets `topic` if the broker started it over."""
+        if record.offset > self.done_at(record.topic):
+            return False
+        if record.timestamp_s <= self.done_ts.get(record.topic, float("inf")):
+            return True
+        self.done.pop(record.topic, None)  # a new log: nothing of it was done
+        self.done_ts.pop(record.topic, None)
+        self.open = [o for o in self.open if o.topic != record.topic]
+        return False
+
+    def finish(self, epoch: Epoch) -> None:
+        """`epoch`'s effects are durable."""
+        self.done[epoch.topic] = max(self.done_at(epoch.topic), epoch.last)
+        newest = max((r.timestamp_s for r in epoch.records), default=0.0)
+        self.done_ts[epoch.topic] = max(self.done_ts.get(epoch.topic, 0.0), newest)
+        self.open = [o for o in self.open if o.last > self.done_at(o.topic)]
+
+
+def mark_key(partition: int) -> str:
+    return f"{MARK_PREFIX}{partition}"
+
+
+def is_mark(doc: object) -> bool:
+    """Is this stored table value a partition mark (as JSON)?"""
+    return isinstance(doc, dict) and "epochs" in doc
+
+
+@dataclass
+class Epoch:
+    topic: str
+    partition: int
+    first: int
+    last: int
+    wall_ms: int
+    records: list[Record]
+    watermark: dict | None = None  # to start from (a re-run); None: the live one
+    rerun: bool = False
+
+    def token(self, table: str) -> str:
+        """The deduplication token of this epoch's insert into `table`."""
+        text = f"{table};{self.topic}/{self.partition}/{self.first}-{self.last}"
+        return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+    def open(self, watermark: dict | None) -> OpenEpoch:
+        return OpenEpoch(self.topic, self.first, self.last, self.wall_ms, watermark)
+
+
+@dataclass(frozen=True)
+class Missing:
+    """Records a re-run needs that the batch did not bring: fetch [first, last]."""
+
+    topic: str
+    partition: int
+    first: int
+    last: int
+
+
+def plan(
+    records: list[Record], mark: PartitionMark, wall_ms: int
+) -> tuple[list[Epoch], list[Missing]]:
+    """The epochs of one partition's records in a batch (in offset order per topic).
+
+    Records at or below `done` are skipped (their effects are durable; Faust's commit
+    lagged). An open epoch is run again over exactly its offsets, with its clock and
+    watermark; the records after it form a new epoch per topic."""
+    epochs: list[Epoch] = []
+    missing: list[Missing] = []
+    by_topic: dict[str, list[Record]] = {}
+    for record in records:
+        if not mark.is_done(record):
+            by_topic.setdefault(record.topic, []).append(record)
+    for was in mark.open:
+        if was.last <= mark.done_at(was.topic) or was.topic not in by_topic:
+            continue
+        pending = by_topic[was.topic]
+        head = [r for r in pending if r.offset <= was.last]
+        by_topic[was.topic] = pending[len(head) :]
+        have = head[-1].offset if head else was.first - 1
+        if have < was.last:
+            missing.append(Missing(was.topic, pending[0].partition, have + 1, was.last))
+        epochs.append(
+            Epoch(
+                was.topic,
+                pending[0].partition,
+                was.first,
+                was.last,
+                was.wall_ms,
+                head,
+                was.watermark,
+                rerun=True,
+            )
+        )
+    for topic, pending in by_topic.items():
+        if pending:
+            epochs.append(
+                Epoch(topic, pending[0].partition, pending[0].offset, pending[-1].offset, wall_ms,
+                      pending)
+            )  # fmt: skip
+    return epochs, missing
+
+
+def watermark_json(mark: Watermark | None) -> dict | None:
+    if mark is None:
+        return None
+    return {
+        "lateness_ms": mark.lateness_ms,
+        "idle_timeout_ms": mark.idle_timeout_ms,
+        "value": mark.value,
+        "max_event_ms": mark.max_event_ms,
+        "last_arrival_wall_ms": mark.last_arrival_wall_ms,
+    }
+
+
+def watermark_from(doc: dict) -> Watermark:
+    return Watermark(**doc)

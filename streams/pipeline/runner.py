@@ -1,0 +1,291 @@
+"""One batch of the worker's one agent, epoch by epoch (see streams.pipeline.epochs).
+
+For each partition's epoch: ingest the touchpoint messages (parse, validate, dedupe
+against the customer's state), run the journey step on the customers of this partition
+(events of customers living elsewhere are forwarded to them on `touchpoints-resolved`),
+and collect the epoch's effects: ClickHouse rows, messages, changed states. Then the
+batch's effects are made durable in the epochs' order: intents, rows, messages,
+states, marks. Nothing is written before every epoch of the batch is computed, so a
+failure while computing leaves no trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import faust
+import orjson
+
+from streams.clickhouse.rows import TOUCHPOINT_COLUMNS, touchpoint_row
+from streams.clickhouse.sink import ClickHouseSink
+from streams.config import Config
+from streams.config.settings import Settings
+from streams.core.events import PROCESSING_ERROR, parser_for
+from streams.core.ingest import DeadLetter, IngestOutcome, RawMessage, ingest_batch, kafka_partition
+from streams.core.state import CustomerState
+from streams.core.stitching import DueIndex, Folds, Message, StepResult, journey_step
+from streams.outputs import OUTPUTS
+from streams.pipeline import epochs, records
+from streams.pipeline.epochs import Epoch, PartitionMark, Record
+from streams.pipeline.payloads import batch_payloads
+from streams.pipeline.recorder import Recorder
+from streams.pipeline.tables import as_mark, as_state, current, index_due
+
+# Fields ingest adds to an event (streams.core.ingest.resolved_event): taken off again
+# when the event is forwarded to the partition of its customer, which ingests it anew.
+ADDED_FIELDS = ("customer_key", "phase", "ts_ms", "ingested_ms", "src_partition", "src_offset")
+
+
+@dataclass
+class Effects:
+    """What one epoch computed, to be made durable."""
+
+    epoch: Epoch
+    rows: dict[str, tuple[list[str], list[list]]] = field(default_factory=dict)
+    sends: list[tuple[str, bytes | None, bytes, int | None, list | None]] = field(
+        default_factory=list
+    )  # (topic, key, value, partition, headers)
+    started_watermark: dict | None = None
+
+
+Fetch = Callable[[epochs.Missing], Awaitable[list[Record]]]
+
+
+class EpochRunner:
+    def __init__(
+        self,
+        app: faust.App,
+        table: faust.TableT,
+        settings: Settings,
+        config: Config,
+        sink: ClickHouseSink,
+        recorder: Recorder,
+        topics: dict[str, faust.TopicT],
+        fetch: Fetch,
+    ) -> None:
+        self.app, self.table, self.settings, self.config = app, table, settings, config
+        self.sink, self.record, self.topics, self.fetch = sink, recorder, topics, fetch
+        self.parser = parser_for(config.touchpoint_types, settings)
+        self.touchpoints = settings.topic("touchpoints")
+        self.resolved = settings.topic("touchpoints-resolved")
+        self.dead_letters = settings.topic("touchpoints-dlq")
+        self.watermarks: dict = {}  # partition -> Watermark, of this process's partitions
+        self.due = DueIndex()
+        self.folds = Folds(settings.fold_cache_keys)
+        self.indexed: set[int] = set()  # partitions whose due customers were loaded
+        self.event_of: dict[int, faust.EventT] = {}  # of the batch in progress
+
+    # -- the batch ------------------------------------------------------------------
+
+    async def run(self, events: list[faust.EventT]) -> None:
+        # Tables take a key's partition from Faust's current event: one per partition.
+        event_of = self.event_of = {e.message.partition: e for e in events}
+        by_partition: dict[int, list[Record]] = {}
+        for e in events:
+            m = e.message
+            record = Record(m.key, e.value, m.topic, m.partition, m.offset, m.timestamp)
+            by_partition.setdefault(m.partition, []).append(record)
+        pending: dict[str, tuple[int, CustomerState | None]] = {}  # the batch's states
+        marks: dict[int, PartitionMark] = {}
+        done: list[Effects] = []
+        wall_ms = int(time.time() * 1000)
+        for partition, batch in sorted(by_partition.items()):
+            with current(event_of[partition]):
+                mark = as_mark(self.table.get(epochs.mark_key(partition))) or PartitionMark()
+            if partition not in self.indexed:  # after a (re)start: due customers, watermark
+                index_due(self.table, partition, self.due)
+                self.indexed.add(partition)
+                if mark.watermark and partition not in self.watermarks:
+                    self.watermarks[partition] = epochs.watermark_from(mark.watermark)
+            planned, missing = epochs.plan(batch, mark, wall_ms)
+            fetched = [r for gap in missing for r in await self.fetch(gap)]
+            for epoch in planned:
+                if epoch.rerun:
+                    epoch.records = sorted(
+                        [*epoch.records, *(r for r in fetched if r.topic == epoch.topic)],
+                        key=lambda r: r.offset,
+                    )
+                done.append(self._compute(epoch, pending))
+            if planned:
+                marks[partition] = mark
+        if not done:
+            return
+        await self._make_durable(done, pending, marks, event_of)
+
+    async def _make_durable(
+        self,
+        done: list[Effects],
+        pending: dict[str, tuple[int, CustomerState | None]],
+        marks: dict[int, PartitionMark],
+        event_of: dict[int, faust.EventT],
+    ) -> None:
+        # 1. intents: each partition's mark names its epochs in flight, alone in its batch.
+        for partition, mark in marks.items():
+            ours = {(e.epoch.topic, e.epoch.first) for e in done if e.epoch.partition == partition}
+            mark.open = [o for o in mark.open if (o.topic, o.first) not in ours] + [
+                e.epoch.open(e.started_watermark) for e in done if e.epoch.partition == partition
+            ]
+            self._write(event_of, partition, epochs.mark_key(partition), mark)
+        await self.app.producer.flush()
+        # 2. rows, 3. messages.
+        for effects in done:
+            for table, (columns, rows) in effects.rows.items():
+                rejected = partial(self._refused, effects.epoch)
+                await self.sink.write(table, columns, rows, effects.epoch.token(table), rejected)
+        acks = []
+        for effects in done:
+            for topic, key, value, partition, headers in effects.sends:
+                acks.append(
+                    await self.topics[topic].send(
+                        key=key, value=value, partition=partition, headers=headers
+                    )
+                )
+        await asyncio.gather(*acks)
+        # 4. states: one record per changed key of the batch.
+        for key, (partition, state) in pending.items():
+            self._write(event_of, partition, key, state)
+        await self.app.producer.flush()
+        # 5. marks: the epochs are done.
+        for partition, mark in marks.items():
+            for effects in done:
+                if effects.epoch.partition == partition:
+                    mark.finish(effects.epoch)
+            mark.watermark = epochs.watermark_json(self.watermarks.get(partition))
+            self._write(event_of, partition, epochs.mark_key(partition), mark)
+        await self.app.producer.flush()
+
+    def _write(self, event_of: dict, partition: int, key: str, value: object) -> None:
+        with current(event_of[partition]):
+            if value is None:
+                self.table.pop(key, None)
+            else:
+                self.table[key] = value
+
+    async def _refused(self, epoch: Epoch, table: str, columns, row, error: str) -> None:
+        letter = records.sink_letter_of(epoch.topic, epoch.partition, epoch.first, table,
+                                        columns, row, error)  # fmt: skip
+        await self.topics[self.dead_letters].send(
+            key=None, value=letter.rejection.payload, headers=letter.headers("sink")
+        )
+
+    # -- one epoch, in memory ----------------------------------------------------------
+
+    def _compute(self, epoch: Epoch, pending: dict) -> Effects:
+        partition, wall_ms = epoch.partition, epoch.wall_ms
+        if epoch.watermark is not None:  # a re-run starts where the first run started
+            self.watermarks[partition] = epochs.watermark_from(epoch.watermark)
+        effects = Effects(epoch, started_watermark=epochs.watermark_json(
+            self.watermarks.get(partition)))  # fmt: skip
+        started = time.perf_counter()
+
+        def load(key: str, _partition: int) -> CustomerState | None:
+            if key in pending:
+                return pending[key][1]
+            with current(self.event_of[partition]):
+                return as_state(self.table.get(key))
+
+        touch: list[Record] = []
+        controls: list[Message] = []
+        for record in epoch.records:
+            doc = _control_doc(record) if record.topic == self.resolved else None
+            if doc is None:
+                touch.append(record)
+            else:
+                key = record.key.decode() if record.key is not None else None
+                controls.append(Message(key, partition, record.offset, doc))
+
+        local: list[dict] = []
+        if touch:
+            outcome = self._ingest(touch, partition, load, pending, wall_ms)
+            local = outcome.forward.pop(partition, [])
+            self._forward(effects, outcome)
+            self._letters(effects, outcome.dead_letters, "ingest")
+            effects.rows["touchpoints"] = (TOUCHPOINT_COLUMNS, [touchpoint_row(e) for e in local])
+            self.record.ingested((r.timestamp_s for r in touch), outcome, started)
+        messages = [Message(None, partition, epoch.first, {"events": local})] if local else []
+        result = journey_step(
+            self.config,
+            [*messages, *controls],
+            load,
+            self.watermarks,
+            self.due,
+            wall_ms=wall_ms,
+            folds=self.folds,
+        )
+        pending.update(result.states)
+        self._outputs(effects, result)
+        self.record.journeys_stepped([*messages, *controls], result, self.watermarks)
+        return effects
+
+    def _ingest(
+        self, touch: list[Record], partition: int, load, pending: dict, wall_ms: int
+    ) -> IngestOutcome:
+        partitions = self.settings.partitions
+
+        def seen(key: str, _partition: int) -> dict | None:
+            if kafka_partition(key, partitions) != partition:
+                return None  # deduped where the customer lives
+            state = load(key, partition)
+            return state.seen if state is not None else None
+
+        outcome = ingest_batch(
+            [RawMessage(r.key, r.value, r.topic, r.partition, r.offset) for r in touch],
+            self.parser,
+            self.config.phases,
+            seen,
+            partial(kafka_partition, partitions=partitions),
+            now_ms=wall_ms,
+            dedupe_window_ms=int(self.settings.dedupe_window_seconds * 1000),
+            dedupe_max_ids=self.settings.dedupe_max_ids_per_key,
+        )
+        for key, (_, ids) in outcome.seen_updates.items():
+            if kafka_partition(key, partitions) == partition:
+                state = load(key, partition) or CustomerState()
+                pending[key] = (partition, state.evolve(seen=ids))
+        return outcome
+
+    def _forward(self, effects: Effects, outcome: IngestOutcome) -> None:
+        """Events of customers living on other partitions go there, as touchpoints."""
+        for partition, events in outcome.forward.items():
+            originals = [{k: v for k, v in e.items() if k not in ADDED_FIELDS} for e in events]
+            for payload in batch_payloads(originals):
+                effects.sends.append((self.resolved, None, payload, partition, None))
+
+    def _outputs(self, effects: Effects, result: StepResult) -> None:
+        p = effects.epoch.partition
+        for output in OUTPUTS:
+            published = [r for rows in result.rows.get(output.kind, {}).values() for r in rows]
+            if not published:
+                continue
+            effects.rows[output.table] = (output.columns, [output.to_row(r) for r in published])
+            if output.topic is not None:  # a consumer outside the worker takes these
+                topic = self.settings.topic(output.topic)
+                for payload in batch_payloads(published, output.kind):
+                    effects.sends.append((topic, None, payload, p, None))
+        for key, doc in result.sends:
+            effects.sends.append((self.resolved, key.encode(), orjson.dumps(doc), None, None))
+        letters = [records.late_letter(m, e, self.resolved) for m, e in result.late]
+        letters += [
+            records.step_letter(m, e, self.resolved, PROCESSING_ERROR, detail)
+            for m, e, detail in result.failed
+        ]
+        self._letters(effects, letters, "journeys")
+
+    def _letters(self, effects: Effects, letters: list[DeadLetter], source: str) -> None:
+        for letter in letters:
+            effects.sends.append(
+                (self.dead_letters, None, letter.rejection.payload, None, letter.headers(source))
+            )
+
+
+def _control_doc(record: Record) -> dict | None:
+    """The doc of a control message of `touchpoints-resolved`; None for touchpoints."""
+    try:
+        doc = orjson.loads(record.value or b"")
+    except orjson.JSONDecodeError:
+        return None  # ingest dead-letters it
+    return doc if isinstance(doc, dict) and "control" in doc else None
