@@ -48,6 +48,15 @@ DEAD_LETTERS = Counter(
 LATE_EVENTS = Counter(
     "parcours_late_events_total", "Events behind their partition's watermark, kept out of journeys"
 )
+EPOCHS = Counter(
+    "parcours_epochs_total",
+    "Epochs made durable (one partition's batch of offsets; see streams.pipeline.epochs)",
+)
+STATE_RECORDS = Counter(
+    "parcours_state_records_total",
+    "Records written to the state changelog: one per changed customer key per batch, "
+    "plus each partition's intent and commit mark",
+)
 REPLAYED_EVENTS = Counter(
     "parcours_replayed_events_total",
     "Events behind the watermark that their customer's history already held (re-delivered "

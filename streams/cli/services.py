@@ -100,6 +100,7 @@ def collector(host: str, **overrides: object) -> None:
             max_body_bytes=settings.max_message_bytes,
             # The worker refuses messages over the same limit: envelopes stay under it.
             max_envelope_bytes=min(MAX_ENVELOPE_BYTES, settings.max_message_bytes),
+            partitions=settings.partitions,
             max_in_flight=settings.collector_max_in_flight,
             max_per_client=settings.collector_max_per_client,
             max_per_key=settings.collector_max_per_key,

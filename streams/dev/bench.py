@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import sys
@@ -42,6 +43,8 @@ from streams.dev.local_stack import (
     ChildProcess,
     LocalBroker,
     WorkerProcess,
+    cpu_seconds,
+    machine_idle,
     peak_rss_mb,
     wait_for,
     wait_ready,
@@ -63,6 +66,14 @@ class Throughput:
     events_per_second: float
     peak_rss_mb: list[float] = field(default_factory=list)  # per process
     vs_baseline: float | None = None
+    # CPU seconds used during the run by each consumer process, and by the broker; the
+    # machine's idle share meanwhile (on 2 cores, wall-clock ratios measure free CPU).
+    cpu_seconds: list[float] = field(default_factory=list)
+    broker_cpu_seconds: float = 0.0
+    idle_share: float = 0.0
+    events_per_cpu_second: float = 0.0  # per consumer-process CPU second
+    state_records_per_event: float | None = None  # changelog records (pipeline)
+    epochs: int | None = None
 
 
 @dataclass
@@ -194,6 +205,26 @@ def send_all(broker: LocalBroker, messages: list[tuple[bytes, bytes]]) -> float:
     return started
 
 
+class CpuMeter:
+    """CPU seconds of some processes and the machine's idle share, between start and stop."""
+
+    def __init__(self, pids: list[int], broker_pid: int) -> None:
+        self.pids, self.broker_pid = pids, broker_pid
+        self.before = [cpu_seconds(p) for p in pids]
+        self.broker_before = cpu_seconds(broker_pid)
+        self.idle_before = machine_idle()
+
+    def stop(self, figure: Throughput) -> Throughput:
+        figure.cpu_seconds = [
+            cpu_seconds(p) - b for p, b in zip(self.pids, self.before, strict=True)
+        ]
+        figure.broker_cpu_seconds = cpu_seconds(self.broker_pid) - self.broker_before
+        idle, total = machine_idle()
+        figure.idle_share = (idle - self.idle_before[0]) / max(1, total - self.idle_before[1])
+        figure.events_per_cpu_second = figure.events / max(1e-9, sum(figure.cpu_seconds))
+        return figure
+
+
 class BaselineProcess(ChildProcess):
     """streams.dev.bench_baseline in a child process."""
 
@@ -230,13 +261,16 @@ def run_baseline(
         asyncio.run(create_topics(broker.bootstrap, [TOUCHPOINTS], 4))
         with BaselineProcess(broker.bootstrap, events, work) as baseline:
             wait_ready([baseline], timeout)
+            meter = CpuMeter([baseline.process.pid], broker.process.pid)
             started = send_all(broker, messages)
             wait_for(lambda: baseline.finished_at() is not None, timeout, "the baseline to finish")
             seconds = baseline.finished_at() - started
             rss = [peak_rss_mb(baseline.process.pid)]
-    return Throughput(
-        "baseline (bare Faust)", kind, 1, events, len(messages), seconds, events / seconds, rss
-    )
+            figure = Throughput(
+                "baseline (bare Faust)", kind, 1, events, len(messages), seconds,
+                events / seconds, rss,
+            )  # fmt: skip
+            return meter.stop(figure)
 
 
 def run_pipeline(
@@ -257,6 +291,7 @@ def run_pipeline(
             stack.enter_context(broker.worker(work / f"worker-{n}", **env)) for n in range(workers)
         ]
         wait_ready(running, timeout)
+        meter = CpuMeter([w.process.pid for w in running], broker.process.pid)
         started = send_all(broker, messages)
         # Each look at a worker's /metrics costs it CPU (at 20 a second, a seventh of
         # it): look twice a second, and take the end from the sink's own clock.
@@ -272,9 +307,15 @@ def run_pipeline(
         )
         seconds = finished - started
         rss = [peak_rss_mb(w.process.pid) for w in running]
-    return Throughput(
-        "pipeline", kind, workers, events, len(messages), seconds, events / seconds, rss
-    )
+        figure = meter.stop(
+            Throughput(
+                "pipeline", kind, workers, events, len(messages), seconds, events / seconds, rss
+            )
+        )
+        records = sum(w.metric_sum("parcours_state_records_total") for w in running)
+        figure.state_records_per_event = records / events
+        figure.epochs = int(sum(w.metric_sum("parcours_epochs_total") for w in running))
+    return figure
 
 
 def run_bench(
@@ -302,7 +343,8 @@ def run_bench(
     events = generate(customers, seed=seed, arrivals_seconds=600, max_gap_seconds=20)
     events = events[:max_events] if max_events else events
     singles = as_messages(events)
-    batched = as_messages(events, envelope_size=envelope, window_ms=30_000)
+    # Envelopes per partition, as the producer helper and the collector send them.
+    batched = as_messages(events, envelope_size=envelope, window_ms=30_000, partitions=partitions)
     work = data_dir / "bench"
     report = Report(customers, len(events), partitions)
     say(
@@ -366,26 +408,55 @@ def run_bench(
     return report
 
 
+def print_targets(report: Report) -> None:
+    """The ratios the design aims at, from this run's figures (see deploy/README.md)."""
+    runs = report.throughput
+    base = {f.messages_kind: f for f in runs if f.run.startswith("baseline")}
+    pipe = {(f.messages_kind, f.workers): f for f in runs if f.run == "pipeline"}
+    single = "1 event/message"
+    enveloped = next((k for k in base if k != single), None)
+    print("\ntargets (ratios of this run):")
+    if (single, 1) in pipe and single in base:
+        ratio = pipe[single, 1].events_per_second / base[single].events_per_second
+        print(f"  1 event/message: pipeline / bare Faust decode = {ratio:.2f}x (aim >= 0.8x)")
+    if enveloped and (enveloped, 1) in pipe and single in base:
+        ratio = pipe[enveloped, 1].events_per_second / base[single].events_per_second
+        print(
+            f"  {enveloped}: pipeline events/s / bare Faust single messages/s = {ratio:.2f}x "
+            "(aim >= 5x)"
+        )
+    one = pipe.get((enveloped, 1))
+    for (kind, workers), f in pipe.items():
+        if kind == enveloped and workers > 1 and one is not None:
+            ratio = f.events_per_cpu_second / one.events_per_cpu_second
+            print(
+                f"  {workers} workers vs 1: events per worker-CPU-second {ratio:.2f}x (aim "
+                f"0.9-1.1x); wall clock {f.events_per_second / one.events_per_second:.2f}x, "
+                f"which on {os.cpu_count()} cores measures free CPU, not scaling"
+            )
+
+
 def print_report(report: Report) -> None:
     print(
         f"\n{'run':<22} {'messages':<18} {'workers':>7} {'events/s':>10} "
-        f"{'vs baseline':>11} {'seconds':>8} {'peak RSS MB per process':>24}"
+        f"{'vs baseline':>11} {'seconds':>8} {'CPU s':>12} {'events/CPU s':>12} "
+        f"{'broker CPU s':>12} {'idle':>5} {'changelog/ev':>12} {'peak RSS MB':>12}"
     )
     for f in report.throughput:
         ratio = "" if f.vs_baseline is None else f"{f.vs_baseline:.2f}x"
         rss = ", ".join(f"{r:.0f}" for r in f.peak_rss_mb)
+        cpu = ", ".join(f"{c:.1f}" for c in f.cpu_seconds)
         workers = str(f.workers) if f.workers else "-"
+        per_cpu = f"{f.events_per_cpu_second:,.0f}" if f.cpu_seconds else ""
+        records = "" if f.state_records_per_event is None else f"{f.state_records_per_event:.2f}"
+        idle = f"{f.idle_share:.0%}" if f.cpu_seconds else ""
+        broker = f"{f.broker_cpu_seconds:.1f}" if f.cpu_seconds else ""
         print(
             f"{f.run:<22} {f.messages_kind:<18} {workers:>7} {f.events_per_second:>10,.0f} "
-            f"{ratio:>11} {f.seconds:>8.2f} {rss:>24}"
+            f"{ratio:>11} {f.seconds:>8.2f} {cpu:>12} {per_cpu:>12} {broker:>12} {idle:>5} "
+            f"{records:>12} {rss:>12}"
         )
-    pipelines = [
-        f for f in report.throughput if f.run == "pipeline" and f.messages_kind != "1 event/message"
-    ]
-    one = next((f for f in pipelines if f.workers == 1), None)
-    for f in pipelines:
-        if one is not None and f.workers > 1:
-            print(f"\n{f.workers} workers vs 1: {f.events_per_second / one.events_per_second:.2f}x")
+    print_targets(report)
     if report.core_compared:
         this, then = report.core_compared
         print(

@@ -46,6 +46,21 @@ def _wait_for_port(port: int, timeout: float, process: subprocess.Popen, what: s
 SETTLE_SECONDS = 6.0  # for a consumer group to finish rebalancing (session 6 s, rebalance 3 s)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a live process has used so far, in seconds (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_idle() -> tuple[float, float]:
+    """(idle, total) CPU time of the whole machine so far, in clock ticks (Linux)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return values[3] + values[4], sum(values[:8])  # idle + iowait; no guest time
+
+
 def peak_rss_mb(pid: int) -> float | None:
     """The peak resident memory of a live process, in MB (Linux)."""
     try:

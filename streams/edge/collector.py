@@ -44,7 +44,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from streams.core.events import SOURCE_NOT_ALLOWED, EventParser, Rejection, ValidEvent
 from streams.core.ingest import DeadLetter
-from streams.edge.produce import MAX_ENVELOPE_BYTES, envelopes_by_key, kafka_producer
+from streams.edge.produce import MAX_ENVELOPE_BYTES, envelopes_by_partition, kafka_producer
 
 log = logging.getLogger("parcours.collector")
 
@@ -78,7 +78,8 @@ class CollectorSettings:
     write_keys: dict[str, str]  # write key -> source name
     max_body_bytes: int = 1_048_576  # before and after gunzip
     max_events: int = 1000  # per request
-    max_envelope_bytes: int = MAX_ENVELOPE_BYTES  # split a customer's events above this
+    max_envelope_bytes: int = MAX_ENVELOPE_BYTES  # split a partition's events above this
+    partitions: int = 4  # of the touchpoints topic: one envelope per partition
     max_in_flight: int = 64  # requests being published at once; more get 429
     max_per_client: int = 16  # bodies one client address may be sending at once
     max_per_key: int = 512  # bodies one write key may be sending at once (a site's: all browsers)
@@ -173,7 +174,9 @@ def create_collector(
             letters = [
                 (r.payload, _letter(r, next(sequence), now_ms).headers(source)) for r in rejected
             ]
-            envelopes = envelopes_by_key((v.event for v in valid), settings.max_envelope_bytes)
+            envelopes = envelopes_by_partition(
+                (v.event for v in valid), settings.partitions, settings.max_envelope_bytes
+            )
             try:
                 await publish(envelopes, letters)
             except Exception as exc:  # any broker failure means "not accepted"

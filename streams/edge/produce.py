@@ -1,4 +1,5 @@
-"""Send touchpoint events to Kafka: one event per message, or batch envelopes per key."""
+"""Send touchpoint events to Kafka: one event per message, or batch envelopes per key or
+partition."""
 
 from __future__ import annotations
 
@@ -12,14 +13,19 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.core.ingest import customer_key
+from streams.core.ingest import customer_key, kafka_partition
 
 
 def as_messages(
-    events: Sequence[dict], envelope_size: int = 1, window_ms: int | None = None
+    events: Sequence[dict],
+    envelope_size: int = 1,
+    window_ms: int | None = None,
+    partitions: int | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """(key, value) pairs in the order of `events`: each event alone, or envelopes of up to
-    `envelope_size` events of one key.
+    `envelope_size` events of one key; with `partitions`, of all the keys that map to one
+    partition of a topic with that many (keyed by the first event's key, which maps there
+    too), so an envelope fills with many customers' events under load.
 
     With `window_ms` (events in time order), an envelope closes once the stream is more
     than `window_ms` past its first event, as a producer that flushes every few seconds
@@ -27,23 +33,28 @@ def as_messages(
     """
     if envelope_size <= 1:
         return [(customer_key(e).encode(), orjson.dumps(e)) for e in events]
-    open_envelopes: dict[str, list[dict]] = {}
+    open_envelopes: dict[str | int, list[dict]] = {}
     messages: list[tuple[bytes, bytes]] = []
 
-    def close(key: str) -> None:
-        messages.append((key.encode(), orjson.dumps({"events": open_envelopes.pop(key)})))
+    def group(key: str) -> str | int:
+        return key if partitions is None else kafka_partition(key, partitions)
+
+    def close(at: str | int) -> None:
+        members = open_envelopes.pop(at)
+        key = customer_key(members[0]).encode()
+        messages.append((key, orjson.dumps({"events": members})))
 
     for event in events:
         if window_ms is not None:
             now = _ts_ms(event)
-            for key in [k for k, env in open_envelopes.items() if now - _ts_ms(env[0]) > window_ms]:
-                close(key)
-        key = customer_key(event)
-        open_envelopes.setdefault(key, []).append(event)
-        if len(open_envelopes[key]) >= envelope_size:
-            close(key)
-    for key in list(open_envelopes):
-        close(key)
+            for at in [k for k, env in open_envelopes.items() if now - _ts_ms(env[0]) > window_ms]:
+                close(at)
+        at = group(customer_key(event))
+        open_envelopes.setdefault(at, []).append(event)
+        if len(open_envelopes[at]) >= envelope_size:
+            close(at)
+    for at in list(open_envelopes):
+        close(at)
     return messages
 
 
@@ -52,16 +63,19 @@ def as_messages(
 MAX_ENVELOPE_BYTES = 1_000_000
 
 
-def envelopes_by_key(
-    events: Iterable[dict], max_bytes: int = MAX_ENVELOPE_BYTES
+def envelopes_by_partition(
+    events: Iterable[dict], partitions: int, max_bytes: int = MAX_ENVELOPE_BYTES
 ) -> list[tuple[bytes, bytes]]:
-    """One batch envelope per customer key, in the order the keys first appear; a key
-    whose events weigh more than `max_bytes` gets several, in order."""
-    by_key: dict[str, list[bytes]] = {}
+    """One batch envelope per partition of a topic with `partitions`, holding the events of
+    every customer whose key maps there (each customer's in order), keyed by its first
+    event's key; a partition whose events weigh more than `max_bytes` gets several."""
+    by_partition: dict[int, tuple[str, list[bytes]]] = {}
     for event in events:
-        by_key.setdefault(customer_key(event), []).append(orjson.dumps(event))
+        key = customer_key(event)
+        at = kafka_partition(key, partitions)
+        by_partition.setdefault(at, (key, []))[1].append(orjson.dumps(event))
     messages = []
-    for key, encoded in by_key.items():
+    for key, encoded in by_partition.values():
         for value in _packed(encoded, max_bytes):
             messages.append((key.encode(), value))
     return messages

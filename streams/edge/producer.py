@@ -9,7 +9,9 @@
 
 Each event is checked with the worker's own parser (schema, declared types, time
 limits) before anything is sent, so a bad event fails where it was made instead of in
-the dead-letter topic. Events are batched per customer key into batch envelopes, sent
+the dead-letter topic. Events are batched per partition into batch envelopes (the
+customers whose keys map to one partition share them, each customer's events in order,
+so an envelope fills under load and the worker takes many events per message), sent
 with acks=all and, unless the settings turn it off, an idempotent producer; `flush()`
 returns once the broker has acknowledged everything sent so far.
 
@@ -35,7 +37,7 @@ import orjson
 from streams.config import load_config
 from streams.config.settings import TOUCHPOINTS, Settings
 from streams.core.events import Rejection, parser_for
-from streams.core.ingest import customer_key
+from streams.core.ingest import customer_key, kafka_partition
 from streams.edge.produce import kafka_producer
 
 T = TypeVar("T")
@@ -75,9 +77,11 @@ class TouchpointProducer:
         )
         self._max_events, self._linger = max_events, linger_seconds
         self._max_span_ms = int(max_span_seconds * 1000)
-        self._batches: dict[str, list[dict]] = {}
-        # key -> (monotonic time, event time in ms) of its batch's first event, oldest first
-        self._opened: dict[str, tuple[float, int]] = {}
+        self._partitions = settings.partitions  # of the touchpoints topic
+        self._batches: dict[int, list[dict]] = {}  # partition -> its open batch
+        # partition -> (monotonic time, event time in ms) of its batch's first event,
+        # oldest first
+        self._opened: dict[int, tuple[float, int]] = {}
         self._acks: list[asyncio.Future] = []
         self._lingering: asyncio.Task | None = None
         self._failure: Exception | None = None
@@ -122,13 +126,15 @@ class TouchpointProducer:
         for event, ts_ms in zip(events, times, strict=True):
             for key in self._spanned(ts_ms):
                 await self._send_batch(key)
-            key = customer_key(event)
-            batch = self._batches.setdefault(key, [])
+            # One batch per partition: many customers' events share an envelope, each
+            # customer's in order, and every key in it maps to the envelope's partition.
+            group = kafka_partition(customer_key(event), self._partitions)
+            batch = self._batches.setdefault(group, [])
             if not batch:
-                self._opened[key] = (time.monotonic(), ts_ms)
+                self._opened[group] = (time.monotonic(), ts_ms)
             batch.append(event)
             if len(batch) >= self._max_events:
-                await self._send_batch(key)
+                await self._send_batch(group)
             # Lingered batches go here too: a caller that sends without pause never lets
             # the linger task run, and its batches would wait, out of order, for seconds.
             await self._send_lingered()
@@ -137,19 +143,20 @@ class TouchpointProducer:
 
     async def flush(self) -> None:
         """Send every open batch and wait until the broker acknowledged all sends."""
-        for key in list(self._batches):
-            await self._send_batch(key)
+        for group in list(self._batches):
+            await self._send_batch(group)
         await self._collect_acks()
 
-    async def _send_batch(self, key: str) -> None:
+    async def _send_batch(self, group: int) -> None:
         # The linger task and send_many both pick batches to send, and a send can wait
         # (the client's buffer is full): the other may have sent this one meanwhile.
-        events = self._batches.pop(key, None)
-        self._opened.pop(key, None)
+        events = self._batches.pop(group, None)
+        self._opened.pop(group, None)
         if not events:
             return
         value = orjson.dumps({"events": events})
-        ack = await self._producer.send(self._topic, value=value, key=key.encode())
+        key = customer_key(events[0]).encode()  # maps to the partition of every event
+        ack = await self._producer.send(self._topic, value=value, key=key)
         ack.add_done_callback(functools.partial(self._count, events=len(events)))
         self._acks.append(ack)
 
@@ -164,25 +171,25 @@ class TouchpointProducer:
         acks, self._acks = self._acks, []
         await asyncio.gather(*acks)
 
-    def _spanned(self, ts_ms: int) -> list[str]:
+    def _spanned(self, ts_ms: int) -> list[int]:
         """Open batches whose first event is more than the span older than `ts_ms`."""
         spanned = []
-        for key, (_, first_ms) in self._opened.items():
+        for group, (_, first_ms) in self._opened.items():
             if first_ms >= ts_ms - self._max_span_ms:
                 break  # batches open in (roughly) event-time order; the rest are newer
-            spanned.append(key)
+            spanned.append(group)
         return spanned
 
     async def _send_lingered(self) -> None:
         """Send the batches open for `linger_seconds` or more (oldest first, in open order)."""
         due = time.monotonic() - self._linger
         lingered = []
-        for key, (opened, _) in self._opened.items():
+        for group, (opened, _) in self._opened.items():
             if opened > due:
                 break
-            lingered.append(key)
-        for key in lingered:
-            await self._send_batch(key)
+            lingered.append(group)
+        for group in lingered:
+            await self._send_batch(group)
 
     async def _send_lingering(self) -> None:
         try:

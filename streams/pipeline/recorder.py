@@ -30,10 +30,15 @@ class Recorder:
         worker_metrics.show_every_series(config, TABLES)
 
     def ingested(
-        self, message_times: Iterable[float], outcome: IngestOutcome, started: float
+        self,
+        message_times: Iterable[float],
+        outcome: IngestOutcome,
+        taken: list[dict],
+        started: float,
     ) -> None:
         """An ingest batch: `message_times` are the Kafka timestamps (s) of its messages,
-        `started` the perf_counter when it began."""
+        `taken` the events it took for this partition's customers, `started` the
+        perf_counter when it began."""
         done = time.time()
         message_times = list(message_times)
         metrics.MESSAGES_CONSUMED.labels(self.input_topic).inc(len(message_times))
@@ -42,10 +47,9 @@ class Recorder:
             metrics.DEAD_LETTERS.labels(letter.rejection.reason).inc()
         for sent in message_times:
             metrics.PROCESSING.labels("ingest").observe(done - sent)
-        for batch in outcome.forward.values():
-            for event in batch:
-                metrics.EVENT_LAG.observe(done - event["ts_ms"] / 1000)
-            self.answers.count(batch)
+        for event in taken:
+            metrics.EVENT_LAG.observe(done - event["ts_ms"] / 1000)
+        self.answers.count(taken)
         metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
 
     def journeys_stepped(

@@ -20,6 +20,7 @@ from functools import partial
 import faust
 import orjson
 
+from streams import metrics
 from streams.clickhouse.rows import TOUCHPOINT_COLUMNS, touchpoint_row
 from streams.clickhouse.sink import ClickHouseSink
 from streams.config import Config
@@ -149,6 +150,8 @@ class EpochRunner:
         for key, (partition, state) in pending.items():
             self._write(event_of, partition, key, state)
         await self.app.producer.flush()
+        metrics.STATE_RECORDS.inc(len(pending) + 2 * len(marks))
+        metrics.EPOCHS.inc(len(done))
         # 5. marks: the epochs are done.
         for partition, mark in marks.items():
             for effects in done:
@@ -205,7 +208,7 @@ class EpochRunner:
             self._forward(effects, outcome)
             self._letters(effects, outcome.dead_letters, "ingest")
             effects.rows["touchpoints"] = (TOUCHPOINT_COLUMNS, [touchpoint_row(e) for e in local])
-            self.record.ingested((r.timestamp_s for r in touch), outcome, started)
+            self.record.ingested((r.timestamp_s for r in touch), outcome, local, started)
         messages = [Message(None, partition, epoch.first, {"events": local})] if local else []
         result = journey_step(
             self.config,
@@ -251,6 +254,9 @@ class EpochRunner:
     def _forward(self, effects: Effects, outcome: IngestOutcome) -> None:
         """Events of customers living on other partitions go there, as touchpoints."""
         for partition, events in outcome.forward.items():
+            for e in events:  # counted where they are taken, not twice
+                outcome.tally[e["type"], e["channel"], e["source"], "valid"] -= 1
+                outcome.counts["valid"] -= 1
             originals = [{k: v for k, v in e.items() if k not in ADDED_FIELDS} for e in events]
             for payload in batch_payloads(originals):
                 effects.sends.append((self.resolved, None, payload, partition, None))

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from streams.cli import main
 from streams.config.settings import Settings
+from streams.core.ingest import kafka_partition
 from streams.dev.local_stack import LocalBroker
 from streams.edge.producer import SyncTouchpointProducer, TouchpointProducer
 from tests.support.clickhouse import clickhouse
@@ -48,7 +49,7 @@ def read_topic(bootstrap: str, topic: str, events: int, timeout: float = 30.0) -
     return asyncio.run(consume())
 
 
-def test_events_are_batched_per_customer_and_flushed_when_the_block_ends(broker):
+def test_events_are_batched_per_partition_and_flushed_when_the_block_ends(broker):
     settings = LOCAL.__class__(producer_idempotent=False, topic_prefix="sync.")
     events = [make_event(i, customer_id=f"c-{i % 30}") for i in range(250)]
     with SyncTouchpointProducer(broker.bootstrap, settings=settings, max_events=10) as producer:
@@ -62,8 +63,13 @@ def test_events_are_batched_per_customer_and_flushed_when_the_block_ends(broker)
     received = [e["event_id"] for _, batch in messages for e in batch]
     assert Counter(received) == Counter(e["event_id"] for e in events)
     assert all(len(batch) <= 10 for _, batch in messages)
-    assert all({e["customer_id"] for e in batch} == {key} for key, batch in messages)
-    assert len(messages) < 250 // 2  # batched, not one message per event
+    # Every customer in an envelope maps to the partition its key sends it to.
+    assert all(
+        {kafka_partition(e["customer_id"], 4) for e in batch} == {kafka_partition(key, 4)}
+        for key, batch in messages
+    )
+    assert max(len({e["customer_id"] for e in batch}) for _, batch in messages) > 1
+    assert len(messages) < 250 // 5  # batched, not one message per event
 
 
 @pytest.mark.e2e

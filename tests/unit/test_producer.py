@@ -62,7 +62,8 @@ def test_a_batch_picked_by_two_senders_at_once_is_sent_once():
         producer = TouchpointProducer("127.0.0.1:9")
         producer._producer = client = SlowClient()
         await producer.send_many([make_event(1), make_event(2)])  # one open batch, key c-1
-        await asyncio.gather(*(producer._send_batch("c-1") for _ in range(3)))
+        [partition] = producer._batches  # the batch of c-1's partition
+        await asyncio.gather(*(producer._send_batch(partition) for _ in range(3)))
         return client.sent
 
     assert asyncio.run(race()) == [b"c-1"]
