@@ -9,10 +9,11 @@ rows in `streams.core`, its table in a migration).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import Counter
+from prometheus_client import Counter as PromCounter
 
 from streams import metrics
 from streams.clickhouse import rows
@@ -32,13 +33,15 @@ class Output:
     table: str
     columns: list[str]
     to_row: Callable[[dict], list]  # a published row as a ClickHouse row
-    counter: Counter | None = None  # counted once per row, labelled by...
+    counter: PromCounter | None = None  # counted once per row, labelled by...
     labels: tuple[str, ...] = ()  # ... these fields of the row
 
     def count(self, published: list[dict]) -> None:
+        """Count rows: one increment per label set, not per row."""
         if self.counter is not None:
-            for row in published:
-                self.counter.labels(*(row[name] for name in self.labels)).inc()
+            tally = Counter(tuple(row[name] for name in self.labels) for row in published)
+            for labels, n in tally.items():
+                self.counter.labels(*labels).inc(n)
 
 
 OUTPUTS = (
@@ -114,5 +117,4 @@ WORKER_TOPICS = (
 def count_outputs(published: dict[str, dict[str, list[dict]]]) -> None:
     """Count what the journey step published (kind -> customer key -> rows)."""
     for kind, by_key in published.items():
-        for rows_of_key in by_key.values():
-            OUTPUT_OF[kind].count(rows_of_key)
+        OUTPUT_OF[kind].count([row for rows in by_key.values() for row in rows])

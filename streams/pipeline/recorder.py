@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 
 from streams import metrics
@@ -45,10 +46,8 @@ class Recorder:
         metrics.count_ingested(outcome.tally, outcome.counts["invalid"])
         for letter in outcome.dead_letters:
             metrics.DEAD_LETTERS.labels(letter.rejection.reason).inc()
-        for sent in message_times:
-            metrics.PROCESSING.labels("ingest").observe(done - sent)
-        for event in taken:
-            metrics.EVENT_LAG.observe(done - event["ts_ms"] / 1000)
+        metrics.observe_many(metrics.PROCESSING.labels("ingest"), (done - t for t in message_times))
+        metrics.observe_many(metrics.EVENT_LAG, (done - e["ts_ms"] / 1000 for e in taken))
         self.answers.count(taken)
         metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
 
@@ -62,21 +61,26 @@ class Recorder:
         metrics.LATE_EVENTS.inc(len(result.late))
         metrics.REPLAYED_EVENTS.inc(result.replayed)
         metrics.DEAD_LETTERS.labels(LATE).inc(len(result.late))
-        for _, event in result.late:
-            source = metrics.source_label(event["source"])
-            metrics.EVENTS.labels(event["type"], event["channel"], source, "late").inc()
+        late = Counter(
+            (e["type"], e["channel"], metrics.source_label(e["source"])) for _, e in result.late
+        )
+        for labels, n in late.items():
+            metrics.EVENTS.labels(*labels, "late").inc(n)
         metrics.DEAD_LETTERS.labels(PROCESSING_ERROR).inc(len(result.failed))
         metrics.IDENTITY_MERGES.inc(result.merged)
         count_outputs(result.rows)
         for (journey, what), n in result.transitions.items():
             metrics.JOURNEYS.labels(journey, what).inc(n)
         done = time.time()
-        for message in messages:
-            for event in message.doc.get("events", ()):
-                if "ingested_ms" in event:
-                    metrics.PROCESSING.labels("journeys").observe(
-                        done - event["ingested_ms"] / 1000
-                    )
+        metrics.observe_many(
+            metrics.PROCESSING.labels("journeys"),
+            (
+                done - event["ingested_ms"] / 1000
+                for message in messages
+                for event in message.doc.get("events", ())
+                if "ingested_ms" in event
+            ),
+        )
 
     def state_scanned(self, states: Iterable[CustomerState | None], mine: set[int]) -> None:
         worker_metrics.scan_journey_state(states, mine)

@@ -7,6 +7,8 @@ import urllib.request
 from collections import namedtuple
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from streams import metrics
@@ -164,3 +166,28 @@ def test_made_up_survey_metrics_share_one_other_series(config):
     assert series() == before
     assert sample("parcours_survey_responses_total", metric="other", touchpoint="unknown",
                   answer="neutral") >= 3000  # fmt: skip
+
+
+@given(st.lists(st.floats(-1e3, 1e6, allow_nan=False), max_size=50))
+def test_a_batch_observed_at_once_lands_in_the_buckets_one_by_one_would(values):
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from streams.metrics import observe_many
+
+    registry = CollectorRegistry()
+    one_by_one = Histogram("a", "a", buckets=(0.1, 1, 10, 1000), registry=registry)
+    batched = Histogram("b", "b", buckets=(0.1, 1, 10, 1000), registry=registry)
+    for value in values:
+        one_by_one.observe(value)
+    observe_many(batched, values)
+
+    def samples(name: str) -> list:
+        return [
+            (s.name[1:], tuple(sorted(s.labels.items())), round(s.value, 3))
+            for metric in registry.collect()
+            if metric.name == name
+            for s in metric.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert samples("a") == samples("b")
