@@ -1,29 +1,18 @@
-"""Faust events as the core's plain messages, and Kafka records as ClickHouse rows."""
+"""Dead letters of the journey step and the sink, and dead-letter records as rows."""
 
 from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import faust
 import orjson
 
-from streams.clickhouse.rows import dead_letter_row, touchpoint_row
+from streams.clickhouse.rows import dead_letter_row
 from streams.core.events import LATE, SINK_REJECTED, WHOLE_MESSAGE, Rejection
-from streams.core.ingest import DeadLetter, RawMessage
+from streams.core.ingest import DeadLetter
 from streams.core.stitching import Message
-
-
-def raw_message(event: faust.EventT) -> RawMessage:
-    m = event.message
-    return RawMessage(m.key, event.value, m.topic, m.partition, m.offset)
-
-
-def journey_message(event: faust.EventT) -> Message:
-    m = event.message
-    key = m.key.decode() if m.key is not None else None
-    return Message(key, m.partition, m.offset, orjson.loads(event.value))
 
 
 def late_letter(message: Message, event: dict, topic: str) -> DeadLetter:
@@ -45,14 +34,6 @@ def step_letter(
 
 
 def sink_letter(
-    first: faust.EventT, table: str, columns: Sequence[str], row: Sequence, error: str
-) -> DeadLetter:
-    """A row ClickHouse refused for good, from the batch whose first message is `first`."""
-    m = first.message
-    return sink_letter_of(m.topic, m.partition, m.offset, table, columns, row, error)
-
-
-def sink_letter_of(
     topic: str,
     partition: int,
     offset: int,
@@ -70,18 +51,8 @@ def sink_letter_of(
     return DeadLetter(rejection, topic, partition, offset, int(time.time() * 1000))
 
 
-def touchpoint_rows(events: list[faust.EventT]) -> list:
-    docs = [orjson.loads(e.value) for e in events]
-    # Control messages and forwarded events of the journey step were stored already.
-    return [touchpoint_row(ev) for d in docs if "control" not in d for ev in d["events"]]
-
-
 def dead_letter_rows(events: list[faust.EventT]) -> list:
     return [dead_letter_row(e.value or b"", headers(e.message.headers)) for e in events]
-
-
-def rows_in(field: str, to_row: Callable[[dict], list], events: list[faust.EventT]) -> list:
-    return [to_row(r) for e in events for r in orjson.loads(e.value)[field]]
 
 
 def offsets(events: Iterable[faust.EventT]) -> Iterable[tuple[str, int, int]]:

@@ -169,7 +169,7 @@ class EpochRunner:
                 self.table[key] = value
 
     async def _refused(self, epoch: Epoch, table: str, columns, row, error: str) -> None:
-        letter = records.sink_letter_of(epoch.topic, epoch.partition, epoch.first, table,
+        letter = records.sink_letter(epoch.topic, epoch.partition, epoch.first, table,
                                         columns, row, error)  # fmt: skip
         await self.topics[self.dead_letters].send(
             key=None, value=letter.rejection.payload, headers=letter.headers("sink")
