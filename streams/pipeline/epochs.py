@@ -26,7 +26,7 @@ state records before it.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from streams.core.eventtime import Watermark
 
@@ -192,15 +192,7 @@ def plan(
 
 
 def watermark_json(mark: Watermark | None) -> dict | None:
-    if mark is None:
-        return None
-    return {
-        "lateness_ms": mark.lateness_ms,
-        "idle_timeout_ms": mark.idle_timeout_ms,
-        "value": mark.value,
-        "max_event_ms": mark.max_event_ms,
-        "last_arrival_wall_ms": mark.last_arrival_wall_ms,
-    }
+    return None if mark is None else asdict(mark)
 
 
 def watermark_from(doc: dict) -> Watermark:

@@ -24,7 +24,7 @@ from streams import metrics
 from streams.clickhouse.rows import TOUCHPOINT_COLUMNS, touchpoint_row
 from streams.clickhouse.sink import ClickHouseSink
 from streams.config import Config
-from streams.config.settings import Settings
+from streams.config.settings import TOUCHPOINTS_DLQ, TOUCHPOINTS_RESOLVED, Settings
 from streams.core.events import PROCESSING_ERROR, parser_for
 from streams.core.ingest import DeadLetter, IngestOutcome, RawMessage, ingest_batch, kafka_partition
 from streams.core.state import CustomerState
@@ -71,20 +71,20 @@ class EpochRunner:
         self.app, self.table, self.settings, self.config = app, table, settings, config
         self.sink, self.record, self.topics, self.fetch = sink, recorder, topics, fetch
         self.parser = parser_for(config.touchpoint_types, settings)
-        self.touchpoints = settings.topic("touchpoints")
-        self.resolved = settings.topic("touchpoints-resolved")
-        self.dead_letters = settings.topic("touchpoints-dlq")
+        self.resolved = settings.topic(TOUCHPOINTS_RESOLVED)
+        self.dead_letters = settings.topic(TOUCHPOINTS_DLQ)
         self.watermarks: dict = {}  # partition -> Watermark, of this process's partitions
         self.due = DueIndex()
         self.folds = Folds(settings.fold_cache_keys)
         self.indexed: set[int] = set()  # partitions whose due customers were loaded
-        self.event_of: dict[int, faust.EventT] = {}  # of the batch in progress
+        # The batch in progress: an event per partition. Tables take a key's partition
+        # from Faust's current event, so each read and write sets its partition's.
+        self.event_of: dict[int, faust.EventT] = {}
 
     # -- the batch ------------------------------------------------------------------
 
     async def run(self, events: list[faust.EventT]) -> None:
-        # Tables take a key's partition from Faust's current event: one per partition.
-        event_of = self.event_of = {e.message.partition: e for e in events}
+        self.event_of = {e.message.partition: e for e in events}
         by_partition: dict[int, list[Record]] = {}
         for e in events:
             m = e.message
@@ -95,7 +95,7 @@ class EpochRunner:
         done: list[Effects] = []
         wall_ms = int(time.time() * 1000)
         for partition, batch in sorted(by_partition.items()):
-            with current(event_of[partition]):
+            with current(self.event_of[partition]):
                 mark = as_mark(self.table.get(epochs.mark_key(partition))) or PartitionMark()
             if partition not in self.indexed:  # after a (re)start: due customers, watermark
                 index_due(self.table, partition, self.due)
@@ -115,14 +115,13 @@ class EpochRunner:
                 marks[partition] = mark
         if not done:
             return
-        await self._make_durable(done, pending, marks, event_of)
+        await self._make_durable(done, pending, marks)
 
     async def _make_durable(
         self,
         done: list[Effects],
         pending: dict[str, tuple[int, CustomerState | None]],
         marks: dict[int, PartitionMark],
-        event_of: dict[int, faust.EventT],
     ) -> None:
         # 1. intents: each partition's mark names its epochs in flight, alone in its batch.
         for partition, mark in marks.items():
@@ -130,7 +129,7 @@ class EpochRunner:
             mark.open = [o for o in mark.open if (o.topic, o.first) not in ours] + [
                 e.epoch.open(e.started_watermark) for e in done if e.epoch.partition == partition
             ]
-            self._write(event_of, partition, epochs.mark_key(partition), mark)
+            self._write(partition, epochs.mark_key(partition), mark)
         await self.app.producer.flush()
         # 2. rows, 3. messages.
         for effects in done:
@@ -148,7 +147,7 @@ class EpochRunner:
         await asyncio.gather(*acks)
         # 4. states: one record per changed key of the batch.
         for key, (partition, state) in pending.items():
-            self._write(event_of, partition, key, state)
+            self._write(partition, key, state)
         await self.app.producer.flush()
         metrics.STATE_RECORDS.inc(len(pending) + 2 * len(marks))
         metrics.EPOCHS.inc(len(done))
@@ -158,19 +157,19 @@ class EpochRunner:
                 if effects.epoch.partition == partition:
                     mark.finish(effects.epoch)
             mark.watermark = epochs.watermark_json(self.watermarks.get(partition))
-            self._write(event_of, partition, epochs.mark_key(partition), mark)
+            self._write(partition, epochs.mark_key(partition), mark)
         await self.app.producer.flush()
 
-    def _write(self, event_of: dict, partition: int, key: str, value: object) -> None:
-        with current(event_of[partition]):
+    def _write(self, partition: int, key: str, value: object) -> None:
+        with current(self.event_of[partition]):
             if value is None:
                 self.table.pop(key, None)
             else:
                 self.table[key] = value
 
     async def _refused(self, epoch: Epoch, table: str, columns, row, error: str) -> None:
-        letter = records.sink_letter(epoch.topic, epoch.partition, epoch.first, table,
-                                        columns, row, error)  # fmt: skip
+        where = (epoch.topic, epoch.partition, epoch.first)
+        letter = records.sink_letter(*where, table, columns, row, error)
         await self.topics[self.dead_letters].send(
             key=None, value=letter.rejection.payload, headers=letter.headers("sink")
         )
