@@ -14,7 +14,7 @@ import confluent_kafka
 import orjson
 import pytest
 
-from streams.dev.local_stack import LocalBroker
+from streams.dev.local_stack import LocalBroker, wait_for
 from streams.edge.produce import as_messages, produce
 from tests.support.clickhouse import clickhouse
 from tests.support.events import make_event
@@ -172,11 +172,16 @@ def test_dedupe_memory_survives_a_worker_restart(broker, tmp_path, store):
         # The new worker restores the seen ids from the changelog before it ingests.
         produce(broker.bootstrap, topic, first[:50] + fresh)
         worker.wait_for_rows({"touchpoints": 10}, timeout=120)
-        duplicates = worker.metric_sum("parcours_events_ingested_total", result="duplicate")
+
+        # Duplicates write no rows, so the fresh rows can land while another partition's
+        # re-sent events are still queued: wait for their count, not just for the rows.
+        def duplicates() -> float:
+            return worker.metric_sum("parcours_events_ingested_total", result="duplicate")
+
+        # At least the 50 re-sent; more when the first worker stopped before its last offset
+        # commit and the second re-read those messages too (at-least-once, deduplicated).
+        wait_for(lambda: duplicates() >= 50, timeout=60, what="50 re-sent events as duplicates")
     with clickhouse(tmp_path / "clickhouse") as client:
         total = client.query("SELECT count() FROM touchpoints").result_rows[0][0]
     # Raw count, no FINAL: the restored memory dropped the re-sent events before the sink.
     assert total == 110
-    # At least the 50 re-sent; more when the first worker stopped before its last offset
-    # commit and the second re-read those messages too (at-least-once, deduplicated).
-    assert duplicates >= 50
