@@ -126,20 +126,17 @@ class CustomerState:
         return new
 
     def to_json(self) -> dict:
-        doc: dict[str, Any] = {
-            "v": LAYOUT_VERSION,
-            "events": [_event_json(e) for e in self.events],
-            "floors": {j: list(f) for j, f in self.floors.items()},
-            "emitted": {
+        # Empty and default fields are left out (from_json fills them in): the record is
+        # the state's cost per key, in the changelog and on every restore.
+        doc: dict[str, Any] = {"v": LAYOUT_VERSION, "events": [_event_json(e) for e in self.events]}
+        if self.floors:
+            doc["floors"] = {j: list(f) for j, f in self.floors.items()}
+        if self.emitted:
+            doc["emitted"] = {
                 jid: [list(e.signature), e.journey, e.entry_event_id, e.stage]
                 for jid, e in self.emitted.items()
-            },
-            "alias": self.alias,
-            "seq": self.seq,
-            "leaks": self.leaks,
-            "generation": self.generation,
-        }
-        for name in ("identified", "linked"):
+            }
+        for name in ("alias", "seq", "leaks", "generation", "identified", "linked"):
             if value := getattr(self, name):
                 doc[name] = value
         if self.profile:
@@ -220,17 +217,38 @@ def _floor(stored: list) -> Floor:
     return Floor(ts_ms, event_id, exit_at, times[1] if len(times) > 1 else exit_at)
 
 
+def new_contact() -> dict:
+    """A customer's survey decisions before the first (streams.core.surveys.decide)."""
+    return {
+        "cursor": None,  # a Cursor: touchpoints up to here are decided
+        "opted_out": False,
+        "orders": Orders(),  # purchases, sum of their amounts
+        "sent": [],  # Bookings within the caps' reach
+        "held": [],  # invitation rows waiting for their send time (see decide)
+        "journeys": {},  # rule -> journey ids it invited for
+        "relational": {},  # rule -> trigger time of its last decision
+        "completed": {},  # completion rule -> anchors decided (a merge may bring them late)
+    }
+
+
+_CONTACT_DEFAULTS = new_contact()
+
+
 def _contact_json(contact: dict) -> dict:
-    doc = dict(contact)
-    doc["sent"] = [list(b) for b in contact.get("sent", ())]
-    doc["orders"] = list(contact.get("orders", Orders()))
-    cursor = contact.get("cursor")
-    doc["cursor"] = None if cursor is None else [cursor.ts_ms, list(cursor.event_ids)]
+    # Values still at their default are left out: most customers never get a survey, and
+    # the changelog record is the state's cost per key. Reading fills them back in.
+    doc = {k: v for k, v in contact.items() if _CONTACT_DEFAULTS.get(k, ...) != v}
+    if contact.get("sent"):
+        doc["sent"] = [list(b) for b in contact["sent"]]
+    if "orders" in doc:
+        doc["orders"] = list(doc["orders"])
+    if (cursor := contact.get("cursor")) is not None:
+        doc["cursor"] = [cursor.ts_ms, list(cursor.event_ids)]
     return doc
 
 
 def _contact_from_json(doc: dict) -> dict:
-    contact = dict(doc)
+    contact = {**new_contact(), **doc}
     contact["sent"] = [Booking(*b) for b in doc.get("sent", ())]
     contact["orders"] = Orders(*doc.get("orders", ()))
     cursor = doc.get("cursor")

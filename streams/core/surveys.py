@@ -39,7 +39,7 @@ from streams.core.guardrails import (
     expiry_ms,
     send_time,
 )
-from streams.core.state import Booking, Cursor, Event, Orders, Span
+from streams.core.state import Booking, Cursor, Event, Orders, Span, new_contact
 
 MAX_JOURNEYS_PER_RULE = 50  # journey ids remembered per rule, for the duplicate check
 EVENT, TRIGGER, SEND = 0, 1, 2  # at the same time: touchpoints first, sends last
@@ -50,19 +50,6 @@ class Decisions:
     contact: dict
     invitations: list[dict] = field(default_factory=list)
     suppressions: list[dict] = field(default_factory=list)
-
-
-def new_contact() -> dict:
-    return {
-        "cursor": None,  # a Cursor: touchpoints up to here are decided
-        "opted_out": False,
-        "orders": Orders(),  # purchases, sum of their amounts
-        "sent": [],  # Bookings within the caps' reach
-        "held": [],  # invitation rows waiting for their send time (see decide)
-        "journeys": {},  # rule -> journey ids it invited for
-        "relational": {},  # rule -> trigger time of its last decision
-        "completed": {},  # completion rule -> anchors decided (a merge may bring them late)
-    }
 
 
 def unseen(contact: dict, events: Iterable[Event], watermark_ms: int) -> list[Event]:

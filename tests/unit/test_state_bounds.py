@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from streams.core.customer import new_state
-from streams.core.state import Event
+from streams.core.state import CustomerState, Event
 from streams.core.stitching import forgettable
 from streams.dev.bench import Core
 from streams.dev.synth import generate
@@ -72,3 +72,19 @@ def test_what_is_kept_for_ever_is_what_a_later_event_still_needs():
     assert not forgettable(state.evolve(alias="c1"))  # forwards the key's later events
     assert not forgettable(state.evolve(identified=True))  # a customer: surveys, caps
     assert not forgettable(state.evolve(events=[Event(1, "e1", "site_visit", "web")]))
+
+
+def test_a_stored_state_leaves_out_defaults_and_reads_back_equal():
+    """The changelog record is the state's cost per key: fields still at their default
+    (no survey sent, no merge, no floor) are left out, and reading fills them back in."""
+    core = Core()
+    core.step(as_messages(generate(40, seed=3)))
+    assert core.states
+    quiet = next(s for s in core.states.values() if s.contact and not s.contact["sent"])
+    doc = orjson.loads(orjson.dumps(quiet.to_json()))
+    assert not {"sent", "held", "journeys", "opted_out"} & doc["contact"].keys()
+    assert not {"alias", "generation", "floors"} & doc.keys()
+    for state in core.states.values():
+        stored = orjson.loads(orjson.dumps(state.to_json()))
+        assert CustomerState.from_json(stored).to_json() == state.to_json()
+        assert CustomerState.from_json(stored).contact == state.contact
