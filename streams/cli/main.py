@@ -16,6 +16,7 @@ for command in (
     services.worker,
     services.collector,
     services.dispatcher,
+    services.new_secret,
     data.check_config,
     data.replay,
     data.report,

@@ -164,10 +164,12 @@ def dispatcher(
 ) -> None:
     """Deliver survey invitations to survey tools' webhooks, once each.
 
-    Reads `survey-invitations`; POSTs each invitation (JSON from the destination's
-    template, HMAC-SHA256 signed, Idempotency-Key = invitation id) to every destination,
-    with retries and backoff, a rate limit, and the `dispatch-dlq` topic after the last
-    attempt. A ledger makes restarts skip what was delivered. Stops on Ctrl-C or SIGTERM.
+    Reads `survey-invitations` (and `follow-ups` for destinations that take them);
+    POSTs each item (JSON from the destination's template, signed as Standard Webhooks,
+    webhook-id = invitation id) to every destination, with jittered retries that honour
+    Retry-After, a rate limit, and the `dispatch-dlq` topic after the last attempt. A
+    ledger makes restarts skip what was delivered. Stops on Ctrl-C or SIGTERM. Make a
+    signing secret with `parcours new-secret`.
     """
     import asyncio
     import logging
@@ -189,3 +191,16 @@ def dispatcher(
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_dispatcher(settings, destinations, ledger, group))
+
+
+@click.command("new-secret")
+def new_secret() -> None:
+    """Print a new webhook signing secret (whsec_ + base64 of 32 random bytes).
+
+    Give it to the receiver and to the dispatcher (PARCOURS_WEBHOOK_SECRET, or the
+    variable a destination's secret_env names). To rotate, set both secrets, separated
+    by a space: each request is signed with each, and the receiver accepts either.
+    """
+    from streams.edge.destinations import new_secret as make
+
+    click.echo(make())

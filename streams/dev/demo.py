@@ -115,6 +115,7 @@ def run_demo(customers: int, seed: int, data_dir: Path, timeout: float) -> dict:
     summary = summarize(clickhouse_url)
     summary["delivered"] = delivered[INVITATIONS]
     summary["follow_ups_delivered"] = delivered[FOLLOW_UPS]
+    summary["bad_signatures"] = delivered["bad_signatures"]
     print(
         f"\nDelivered to the local webhook, each signed and once: "
         f"{delivered[INVITATIONS]:,} invitations (ClickHouse holds "
@@ -125,7 +126,8 @@ def run_demo(customers: int, seed: int, data_dir: Path, timeout: float) -> dict:
     return summary
 
 
-DEMO_SECRET = "demo-secret"
+# A fixed Standard Webhooks secret (whsec_ + base64 key): the demo's receiver is local.
+DEMO_SECRET = "whsec_cGFyY291cnMtZGVtby1zaWduaW5nLWtleS0zMmJ5dGVz"
 DESTINATIONS = """\
 # Written by parcours demo: two webhooks on the local receiver it started.
 destinations:
@@ -162,7 +164,7 @@ def deliver(
     """Run `parcours dispatcher` against a local webhook receiver until every expected
     item of each kind arrived, or it is quiet; return the items received by kind."""
     t = step("delivering invitations and follow-up tasks to local webhooks (parcours dispatcher)")
-    with WebhookReceiver(DEMO_SECRET.encode()) as receiver:
+    with WebhookReceiver(DEMO_SECRET) as receiver:
         destinations = demo_dir / "destinations.yaml"
         destinations.write_text(DESTINATIONS.format(url=receiver.url))
         with DispatcherProcess(
@@ -189,7 +191,9 @@ def deliver(
             f"({receiver.requests:,} requests, {receiver.rejected} with a bad signature); "
             f"destinations file: {destinations}"
         )
-        return {kind: receiver.delivered(kind) for kind in expected}
+        return {kind: receiver.delivered(kind) for kind in expected} | {
+            "bad_signatures": receiver.rejected
+        }
 
 
 def show_journey_map(clickhouse_url: str, html_path: Path) -> None:

@@ -1,6 +1,7 @@
 """A local webhook receiver for the demo and for trying a destinations file: it checks
-each request's signature, dedupes on the Idempotency-Key and keeps the bodies, by kind
-(the X-Parcours-Kind header: invitations or follow_ups)."""
+each request's Standard Webhooks signature with that project's own library, dedupes on
+the webhook-id and keeps the bodies, by kind (the X-Parcours-Kind header: invitations
+or follow_ups)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,17 @@ from types import TracebackType
 from typing import Self
 
 import orjson
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from streams.edge.destinations import (
-    IDEMPOTENCY_HEADER,
-    INVITATIONS,
-    KIND_HEADER,
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    verify,
-)
+from streams.edge.destinations import ID_HEADER, INVITATIONS, KIND_HEADER
 
 
 class WebhookReceiver:
     """Listens on 127.0.0.1 (a free port) in a thread; 401 for a bad signature."""
 
-    def __init__(self, secret: bytes) -> None:
-        self.secret = secret
-        self.received: dict[tuple[str, str], dict] = {}  # (kind, idempotency key) -> body
+    def __init__(self, secret: str) -> None:
+        self.verifier = Webhook(secret)  # a whsec_ secret, as a receiver is given it
+        self.received: dict[tuple[str, str], dict] = {}  # (kind, webhook-id) -> body
         self.requests = 0
         self.rejected = 0
         self._lock = threading.Lock()
@@ -35,18 +30,17 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                ok = verify(
-                    receiver.secret,
-                    self.headers.get(TIMESTAMP_HEADER, ""),
-                    body,
-                    self.headers.get(SIGNATURE_HEADER, ""),
-                )
+                try:
+                    receiver.verifier.verify(body, dict(self.headers), json_parse=False)
+                    ok = True
+                except WebhookVerificationError:
+                    ok = False
                 with receiver._lock:
                     receiver.requests += 1
                     if ok:
                         key = (
                             self.headers.get(KIND_HEADER, INVITATIONS),
-                            self.headers.get(IDEMPOTENCY_HEADER, ""),
+                            self.headers.get(ID_HEADER, ""),
                         )
                         receiver.received.setdefault(key, orjson.loads(body))
                     else:

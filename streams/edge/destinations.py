@@ -8,7 +8,7 @@ secret, limits and the template that turns an item into the body the tool expect
       survey_tool:
         url: https://surveys.example.com/hooks/parcours
         deliver: [invitations]                 # default; or follow_ups, or both
-        secret_env: PARCOURS_WEBHOOK_SECRET   # HMAC-SHA256 key, read from the environment
+        secret_env: PARCOURS_WEBHOOK_SECRET   # whsec_... key(s), read from the environment
         timeout: 5s
         rate_limit: 20                         # requests per second
         max_attempts: 8                        # then the dead-letter topic
@@ -24,21 +24,33 @@ template is rendered at load with a sample item of each kind it takes, so a temp
 that cannot render (`{send_at_ms:%Y-%m-%d}`: a number has no date format) is refused
 then, not at send time. A destination without a secret is refused unless it says
 `unsigned: true`: a receiver cannot tell an unsigned request from a forged one.
+
+Requests are signed as Standard Webhooks (standardwebhooks.com) prescribes, so a
+receiver verifies them with that project's library in its own language: headers
+`webhook-id` (the item id, the same on every retry), `webhook-timestamp` and
+`webhook-signature` (`v1,` + base64 HMAC-SHA256 of "<id>.<timestamp>.<body>"). A secret
+is `whsec_` + base64 of the key; several, separated by spaces, sign each request once
+each, so a receiver can move to a new secret without a gap (rotation).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import os
+import random
 import string
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jsonschema
 import orjson
 import yaml
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from streams.config.durations import duration_ms
 from streams.config.yaml_files import load_yaml
@@ -71,8 +83,10 @@ SCHEMA = {
                     "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
                     "backoff": DURATION,
                     "max_backoff": DURATION,
+                    "max_retry_after": DURATION,
                     "template": {"type": ["object", "array"]},
                     "unsigned": {"type": "boolean"},
+                    "legacy_headers": {"type": "boolean"},
                 },
             },
         }
@@ -82,7 +96,7 @@ SCHEMA = {
 
 INVITATIONS, FOLLOW_UPS = "invitations", "follow_ups"  # what a destination may take
 
-# The HMAC key of destinations without `secret_env`; unset, their requests go unsigned.
+# The signing secret(s) of destinations without `secret_env`.
 DEFAULT_SECRET_ENV = "PARCOURS_WEBHOOK_SECRET"
 
 
@@ -94,7 +108,7 @@ class DestinationsError(ValueError):
 class Destination:
     name: str
     url: str
-    secret: bytes = b""
+    secrets: tuple[bytes, ...] = ()  # signing keys (decoded); the first signs legacy headers
     deliver: tuple[str, ...] = (INVITATIONS,)  # what it takes: invitations, follow_ups
     timeout_seconds: float = 5.0
     rate_limit: float = 50.0  # requests per second
@@ -102,15 +116,30 @@ class Destination:
     max_attempts: int = 8
     backoff_seconds: float = 0.5
     max_backoff_seconds: float = 30.0
+    # The longest a 429 or 503 answer's Retry-After is waited for before the next attempt.
+    max_retry_after_seconds: float = 600.0
     template: object = None  # None: the invitation as it is
     unsigned: bool = False  # says `unsigned: true`: no secret, requests go unsigned
+    # Also send the X-Parcours-* signature headers of parcours 0.1 (deprecated: the next
+    # version drops them), for receivers not yet moved to Standard Webhooks.
+    legacy_headers: bool = False
 
     def body(self, item: dict) -> object:
         return item if self.template is None else render(self.template, item)
 
     def backoff(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1, 2, ...)."""
+        """The longest wait after failed attempt number `attempt` (1, 2, ...)."""
         return min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1))
+
+    def retry_wait(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before the next attempt: the backoff with jitter (between half
+        and all of it, so receivers recovering from an outage are not hit in waves), or
+        the receiver's Retry-After if longer, up to `max_retry_after_seconds`."""
+        ceiling = self.backoff(attempt)
+        wait = random.uniform(ceiling / 2, ceiling)
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.max_retry_after_seconds))
+        return wait
 
 
 def load_destinations(path: Path, env: dict[str, str] | None = None) -> list[Destination]:
@@ -129,17 +158,19 @@ def load_destinations(path: Path, env: dict[str, str] | None = None) -> list[Des
     destinations = []
     for name, spec in doc["destinations"].items():
         where = f"{path}: destinations/{name}"
-        secret = env.get(DEFAULT_SECRET_ENV, "").encode()
-        if "secret_env" in spec:
-            value = env.get(spec["secret_env"], "")
-            if not value:
-                raise DestinationsError(
-                    f"{where}/secret_env: {spec['secret_env']} is not set; "
-                    "export it with the webhook's shared secret"
-                )
-            secret = value.encode()
+        secret_env = spec.get("secret_env", DEFAULT_SECRET_ENV)
+        value = env.get(secret_env, "")
+        if "secret_env" in spec and not value:
+            raise DestinationsError(
+                f"{where}/secret_env: {secret_env} is not set; "
+                "export it with the webhook's shared secret (whsec_...)"
+            )
+        try:
+            secrets = parse_secrets(value)
+        except ValueError as exc:
+            raise DestinationsError(f"{where}: {secret_env}: {exc}") from None
         unsigned = spec.get("unsigned", False)
-        if not secret and not unsigned:
+        if not secrets and not unsigned:
             raise DestinationsError(
                 f"{where}: no secret to sign requests with; export {DEFAULT_SECRET_ENV} "
                 "(or name a variable in secret_env), or write `unsigned: true` to send "
@@ -150,14 +181,14 @@ def load_destinations(path: Path, env: dict[str, str] | None = None) -> list[Des
             check_template(spec["template"], deliver, where)
         seconds = {
             k: duration_ms(spec[k]) / 1000
-            for k in ("timeout", "backoff", "max_backoff")
+            for k in ("timeout", "backoff", "max_backoff", "max_retry_after")
             if k in spec
         }
         destinations.append(
             Destination(
                 name,
                 spec["url"],
-                secret,
+                secrets,
                 deliver=deliver,
                 timeout_seconds=seconds.get("timeout", 5.0),
                 rate_limit=float(spec.get("rate_limit", 50.0)),
@@ -165,8 +196,10 @@ def load_destinations(path: Path, env: dict[str, str] | None = None) -> list[Des
                 max_attempts=spec.get("max_attempts", 8),
                 backoff_seconds=seconds.get("backoff", 0.5),
                 max_backoff_seconds=seconds.get("max_backoff", 30.0),
+                max_retry_after_seconds=seconds.get("max_retry_after", 600.0),
                 template=spec.get("template"),
                 unsigned=unsigned,
+                legacy_headers=spec.get("legacy_headers", False),
             )
         )
     return destinations
@@ -257,37 +290,75 @@ class _Missing(dict):
         return ""
 
 
-# The webhook contract: every request carries these headers.
-SIGNATURE_HEADER = "X-Parcours-Signature"
-TIMESTAMP_HEADER = "X-Parcours-Timestamp"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
+# The webhook contract: Standard Webhooks' three headers, and two of parcours' own.
+ID_HEADER = "webhook-id"  # the item id (see streams.edge.dispatcher.item_id_of)
+TIMESTAMP_HEADER = "webhook-timestamp"  # Unix seconds when the request was signed
+SIGNATURE_HEADER = "webhook-signature"  # "v1,<base64>" per secret, space-separated
+IDEMPOTENCY_HEADER = "Idempotency-Key"  # the same item id, for receivers that read this one
 KIND_HEADER = "X-Parcours-Kind"  # invitations or follow_ups
+# parcours 0.1's own signature, sent too with `legacy_headers: true` (deprecated).
+LEGACY_SIGNATURE_HEADER = "X-Parcours-Signature"
+LEGACY_TIMESTAMP_HEADER = "X-Parcours-Timestamp"
+SECRET_PREFIX = "whsec_"
 
 
-def sign(secret: bytes, timestamp: int, body: bytes) -> str:
-    """`sha256=<hex>` of HMAC-SHA256 over "<timestamp>.<body>" (the timestamp is signed so a
-    captured request cannot be replayed later)."""
+def parse_secrets(value: str) -> tuple[bytes, ...]:
+    """The signing keys in a secret setting: `whsec_<base64>` each, separated by spaces or
+    commas (several while rotating). A value without the prefix is an older plain
+    secret and is taken as its bytes, as the standardwebhooks libraries do with bytes."""
+    keys = []
+    for secret in value.replace(",", " ").split():
+        if not secret.startswith(SECRET_PREFIX):
+            keys.append(secret.encode())
+            continue
+        try:
+            keys.append(base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True))
+        except binascii.Error:
+            raise ValueError(
+                f"{secret[:10]}... is not whsec_ followed by base64; "
+                "make one with `parcours new-secret`"
+            ) from None
+    return tuple(keys)
+
+
+def new_secret() -> str:
+    """A fresh signing secret, as Standard Webhooks writes them: whsec_ + 32 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(os.urandom(32)).decode()
+
+
+def signed_headers(
+    secrets: tuple[bytes, ...], item_id: str, timestamp: int, body: bytes, legacy: bool = False
+) -> dict[str, str]:
+    """The signature headers of one request: one `v1` signature per secret."""
+    when = datetime.fromtimestamp(timestamp, UTC)
+    text = body.decode()
+    headers = {
+        ID_HEADER: item_id,
+        TIMESTAMP_HEADER: str(timestamp),
+        SIGNATURE_HEADER: " ".join(Webhook(key).sign(item_id, when, text) for key in secrets),
+    }
+    if legacy and secrets:
+        headers[LEGACY_TIMESTAMP_HEADER] = str(timestamp)
+        headers[LEGACY_SIGNATURE_HEADER] = legacy_signature(secrets[0], timestamp, body)
+    return headers
+
+
+def legacy_signature(secret: bytes, timestamp: int, body: bytes) -> str:
+    """parcours 0.1's `sha256=<hex>` of HMAC-SHA256 over "<timestamp>.<body>" (deprecated)."""
     digest = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256)
     return "sha256=" + digest.hexdigest()
 
 
-def verify(
-    secret: bytes,
-    timestamp: str,
-    body: bytes,
-    signature: str,
-    tolerance_seconds: float = 300.0,
-    now: float | None = None,
-) -> bool:
-    """What a receiver checks: the signature matches and the timestamp is recent."""
-    try:
-        stamp = int(timestamp)
-    except ValueError:
-        return False
-    now = time.time() if now is None else now
-    if abs(now - stamp) > tolerance_seconds:
-        return False
-    return hmac.compare_digest(sign(secret, stamp, body), signature)
+def verify(secrets: tuple[bytes, ...], headers: dict[str, str], body: bytes) -> bool:
+    """What a receiver checks, with the Standard Webhooks library: a signature by one of
+    `secrets` over the id, the timestamp and the body, and a timestamp within 5 minutes."""
+    for key in secrets:
+        try:
+            Webhook(key).verify(body, headers, json_parse=False)
+            return True
+        except WebhookVerificationError:
+            continue
+    return False
 
 
 @dataclass

@@ -5,17 +5,19 @@ Consumes `survey-invitations` (messages `{"invitations": [...]}`) and, when a
 destination takes them, `follow-ups` (`{"follow_ups": [...]}`: a task when it opens and
 again when it closes), and POSTs every item to every destination that takes its kind
 (see streams.edge.destinations): JSON body from the destination's template, signed with
-HMAC-SHA256, at most `rate_limit` requests/s and `concurrency` at a time. Timeouts,
-connection errors, 408, 429 and 5xx are retried with exponential backoff up to
-`max_attempts`; other 4xx answers and the last failure go to the `dispatch-dlq` topic
-with the reason, and the dispatcher moves on.
+Standard Webhooks signatures, at most `rate_limit` requests/s and `concurrency` at a
+time. Timeouts, connection errors, 408, 429 and 5xx are retried with jittered
+exponential backoff (a 429's or 503's Retry-After is honoured) up to `max_attempts`;
+other 4xx answers and the last failure go to the `dispatch-dlq` topic with the reason,
+and the dispatcher moves on.
 
 Once: a delivery ledger (SQLite, one row per destination and item id) is written as
 soon as a destination accepts an item, and offsets are committed only after every item
 of a batch is delivered or dead-lettered. After a crash the batch is
 read again and the ledger skips what was delivered. The one window left (killed after
 the destination answered, before the ledger write: microseconds) is covered by the
-`Idempotency-Key` header, the item id (see item_id_of), which receivers should dedupe on.
+`webhook-id` header (also sent as `Idempotency-Key`), the item id (see item_id_of),
+which receivers should dedupe on.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import signal
 import sqlite3
 import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import aiohttp
@@ -41,11 +44,9 @@ from streams.edge.destinations import (
     IDEMPOTENCY_HEADER,
     INVITATIONS,
     KIND_HEADER,
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
     Destination,
     TokenBucket,
-    sign,
+    signed_headers,
 )
 from streams.edge.produce import kafka_producer
 from streams.outputs import OUTPUT_OF
@@ -53,6 +54,7 @@ from streams.outputs import OUTPUT_OF
 log = logging.getLogger("parcours.dispatcher")
 
 RETRYABLE_STATUS = {408, 429}  # and every 5xx
+RETRY_AFTER_STATUS = {429, 503}  # answers whose Retry-After says when to come back
 # How much of an answer is read: enough for an error message, never a receiver's
 # whole (possibly huge) body.
 MAX_ANSWER_BYTES = 4096
@@ -99,6 +101,7 @@ class Attempt:
     ok: bool
     retry: bool
     detail: str
+    retry_after: float | None = None  # seconds the receiver asked to wait (429, 503)
 
 
 class Dispatcher:
@@ -175,7 +178,7 @@ class Dispatcher:
             if not result.retry:
                 break
             if attempt < destination.max_attempts:
-                await asyncio.sleep(destination.backoff(attempt))
+                await asyncio.sleep(destination.retry_wait(attempt, result.retry_after))
         await self._give_up(destination, item, item_id, attempt, detail)
 
     async def _give_up(
@@ -192,10 +195,11 @@ class Dispatcher:
             "Content-Type": "application/json",
             KIND_HEADER: kind,
             IDEMPOTENCY_HEADER: item_id,
-            TIMESTAMP_HEADER: str(timestamp),
         }
-        if destination.secret:
-            headers[SIGNATURE_HEADER] = sign(destination.secret, timestamp, body)
+        if destination.secrets:
+            headers |= signed_headers(
+                destination.secrets, item_id, timestamp, body, destination.legacy_headers
+            )
         try:
             async with self.session.post(
                 destination.url,
@@ -206,6 +210,7 @@ class Dispatcher:
             ) as response:
                 status = response.status
                 location = response.headers.get("Location", "")
+                retry_after = response.headers.get("Retry-After")
                 # A bounded prefix; leaving the rest unread closes the connection.
                 head = b"" if 200 <= status < 300 else await response.content.read(MAX_ANSWER_BYTES)
         except Exception as exc:  # whatever a receiver sends back is an attempt, not a crash
@@ -221,7 +226,23 @@ class Dispatcher:
                 "set the destination's url to the final address",
             )
         retry = status >= 500 or status in RETRYABLE_STATUS
-        return Attempt(False, retry, f"HTTP {status}: {text}")
+        wait = seconds_after(retry_after) if status in RETRY_AFTER_STATUS else None
+        return Attempt(False, retry, f"HTTP {status}: {text}", wait)
+
+
+def seconds_after(retry_after: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header's wait in seconds (delay-seconds or an HTTP date), None when
+    absent or unreadable (then the backoff decides)."""
+    if not retry_after:
+        return None
+    value = retry_after.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
 
 
 def items_of(value: bytes | None) -> tuple[str, list[dict]] | None:

@@ -19,6 +19,8 @@ def test_the_demo_lands_every_event_and_delivers_every_invitation(tmp_path, caps
     assert summary["tables"]["touchpoints"] >= summary["customers"] > 0
     assert summary["invitation_count"] > 0
     assert summary["delivered"] == summary["invitation_count"]
+    # The receiver verifies with the Standard Webhooks library: every request passed.
+    assert summary["bad_signatures"] == 0
     assert "Delivered to the local webhook, each signed and once" in out
     still_open = sum(n for *_, n, _ in summary["follow_ups"])  # detractors, repeated calls
     closed = sum(n for *_, n in summary["follow_ups"])

@@ -4,9 +4,13 @@ end to end through the local broker to an HTTP receiver run by the test."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import hashlib
+import hmac
 import time
 from collections import Counter
+from email.utils import formatdate
 from pathlib import Path
 
 import orjson
@@ -15,20 +19,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.edge.destinations import (
+    ID_HEADER,
     IDEMPOTENCY_HEADER,
     KIND_HEADER,
+    LEGACY_SIGNATURE_HEADER,
+    LEGACY_TIMESTAMP_HEADER,
     SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
     Destination,
     DestinationsError,
     TokenBucket,
     load_destinations,
+    new_secret,
+    parse_secrets,
     render,
-    sign,
-    verify,
+    signed_headers,
 )
-from streams.edge.dispatcher import Dispatcher, Ledger, item_id_of, items_of
-from tests.support.dispatcher import SECRET, Receiver, invitation
+from streams.edge.dispatcher import Dispatcher, Ledger, item_id_of, items_of, seconds_after
+from tests.support.dispatcher import KEYS, Receiver, invitation, verified
 
 
 @pytest.fixture
@@ -40,7 +47,7 @@ def receiver():
 
 def destination(url: str, **fields) -> Destination:
     options = {"backoff_seconds": 0.01, "max_backoff_seconds": 0.05, "rate_limit": 1000.0}
-    return Destination("tool", url, SECRET, **{**options, **fields})
+    return Destination("tool", url, KEYS, **{**options, **fields})
 
 
 async def dispatch(
@@ -86,18 +93,66 @@ def test_template_keeps_types_formats_strings_and_recurses():
     assert render("x {nope} y", {}) == "x  y"
 
 
-@given(st.binary(max_size=200), st.integers(min_value=0, max_value=2**31))
-def test_a_signature_verifies_and_any_change_breaks_it(body, timestamp):
-    signature = sign(SECRET, timestamp, body)
-    assert verify(SECRET, str(timestamp), body, signature, now=timestamp)
-    assert not verify(SECRET, str(timestamp), body + b"x", signature, now=timestamp)
-    assert not verify(b"other", str(timestamp), body, signature, now=timestamp)
-    assert not verify(SECRET, str(timestamp), body, signature, now=timestamp + 301)
+@given(st.binary(max_size=200).map(lambda b: b.hex().encode()), st.text(min_size=1, max_size=30))
+def test_a_standard_webhooks_verifier_accepts_the_signature_and_any_change_breaks_it(body, item_id):
+    """The receiver's side is the standardwebhooks library itself, not our own code."""
+    now = int(time.time())
+    headers = signed_headers(KEYS, item_id, now, body)
+    assert verified({"headers": headers, "body": body})
+    assert not verified({"headers": headers, "body": body + b"x"})
+    assert not verified({"headers": {**headers, ID_HEADER: item_id + "x"}, "body": body})
+    assert not verified({"headers": headers, "body": body}, secret=new_secret())
+    stale = signed_headers(KEYS, item_id, now - 301, body)  # replayed after 5 minutes
+    assert not verified({"headers": stale, "body": body})
+
+
+def test_two_secrets_while_rotating_sign_each_request_twice_and_either_verifies():
+    old, new = new_secret(), new_secret()
+    headers = signed_headers(parse_secrets(f"{old} {new}"), "inv-1", int(time.time()), b"{}")
+    assert len(headers[SIGNATURE_HEADER].split(" ")) == 2
+    assert all(s.startswith("v1,") for s in headers[SIGNATURE_HEADER].split(" "))
+    for secret in (old, new):
+        assert verified({"headers": headers, "body": b"{}"}, secret=secret)
+
+
+def test_legacy_headers_are_sent_only_when_asked_and_follow_the_old_formula():
+    body, stamp = b'{"a":1}', 1_700_000_000
+    assert LEGACY_SIGNATURE_HEADER not in signed_headers(KEYS, "i", stamp, body)
+    headers = signed_headers(KEYS, "i", stamp, body, legacy=True)
+    expected = hmac.new(KEYS[0], b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert headers[LEGACY_SIGNATURE_HEADER] == "sha256=" + expected
+    assert headers[LEGACY_TIMESTAMP_HEADER] == "1700000000"
+
+
+def test_secrets_are_whsec_base64_or_an_older_plain_value():
+    assert parse_secrets("whsec_" + base64.b64encode(b"key").decode()) == (b"key",)
+    assert parse_secrets("plain, whsec_a2V5") == (b"plain", b"key")
+    assert parse_secrets("") == ()
+    with pytest.raises(ValueError, match="parcours new-secret"):
+        parse_secrets("whsec_not*base64")
 
 
 def test_backoff_doubles_up_to_the_cap():
     d = Destination("x", "http://h", backoff_seconds=0.5, max_backoff_seconds=3.0)
     assert [d.backoff(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def test_a_retry_waits_a_jittered_backoff_or_the_receivers_retry_after_up_to_a_cap():
+    d = Destination("x", "http://h", backoff_seconds=1.0, max_backoff_seconds=8.0)
+    waits = [d.retry_wait(3) for _ in range(200)]
+    assert all(2.0 <= w <= 4.0 for w in waits) and len(set(waits)) > 100
+    assert d.retry_wait(1, retry_after=30.0) == 30.0
+    assert d.retry_wait(1, retry_after=7200.0) == d.max_retry_after_seconds
+    assert 0.5 <= d.retry_wait(1, retry_after=0.0) <= 1.0
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    assert seconds_after("120") == 120.0
+    now = 1_700_000_000.0
+    assert seconds_after(formatdate(now + 90, usegmt=True), now=now) == pytest.approx(90.0)
+    assert seconds_after(formatdate(now - 90, usegmt=True), now=now) == 0.0
+    for unusable in (None, "", "soon", "-5"):
+        assert seconds_after(unusable) is None
 
 
 def test_token_bucket_holds_the_rate():
@@ -120,13 +175,15 @@ def test_destinations_file_loads_with_defaults_and_the_secret_from_the_environme
     path = write(
         tmp_path,
         "destinations:\n  tool:\n    url: https://h/x\n    secret_env: HOOK_SECRET\n"
-        "    timeout: 2s\n    max_attempts: 3\n    template: {email: '{customer_key}'}\n",
+        "    timeout: 2s\n    max_attempts: 3\n    template: {email: '{customer_key}'}\n"
+        "    legacy_headers: true\n    max_retry_after: 2m\n",
     )
     [d] = load_destinations(path, env={"HOOK_SECRET": "s3"})
-    assert (d.name, d.url, d.secret, d.timeout_seconds, d.max_attempts) == (
+    assert (d.legacy_headers, d.max_retry_after_seconds) == (True, 120.0)
+    assert (d.name, d.url, d.secrets, d.timeout_seconds, d.max_attempts) == (
         "tool",
         "https://h/x",
-        b"s3",
+        (b"s3",),
         2.0,
         3,
     )
@@ -135,7 +192,7 @@ def test_destinations_file_loads_with_defaults_and_the_secret_from_the_environme
     # Without secret_env, PARCOURS_WEBHOOK_SECRET signs (without either: see below).
     plain = write(tmp_path, "destinations:\n  tool: {url: 'http://h'}\n")
     signed = load_destinations(plain, env={"PARCOURS_WEBHOOK_SECRET": "k"})[0]
-    assert (signed.secret, signed.deliver) == (b"k", ("invitations",))
+    assert (signed.secrets, signed.deliver) == ((b"k",), ("invitations",))
     both = write(tmp_path, "destinations:\n  crm: {url: 'http://h', deliver: [follow_ups]}\n")
     assert load_destinations(both, env={"PARCOURS_WEBHOOK_SECRET": "k"})[0].deliver == (
         "follow_ups",
@@ -213,9 +270,7 @@ def test_follow_ups_go_only_where_asked_once_when_opened_and_once_when_closed(tm
             ("follow_ups", "task-1/closed"): 1,
         }
     )
-    for r in receiver.accepted():
-        h = r["headers"]
-        assert verify(SECRET, h[TIMESTAMP_HEADER], r["body"], h[SIGNATURE_HEADER])
+    assert all(verified(r) for r in receiver.accepted())
     assert item_id_of("follow_ups", task(3, "closed")) == "task-3/closed"
 
 
@@ -230,8 +285,8 @@ def test_each_invitation_is_posted_once_signed_with_its_idempotency_key(tmp_path
     assert ids == Counter({f"inv-{n:04d}": 1 for n in range(20)})
     for r in receiver.accepted():
         h = r["headers"]
-        assert verify(SECRET, h[TIMESTAMP_HEADER], r["body"], h[SIGNATURE_HEADER])
-        assert orjson.loads(r["body"])["invitation_id"] == h[IDEMPOTENCY_HEADER]
+        assert verified(r)
+        assert orjson.loads(r["body"])["invitation_id"] == h[ID_HEADER] == h[IDEMPOTENCY_HEADER]
 
 
 def test_a_restart_skips_what_the_ledger_says_was_delivered(tmp_path, receiver):
@@ -261,6 +316,34 @@ def test_a_refusal_or_the_last_failure_goes_to_the_dead_letters(tmp_path, receiv
     )
     assert dead == [("inv-0002", "tool", "HTTP 503: ")]
     assert len(receiver.requests) == 1 + 3
+
+
+def test_a_429_with_retry_after_is_retried_no_sooner_than_asked(tmp_path, receiver):
+    answered = []  # (time, status) of each answer
+
+    def busy_once(handler, _status) -> None:
+        status = 200 if answered else 429
+        answered.append((time.monotonic(), status))
+        handler.send_response(status)
+        if status == 429:
+            handler.send_header("Retry-After", "1")
+        handler.end_headers()
+
+    receiver.answer = busy_once
+    assert asyncio.run(dispatch(tmp_path, destination(receiver.url), [invitation(1)])) == []
+    [(first, busy), (second, ok)] = answered
+    assert (busy, ok) == (429, 200)
+    assert second - first >= 1.0  # the backoff alone would be 0.05 s at most
+
+
+@pytest.mark.parametrize(("status", "attempts"), [(408, 3), (429, 3), (404, 1), (401, 1)])
+def test_only_408_and_429_among_4xx_are_retried(tmp_path, receiver, status, attempts):
+    receiver.status = status
+    dead = asyncio.run(
+        dispatch(tmp_path, destination(receiver.url, max_attempts=3), [invitation(1)])
+    )
+    assert [reason for *_, reason in dead] == [f"HTTP {status}: "]
+    assert len(receiver.requests) == attempts
 
 
 def test_an_unreachable_destination_is_retried_then_dead_lettered(tmp_path):
@@ -373,7 +456,10 @@ def test_a_destination_without_a_secret_must_say_it_is_unsigned(tmp_path):
     assert "unsigned: true" in str(caught.value)
     said = write(tmp_path, "destinations:\n  tool: {url: 'http://h', unsigned: true}\n")
     [d] = load_destinations(said, env={})
-    assert (d.secret, d.unsigned) == (b"", True)
+    assert (d.secrets, d.unsigned) == ((), True)
+    bad = write(tmp_path, "destinations:\n  tool: {url: 'http://h', secret_env: HOOK}\n")
+    with pytest.raises(DestinationsError, match=r"destinations/tool: HOOK: whsec_x.*new-secret"):
+        load_destinations(bad, env={"HOOK": "whsec_x!y"})
 
 
 def test_a_template_that_fails_on_a_real_item_is_dead_lettered_not_a_crash(tmp_path, receiver):

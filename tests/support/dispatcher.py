@@ -6,7 +6,22 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-SECRET = b"test-secret"
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from streams.edge.destinations import parse_secrets
+
+# A Standard Webhooks secret as a receiver holds it, and the key the dispatcher signs with.
+SECRET = "whsec_dGVzdC1zaWduaW5nLWtleS1vZi10aGUtZGlzcGF0Y2hlcg=="
+KEYS = parse_secrets(SECRET)
+
+
+def verified(request: dict, secret: str = SECRET) -> bool:
+    """Whether the receiver's side, the standardwebhooks library, accepts the request."""
+    try:
+        Webhook(secret).verify(request["body"], request["headers"], json_parse=False)
+    except WebhookVerificationError:
+        return False
+    return True
 
 
 class Receiver:
