@@ -1,11 +1,17 @@
 # The parcours worker image (docker-compose.yml builds it for the `worker` service).
-FROM python:3.11-slim
+FROM python:3.11.11-slim-bookworm
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY streams ./streams
 COPY schemas ./schemas
 RUN pip install --no-cache-dir ".[rocksdb]"
+
+# Runs as a user of its own, not root; the data folder (RocksDB state, the dispatcher's
+# ledger) is its, and a named volume mounted there starts out owned by it too.
+RUN useradd --create-home --uid 10001 parcours \
+    && mkdir -p /var/lib/parcours && chown parcours:parcours /var/lib/parcours
+USER parcours
 
 # The package is installed into site-packages; its schemas stay here.
 ENV PARCOURS_SCHEMAS_DIR=/app/schemas \

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import os
 import random
 import signal
 import sys
@@ -28,6 +29,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import IO
 
 import orjson
@@ -159,6 +161,9 @@ class Summary:
 Send = Callable[[dict], Awaitable[None]]
 
 
+HEARTBEAT_ENV = "PARCOURS_HEARTBEAT_FILE"
+
+
 async def run(
     stream: Iterator[Delivery],
     send: Send,
@@ -168,7 +173,9 @@ async def run(
     progress_every: float = 5.0,
 ) -> Summary:
     """Send deliveries (paced by their offsets, or as fast as possible) until `limit`
-    messages or until cancelled; progress goes to stderr."""
+    messages or until cancelled; progress goes to stderr, and touches the file named by
+    PARCOURS_HEARTBEAT_FILE, if set (a container's health check reads its age)."""
+    heartbeat = os.environ.get(HEARTBEAT_ENV)
     started = shown = time.monotonic()
     for delivery in itertools.islice(stream, limit):
         if paced:
@@ -180,6 +187,8 @@ async def run(
         if time.monotonic() - shown >= progress_every:
             shown = time.monotonic()
             print(summary.progress(), file=sys.stderr, flush=True)
+            if heartbeat:
+                Path(heartbeat).touch()
     return summary
 
 

@@ -18,6 +18,7 @@ from streams.dev.simulate import Pace, deliveries
 from streams.dev.synth import generate
 from streams.dev.webhook_receiver import WebhookReceiver
 from streams.edge.produce import as_messages, produce
+from tests.support.dispatcher import SECRET
 from tests.support.observability import (
     NO_PROMETHEUS,
     NONE,
@@ -56,14 +57,14 @@ def test_a_real_prometheus_answers_every_dashboard_and_alert_query(tmp_path):
         LocalBroker(log_path=tmp_path / "broker.log") as broker,
         broker.worker(tmp_path, PARCOURS_STATE_SCAN_SECONDS="1") as worker,
         Collector(broker.bootstrap, tmp_path, key="k3y") as collector,
-        WebhookReceiver(b"s3cret") as receiver,
+        WebhookReceiver(SECRET) as receiver,
         DispatcherProcess(
             broker.bootstrap,
             write_destinations(tmp_path, receiver.url),
             tmp_path / "ledger.db",
             tmp_path / "dispatcher.log",
             metrics_port=(dispatcher_port := free_port()),
-            PARCOURS_WEBHOOK_SECRET="s3cret",
+            PARCOURS_WEBHOOK_SECRET=SECRET,
         ),
         Prometheus(
             tmp_path,
@@ -107,9 +108,13 @@ def test_a_real_prometheus_answers_every_dashboard_and_alert_query(tmp_path):
             answer = prom.query(rule["expr"])  # the whole rule, usually empty: nothing fires
             if answer["status"] != "success":
                 failed.append((rule["alert"], answer.get("error")))
-            for selector in re.findall(r"\bparcours_[a-z_]+(?:\{[^}]*\})?", rule["expr"]):
-                if not prom.query(selector)["data"]["result"]:
-                    empty.append(f"{rule['alert']}: {selector}")
+            # Each series it reads is scraped, with the labels it filters on (the values
+            # it waits for, a dead letter or a late event, need not occur here).
+            for name, filters in re.findall(r"\b(parcours_[a-z_]+)(?:\{([^}]*)\})?", rule["expr"]):
+                series = prom.query(name)["data"]["result"]
+                labels = set(re.findall(r"(\w+)\s*[!=]~?", filters))
+                if not series or not labels <= set().union(*(r["metric"] for r in series)):
+                    empty.append(f"{rule['alert']}: {name}{{{filters}}}")
         rules_loaded = prom.rules_loaded()
         ingested = prom.query("sum by (result) (parcours_events_ingested_total)")["data"]
 

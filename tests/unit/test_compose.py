@@ -35,6 +35,7 @@ def test_the_stack_has_the_services_users_need():
         "simulator",
         "dispatcher",
         "prometheus",
+        "alertmanager",
         "grafana",
     }
     assert SERVICES["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
@@ -46,10 +47,44 @@ def test_the_stack_has_the_services_users_need():
 
 def test_long_running_services_have_health_checks_and_named_volumes():
     for name, service in SERVICES.items():
-        if name != "simulator":
-            assert "healthcheck" in service, f"{name} has no healthcheck"
+        assert "healthcheck" in service, f"{name} has no healthcheck"
         for volume in service.get("volumes", []):
             assert not volume.startswith("/"), f"{name} mounts a host path: {volume}"
+
+
+# Where each stateful service keeps what a recreated container must find again.
+DATA_PATHS = {
+    "kafka": "/var/lib/kafka/data",  # topics, changelogs (state, dedupe), offsets
+    "clickhouse": "/var/lib/clickhouse",
+    "prometheus": "/prometheus",
+    "alertmanager": "/alertmanager",  # silences, notification log
+    "grafana": "/var/lib/grafana",
+    "dispatcher": "/var/lib/parcours",  # the delivery ledger
+}
+
+
+@pytest.mark.parametrize("name", sorted(DATA_PATHS))
+def test_every_stateful_service_keeps_its_data_in_a_named_volume(name):
+    volumes = dict(v.split(":")[:2][::-1] for v in SERVICES[name]["volumes"])
+    assert volumes.get(DATA_PATHS[name]) in COMPOSE["volumes"], f"{name}: no named volume"
+    if name == "kafka":  # the broker writes where the volume is
+        assert SERVICES[name]["environment"]["KAFKA_LOG_DIRS"] == DATA_PATHS[name]
+        assert SERVICES[name]["environment"]["CLUSTER_ID"]  # the same after a recreate
+    if name == "alertmanager":
+        assert f"--storage.path={DATA_PATHS[name]}" in SERVICES[name]["command"]
+
+
+def test_images_are_pinned_to_exact_versions_and_the_parcours_image_runs_as_a_user():
+    exact = re.compile(r":v?\d+\.\d+\.\d+(\.\d+)?(-[a-z0-9-]+)?$")
+    for name, service in SERVICES.items():
+        if "build" not in service:
+            assert exact.search(service["image"]), f"{name}: {service['image']} floats"
+    dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
+    [base] = re.findall(r"^FROM (\S+)", dockerfile, flags=re.M)
+    assert exact.search(base), base
+    users = re.findall(r"^USER (\S+)", dockerfile, flags=re.M)
+    assert users and users[-1] not in ("root", "0"), "the image must not run as root"
+    assert "PARCOURS_HEARTBEAT_FILE" in SERVICES["simulator"]["environment"]
 
 
 def test_host_ports_do_not_clash():
@@ -133,32 +168,48 @@ def test_prometheus_scrapes_the_workers_and_collector_and_loads_the_alerts():
     assert f"{collector_port}:{collector_port}" in SERVICES["collector"]["ports"]
     for rule_file in config["rule_files"]:
         assert mounted("prometheus", rule_file).is_file()
-
-
-def test_grafana_finds_its_datasource_and_dashboards():
-    provisioning = mounted("grafana", "/etc/grafana/provisioning")
-    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
-        "datasources"
-    ]
-    host, port = source["url"].split("//")[1].split(":")
+    [alertmanagers] = config["alerting"]["alertmanagers"]
+    [target] = alertmanagers["static_configs"][0]["targets"]
+    host, port = target.split(":")
     assert host in SERVICES and f"{port}:{port}" in SERVICES[host]["ports"]
+    config_flag = next(a for a in SERVICES[host]["command"] if a.startswith("--config.file="))
+    assert mounted(host, config_flag.split("=", 1)[1]).is_file()
+
+
+def test_grafana_finds_its_datasources_plugin_and_dashboards():
+    provisioning = mounted("grafana", "/etc/grafana/provisioning")
+    sources = {
+        source["type"]: source
+        for path in sorted((provisioning / "datasources").glob("*.yml"))
+        for source in yaml.safe_load(path.read_text())["datasources"]
+    }
+    assert set(sources) == {"prometheus", "grafana-clickhouse-datasource"}
+    host, port = sources["prometheus"]["url"].split("//")[1].split(":")
+    assert host in SERVICES and f"{port}:{port}" in SERVICES[host]["ports"]
+    clickhouse = sources["grafana-clickhouse-datasource"]
+    worker_url = SERVICES["worker"]["environment"]["CLICKHOUSE_URL"]  # user:password@host:port/db
+    assert worker_url.endswith(
+        f"{clickhouse['jsonData']['username']}:{clickhouse['secureJsonData']['password']}"
+        f"@{clickhouse['jsonData']['host']}:{clickhouse['jsonData']['port']}"
+        f"/{clickhouse['jsonData']['defaultDatabase']}"
+    )
+    plugins = SERVICES["grafana"]["environment"]["GF_INSTALL_PLUGINS"]
+    assert re.fullmatch(r"grafana-clickhouse-datasource \d+\.\d+\.\d+", plugins)  # pinned
     [provider] = yaml.safe_load((provisioning / "dashboards" / "parcours.yml").read_text())[
         "providers"
     ]
     dashboards = mounted("grafana", provider["options"]["path"])
     assert sorted(p.name for p in dashboards.glob("*.json")) == [
         "customer-journeys.json",
+        "journey-map.json",
         "pipeline-health.json",
     ]
     home = SERVICES["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert (dashboards / Path(home).name).is_file()
-    uids = {
-        t["datasource"]["uid"]
-        for p in (dashboards).glob("*.json")
-        for panel in json.loads(p.read_text())["panels"]
-        for t in panel["targets"]
-    }
-    assert uids == {source["uid"]}
+    for path in dashboards.glob("*.json"):  # each picks a provisioned kind of datasource
+        dashboard = json.loads(path.read_text())
+        [variable] = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+        assert variable["query"] in sources, path.name
 
 
 def test_clickhouse_gets_the_ddl_the_workers_apply():
