@@ -34,7 +34,7 @@ def dashboard_queries() -> list[tuple[str, str]]:
     """(dashboard: panel, expression) for every target of every panel."""
     return [
         (f"{path.stem}: {panel['title']}", target["expr"])
-        for path in DASHBOARDS
+        for path in PROMETHEUS_DASHBOARDS
         for panel in json.loads(path.read_text())["panels"]
         for target in panel["targets"]
     ]
@@ -148,10 +148,37 @@ class Collector:
 
 
 DASHBOARDS = sorted((PROJECT_ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
+# The Journey map reads ClickHouse; the others Prometheus.
+JOURNEY_MAP = PROJECT_ROOT / "deploy" / "grafana" / "dashboards" / "journey-map.json"
+PROMETHEUS_DASHBOARDS = [p for p in DASHBOARDS if p != JOURNEY_MAP]
 
 
 ALERTS = PROJECT_ROOT / "deploy" / "prometheus" / "alerts.yml"
 
 
 # Grafana's variables, as a query over a few minutes of data needs them.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "5m", "$__interval": "15s"}
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__range": "5m",
+    "$__interval": "15s",
+    "$instance": ".*",  # the template variables' "All"
+    "$journey": ".*",
+}
+
+
+def journey_map_queries(since: str, until: str, journey: str) -> list[tuple[str, str]]:
+    """(panel, SQL) of the Journey map dashboard, with Grafana's variables filled in as
+    Grafana does (times as 'YYYY-MM-DD HH:mm:ss' in UTC)."""
+    values = {
+        "${__from:date:YYYY-MM-DD HH:mm:ss}": since,
+        "${__to:date:YYYY-MM-DD HH:mm:ss}": until,
+        "${journey}": journey,
+    }
+    queries = []
+    for panel in json.loads(JOURNEY_MAP.read_text())["panels"]:
+        for target in panel["targets"]:
+            sql = target["rawSql"]
+            for variable, value in values.items():
+                sql = sql.replace(variable, value)
+            queries.append((panel["title"], sql))
+    return queries
