@@ -13,9 +13,8 @@ RUN useradd --create-home --uid 10001 parcours \
     && mkdir -p /var/lib/parcours && chown parcours:parcours /var/lib/parcours
 USER parcours
 
-# The package is installed into site-packages; its schemas stay here.
-ENV PARCOURS_SCHEMAS_DIR=/app/schemas \
-    PARCOURS_DATA_DIR=/var/lib/parcours \
+# The package is installed into site-packages, its configuration and schemas with it.
+ENV PARCOURS_DATA_DIR=/var/lib/parcours \
     PARCOURS_METRICS_PORT=9108
 EXPOSE 9108
 ENTRYPOINT ["parcours"]

@@ -31,6 +31,40 @@ def check_config(path: Path | None) -> None:
         click.echo(f"  {journey.name}: {' → '.join(journey.stages)}")
 
 
+# What `parcours init` copies: the configuration a deployment edits, and its examples.
+EXAMPLE_FILES = ("journeys.yaml", "examples/helpdesk.yaml", "mappings/helpdesk.yaml")
+
+
+@click.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="overwrite files that are already there")
+def init(folder: Path, force: bool) -> None:
+    """Write an editable copy of the example configuration into FOLDER.
+
+    FOLDER/journeys.yaml (touchpoint types, journeys, leaks, surveys, guardrails),
+    FOLDER/examples/helpdesk.yaml (support journeys for the Helpdesk log) and
+    FOLDER/mappings/helpdesk.yaml (its CSV columns, for `parcours replay`). Then:
+    `parcours check-config FOLDER/journeys.yaml`, and run the worker with
+    PARCOURS_CONFIG=FOLDER/journeys.yaml.
+    """
+    from streams.config.settings import SCHEMAS_DIR
+
+    targets = [(SCHEMAS_DIR / name, folder / name) for name in EXAMPLE_FILES]
+    there = [str(target) for _, target in targets if target.exists()]
+    if there and not force:
+        raise click.ClickException(
+            f"{', '.join(there)} already there; pass --force to overwrite, or pick another folder"
+        )
+    for source, target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+        click.echo(f"wrote {target}")
+    click.echo(
+        f"next: parcours check-config {folder / 'journeys.yaml'}, then run the worker with "
+        f"PARCOURS_CONFIG={folder / 'journeys.yaml'}"
+    )
+
+
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(

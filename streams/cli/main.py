@@ -8,6 +8,7 @@ from streams.cli import data, services, tools
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="parcours", prog_name="parcours")
 def main() -> None:
     """parcours: customer touchpoints to journeys, leaks and surveys, on Kafka and ClickHouse."""
 
@@ -17,6 +18,7 @@ for command in (
     services.collector,
     services.dispatcher,
     services.new_secret,
+    data.init,
     data.check_config,
     data.replay,
     data.report,

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from importlib.resources import files
 from pathlib import Path
 from typing import TypeVar
 
+# The repository's root in a checkout (the benchmark's worktrees, the tests' README checks).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SCHEMAS_DIR = Path(os.environ.get("PARCOURS_SCHEMAS_DIR", PROJECT_ROOT / "schemas"))
+# journeys.yaml, the JSON Schemas and the ClickHouse DDL: the repository's schemas/,
+# installed with the package as `parcours_schemas` (so `pip install parcours` works
+# outside the repository), unless PARCOURS_SCHEMAS_DIR names another copy.
+SCHEMAS_DIR = Path(os.environ.get("PARCOURS_SCHEMAS_DIR") or str(files("parcours_schemas")))
 
 # Topic names, fixed by the design; a deployment may prefix them (PARCOURS_TOPIC_PREFIX).
 TOUCHPOINTS = "touchpoints"
