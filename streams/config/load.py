@@ -7,6 +7,7 @@ because the person reading it is editing YAML, not JSON Schema.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(f"{path}:1: expected a mapping with a 'touchpoint_types' key")
 
     validator = jsonschema.Draft202012Validator(orjson.loads(CONFIG_SCHEMA_PATH.read_bytes()))
-    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    errors = list(validator.iter_errors(data))
+    error = _misspelt_key(errors) or jsonschema.exceptions.best_match(errors)
     if error is not None:
         raise ConfigError(_explain(path, root_node, error))
 
@@ -236,20 +238,55 @@ def _first_semantic_problem(
     return None
 
 
+def _misspelt_key(errors: list[jsonschema.ValidationError]) -> jsonschema.ValidationError | None:
+    """An unknown key close to an allowed one, wherever it hides (inside a oneOf branch, it
+    would lose to the other branches' "required" errors): the likeliest fix is to spell it."""
+    pending = list(errors)
+    while pending:
+        error = pending.pop(0)
+        pending.extend(error.context or ())
+        if error.validator != "additionalProperties" or not isinstance(error.instance, dict):
+            continue
+        allowed = error.schema.get("properties", {})
+        for key in error.instance:
+            if key not in allowed and difflib.get_close_matches(key, allowed, n=1):
+                return error
+    return None
+
+
 def _explain(path: Path, root_node: yaml.Node | None, error: jsonschema.ValidationError) -> str:
     keys = list(error.absolute_path)
     line = _line_of(root_node, keys)
     where = ".".join(str(k) for k in keys) or "(top level)"
     fix = _FIXES.get(error.validator, "")
-    if error.validator == "pattern" and str(error.validator_value).endswith("(s|m|h|d)$"):
-        fix = "use a duration like 90s, 30m, 2h or 7d"
+    message = error.message
+    if error.validator == "pattern":  # the regex would say less than an example
+        what, fix = next(
+            (said for marker, said in _PATTERNS.items() if marker in error.validator_value),
+            ("a valid name", fix),
+        )
+        message = f"{error.instance!r} is not {what}"
     elif error.validator == "enum":
         fix = "use one of: " + ", ".join(map(str, error.validator_value))
     elif error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
+        unknown = [k for k in error.instance if k not in allowed]
+        guesses = {k: difflib.get_close_matches(k, allowed, n=1) for k in unknown}
+        if unknown and all(guesses.values()):
+            said = ", ".join(
+                f"unknown key `{k}`, did you mean `{g[0]}`?" for k, g in guesses.items()
+            )
+            return f"{path}:{line}: {where}: {said}"
         fix = f"remove or rename it; allowed keys here: {', '.join(allowed)}"
-    return f"{path}:{line}: {where}: {error.message}" + (f" ({fix})" if fix else "")
+    return f"{path}:{line}: {where}: {message}" + (f" ({fix})" if fix else "")
 
+
+# The config schema's non-name patterns, told apart by a piece of their regex.
+_PATTERNS = {
+    "(s|m|h|d)$": ("a duration", "use a duration like 90s, 30m, 2h or 7d"),
+    "(<=|>=)": ("a threshold", "write it like <= 6 or >= 9"),
+    "[0-5][0-9]$": ("a time of day", "write it like 07:30 or 21:00 (24-hour clock)"),
+}
 
 _FIXES = {
     "required": "add the missing key",

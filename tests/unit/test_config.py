@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from streams.config import ConfigError, duration_ms, load_config
@@ -92,7 +94,16 @@ def test_durations_are_written_in_their_largest_whole_unit():
         ),
         ("  visit: {phase: before}", "  Bad-Name: {phase: before}", [":1:", "lower_snake_case"]),
         ("journeys:", "trips:", ["'journeys' is a required property", "add the missing key"]),
-        ("expiry: 2h", "expiry: -2h", [":11:", "journeys.shop.expiry", "like 90s, 30m, 2h"]),
+        (
+            "expiry: 2h",
+            "expiry: -2h",
+            [":11:", "journeys.shop.expiry", "'-2h' is not a duration", "like 90s, 30m, 2h"],
+        ),
+        (
+            "  buy: {phase: during}",
+            "  buy: {phase: during, chanel: web}",
+            [":3:", "touchpoint_types.buy: unknown key `chanel`, did you mean `channel`?"],
+        ),
         (
             "touchpoints: [buy]}",
             "touchpoints: [buy, refund]}",
@@ -129,6 +140,18 @@ def test_errors_point_at_the_line_and_say_how_to_fix(tmp_path, old, new, expecte
     assert message.startswith(str(tmp_path / "journeys.yaml"))
     for part in expected:
         assert part in message, message
+    assert "does not match" not in message  # a regex is no help to a user
+
+
+def test_a_misspelt_key_inside_one_of_several_shapes_is_named_not_another_shapes_need(tmp_path):
+    """A leak rule is one of several shapes (absence, repeat, ...): `kindd` used to be
+    reported as the absence shape's missing `touchpoint`."""
+    shipped = (SCHEMAS_DIR / "journeys.yaml").read_text()
+    assert "    kind: absence" in shipped
+    path = tmp_path / "journeys.yaml"
+    path.write_text(shipped.replace("    kind: absence", "    kindd: absence", 1))
+    with pytest.raises(ConfigError, match=re.escape("unknown key `kindd`, did you mean `kind`?")):
+        load_config(path)
 
 
 def test_signal_types_may_stay_out_of_journeys(tmp_path):
