@@ -247,11 +247,20 @@ def _misspelt_key(errors: list[jsonschema.ValidationError]) -> jsonschema.Valida
         pending.extend(error.context or ())
         if error.validator != "additionalProperties" or not isinstance(error.instance, dict):
             continue
-        allowed = error.schema.get("properties", {})
-        for key in error.instance:
-            if key not in allowed and difflib.get_close_matches(key, allowed, n=1):
-                return error
+        if any(_spellings(error).values()):
+            return error
     return None
+
+
+def _spellings(error: jsonschema.ValidationError) -> dict[str, str | None]:
+    """Each unknown key of an additionalProperties error, with the allowed key it is
+    closest to (None if none is close)."""
+    allowed = error.schema.get("properties", {})
+    return {
+        key: next(iter(difflib.get_close_matches(key, allowed, n=1)), None)
+        for key in error.instance
+        if key not in allowed
+    }
 
 
 def _explain(path: Path, root_node: yaml.Node | None, error: jsonschema.ValidationError) -> str:

@@ -50,7 +50,7 @@ from pathlib import Path
 import jsonschema
 import orjson
 import yaml
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from standardwebhooks.webhooks import Webhook
 
 from streams.config.durations import duration_ms
 from streams.config.yaml_files import load_yaml
@@ -347,18 +347,6 @@ def legacy_signature(secret: bytes, timestamp: int, body: bytes) -> str:
     """parcours 0.1's `sha256=<hex>` of HMAC-SHA256 over "<timestamp>.<body>" (deprecated)."""
     digest = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256)
     return "sha256=" + digest.hexdigest()
-
-
-def verify(secrets: tuple[bytes, ...], headers: dict[str, str], body: bytes) -> bool:
-    """What a receiver checks, with the Standard Webhooks library: a signature by one of
-    `secrets` over the id, the timestamp and the body, and a timestamp within 5 minutes."""
-    for key in secrets:
-        try:
-            Webhook(key).verify(body, headers, json_parse=False)
-            return True
-        except WebhookVerificationError:
-            continue
-    return False
 
 
 @dataclass
