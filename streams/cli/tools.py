@@ -214,7 +214,8 @@ def simulate(
     click.echo(f"simulating {rate:g} events/s (seed {seed}) into {target}; Ctrl-C stops", err=True)
     try:
         if jsonl is not None:
-            asyncio.run(to_jsonl(stream, jsonl, limit, not fast, summary))
+            heartbeat = settings.heartbeat_file
+            asyncio.run(to_jsonl(stream, jsonl, limit, not fast, summary, heartbeat))
         else:
             asyncio.run(to_kafka(stream, settings, limit, not fast, summary, envelope))
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -60,6 +60,13 @@ class Settings:
     data_dir: Path = field(
         default_factory=lambda: Path(os.environ.get("PARCOURS_DATA_DIR", ".parcours"))
     )
+    # A file `parcours simulate` touches at each progress line: a container's health
+    # check reads its age. None: no heartbeat.
+    heartbeat_file: Path | None = field(
+        default_factory=lambda: (
+            Path(p) if (p := os.environ.get("PARCOURS_HEARTBEAT_FILE")) else None
+        )
+    )
     # Faust table store: memory:// (state rebuilt from changelogs) or rocksdb://.
     store: str = field(default_factory=lambda: os.environ.get("PARCOURS_STORE", "memory://"))
     # A port, or a range ("9108-9117") from which each process takes the first free one.

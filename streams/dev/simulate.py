@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import os
 import random
 import signal
 import sys
@@ -161,9 +160,6 @@ class Summary:
 Send = Callable[[dict], Awaitable[None]]
 
 
-HEARTBEAT_ENV = "PARCOURS_HEARTBEAT_FILE"
-
-
 async def run(
     stream: Iterator[Delivery],
     send: Send,
@@ -171,11 +167,11 @@ async def run(
     paced: bool,
     summary: Summary,
     progress_every: float = 5.0,
+    heartbeat: Path | None = None,
 ) -> Summary:
     """Send deliveries (paced by their offsets, or as fast as possible) until `limit`
-    messages or until cancelled; progress goes to stderr, and touches the file named by
-    PARCOURS_HEARTBEAT_FILE, if set (a container's health check reads its age)."""
-    heartbeat = os.environ.get(HEARTBEAT_ENV)
+    messages or until cancelled; progress goes to stderr, and `heartbeat` (a file a
+    container's health check reads the age of) is touched with it."""
     started = shown = time.monotonic()
     for delivery in itertools.islice(stream, limit):
         if paced:
@@ -187,8 +183,8 @@ async def run(
         if time.monotonic() - shown >= progress_every:
             shown = time.monotonic()
             print(summary.progress(), file=sys.stderr, flush=True)
-            if heartbeat:
-                Path(heartbeat).touch()
+            if heartbeat is not None:
+                heartbeat.touch()
     return summary
 
 
@@ -215,15 +211,22 @@ async def to_kafka(
     """Send through the producer helper: checked, batched per key, flushed on stop."""
     cancel_on_sigterm()
     async with TouchpointProducer(settings=settings, max_events=envelope) as producer:
-        return await run(stream, producer.send, limit, paced, summary)
+        return await run(
+            stream, producer.send, limit, paced, summary, heartbeat=settings.heartbeat_file
+        )
 
 
 async def to_jsonl(
-    stream: Iterator[Delivery], out: IO[bytes], limit: int | None, paced: bool, summary: Summary
+    stream: Iterator[Delivery],
+    out: IO[bytes],
+    limit: int | None,
+    paced: bool,
+    summary: Summary,
+    heartbeat: Path | None = None,
 ) -> Summary:
     cancel_on_sigterm()
 
     async def write(event: dict) -> None:
         out.write(orjson.dumps(event) + b"\n")
 
-    return await run(stream, write, limit, paced, summary)
+    return await run(stream, write, limit, paced, summary, heartbeat=heartbeat)
