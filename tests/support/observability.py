@@ -46,10 +46,15 @@ def alert_rules() -> list[dict]:
     ]
 
 
+def filled(query: str, values: dict[str, str]) -> str:
+    """`query` with Grafana's variables replaced by `values`, as Grafana sends it."""
+    for variable, value in values.items():
+        query = query.replace(variable, value)
+    return query
+
+
 def for_prometheus(expr: str) -> str:
-    for variable, value in GRAFANA_VARIABLES.items():
-        expr = expr.replace(variable, value)
-    return expr
+    return filled(expr, GRAFANA_VARIABLES)
 
 
 class Prometheus:
@@ -174,11 +179,8 @@ def journey_map_queries(since: str, until: str, journey: str) -> list[tuple[str,
         "${__to:date:YYYY-MM-DD HH:mm:ss}": until,
         "${journey}": journey,
     }
-    queries = []
-    for panel in json.loads(JOURNEY_MAP.read_text())["panels"]:
-        for target in panel["targets"]:
-            sql = target["rawSql"]
-            for variable, value in values.items():
-                sql = sql.replace(variable, value)
-            queries.append((panel["title"], sql))
-    return queries
+    return [
+        (panel["title"], filled(target["rawSql"], values))
+        for panel in json.loads(JOURNEY_MAP.read_text())["panels"]
+        for target in panel["targets"]
+    ]
