@@ -24,6 +24,12 @@ TOUCHPOINT_COLUMNS = [
     "src_partition",
     "src_offset",
     "ingested_at",
+    "context",
+    "schema_version",
+    "extensions",
+    "original_ts",
+    "sent_at",
+    "received_at",
 ]
 
 DEAD_LETTER_COLUMNS = [
@@ -47,6 +53,27 @@ def _utc(ms: int) -> datetime:
 
 def _text(value: object) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def _texts(values: dict | None) -> dict[str, str]:
+    return {k: _text(v) for k, v in (values or {}).items()}
+
+
+def flat_context(context: dict | None) -> dict[str, str]:
+    """`context` as one flat map: a group's keys are prefixed with its name and a dot
+    ({"campaign": {"source": "x"}} -> {"campaign.source": "x"})."""
+    flat: dict[str, str] = {}
+    for key, value in (context or {}).items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{inner}": _text(v) for inner, v in value.items()})
+        else:
+            flat[key] = _text(value)
+    return flat
+
+
+def _stamp(text: str | None) -> datetime | None:
+    """An RFC 3339 stamp the schema let through, as a UTC datetime (None when absent)."""
+    return None if text is None else datetime.fromisoformat(text).astimezone(UTC)
 
 
 # The column each table is partitioned by month on (PARTITION BY toYYYYMM(column)):
@@ -76,10 +103,16 @@ def touchpoint_row(event: dict) -> list:
         event["source"],
         event.get("session_id", ""),
         event.get("segment", ""),
-        {k: _text(v) for k, v in (event.get("properties") or {}).items()},
+        _texts(event.get("properties")),
         event["src_partition"],
         event["src_offset"],
         _utc(event["ingested_ms"]),
+        flat_context(event.get("context")),
+        event.get("schema_version", ""),
+        _texts(event.get("extensions")),
+        _stamp(event.get("original_ts")),
+        _stamp(event.get("sent_at")),
+        _stamp(event.get("received_at")),
     ]
 
 

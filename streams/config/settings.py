@@ -88,6 +88,10 @@ class Settings:
     max_age_seconds: float = field(
         default_factory=lambda: _env_number("PARCOURS_MAX_AGE_SECONDS", 90 * 86400.0)
     )
+    # What becomes of `context.ip` in events: keep, truncate (to its /24 or /48) or drop.
+    context_ip: str = field(
+        default_factory=lambda: os.environ.get("PARCOURS_CONTEXT_IP", "truncate")
+    )
     dedupe_window_seconds: float = field(
         default_factory=lambda: _env_number("PARCOURS_DEDUPE_WINDOW_SECONDS", 7 * 86400.0)
     )

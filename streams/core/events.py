@@ -9,7 +9,10 @@ failing event pays for jsonschema, which finds the most relevant error and path.
 
 from __future__ import annotations
 
+import copy
+import ipaddress
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -76,22 +79,68 @@ def load_touchpoint_schema() -> dict[str, Any]:
     return orjson.loads(TOUCHPOINT_SCHEMA_PATH.read_bytes())
 
 
+def schema_version(schema: dict[str, Any]) -> tuple[int, int]:
+    """(major, minor) of a touchpoint schema, read from its `$id` (…/touchpoint/1.1.json)."""
+    found = re.search(r"/(\d+)\.(\d+)\.json$", schema.get("$id", ""))
+    if not found:
+        raise ValueError(f"touchpoint schema $id {schema.get('$id')!r} carries no MAJOR.MINOR")
+    return int(found[1]), int(found[2])
+
+
+def lenient_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema for events of a newer minor version: a later minor may add channels and
+    top-level fields (additive changes only), so neither is a reason to dead-letter."""
+    lenient = copy.deepcopy(schema)
+    lenient["properties"]["channel"] = {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"}
+    lenient["additionalProperties"] = True
+    return lenient
+
+
+# What `context.ip` becomes (PARCOURS_CONTEXT_IP): kept, cut to its network, or dropped.
+CONTEXT_IP_POLICIES = ("keep", "truncate", "drop")
+
+
+def private_ip(ip: str, policy: str) -> str | None:
+    """`ip` as the privacy policy allows: `truncate` keeps the /24 of IPv4 and the /48 of
+    IPv6 (enough for a country, not a household); None means drop it."""
+    if policy == "keep":
+        return ip
+    if policy == "drop":
+        return None
+    try:
+        address = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        return None  # not an address: nothing to keep of it
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+
 class EventParser:
     """Turns message bytes into valid events and rejections; holds no state between calls."""
 
     def __init__(
         self,
-        known_types: Iterable[str],
+        known_types: Iterable[str] | None,
         *,
         max_message_bytes: int = 1_048_576,
         max_future_seconds: float = 3600.0,
         max_age_seconds: float = 0.0,
+        context_ip: str = "keep",
         schema: dict[str, Any] | None = None,
     ) -> None:
+        """`known_types` None accepts any well-formed type (a producer without the server's
+        configuration); `context_ip` is one of CONTEXT_IP_POLICIES."""
         schema = schema or load_touchpoint_schema()
+        if context_ip not in CONTEXT_IP_POLICIES:
+            raise ValueError(f"context_ip {context_ip!r}: use one of {CONTEXT_IP_POLICIES}")
+        self._schema = schema
         self._fast_check = fastjsonschema.compile(schema)
         self._explainer = jsonschema.Draft202012Validator(schema)
-        self._known_types = frozenset(known_types)
+        self._lenient: tuple[Any, jsonschema.Draft202012Validator] | None = None  # on demand
+        self.version = schema_version(schema)
+        self._fields = frozenset(schema["properties"])
+        self._known_types = None if known_types is None else frozenset(known_types)
+        self._context_ip = context_ip
         self._max_bytes = max_message_bytes
         self._max_future_ms = int(max_future_seconds * 1000)
         self._max_age_ms = int(max_age_seconds * 1000)
@@ -152,11 +201,19 @@ class EventParser:
         return valid, rejected
 
     def _check_event(self, item: Any, index: int, now_ms: int) -> ValidEvent | tuple[str, str, str]:
+        fast_check, explainer = self._fast_check, self._explainer
+        if type(item) is dict and "schema_version" in item:
+            versioned = self._versioned(item)
+            if isinstance(versioned, tuple):
+                return versioned
+            if versioned is not item:  # a newer minor version: the additive-change rules
+                item = versioned
+                fast_check, explainer = self._lenient_checks()
         try:
-            self._fast_check(item)
+            fast_check(item)
         except fastjsonschema.JsonSchemaException:
-            return self._explain(item)
-        if item["type"] not in self._known_types:
+            return self._explain(item, explainer)
+        if self._known_types is not None and item["type"] not in self._known_types:
             return (
                 UNKNOWN_TYPE,
                 _clip(f"type {item['type']!r} is not declared in touchpoint_types"),
@@ -183,11 +240,48 @@ class EventParser:
                 detail = f'score {props["score"]!r} is not a number; send 3 or "3", not words'
                 return SCHEMA_VIOLATION, _clip(detail), "$.properties.score"
             item = {**item, "properties": {**props, "score": score}}
+        context = item.get("context")
+        if context and "ip" in context and self._context_ip != "keep":
+            ip = private_ip(context["ip"], self._context_ip)
+            context = {k: v for k, v in context.items() if k != "ip"}
+            item = {**item, "context": context if ip is None else {**context, "ip": ip}}
         return ValidEvent(item, ts_ms, index)
 
-    def _explain(self, item: Any) -> tuple[str, str, str]:
+    def _versioned(self, item: dict) -> dict | tuple[str, str, str]:
+        """An event that names its schema version: itself (this version or older, or a
+        malformed version the schema will name), the same with its unknown top-level fields
+        moved under `extensions` (a newer minor), or a rejection (another major)."""
+        found = re.fullmatch(r"(\d{1,3})\.(\d{1,3})", str(item["schema_version"]))
+        if not found:
+            return item
+        major, minor = int(found[1]), int(found[2])
+        ours = f"{self.version[0]}.{self.version[1]}"
+        if major != self.version[0]:
+            detail = (
+                f"schema_version {item['schema_version']} is of another major version than "
+                f"this worker reads ({ours}); send {self.version[0]}.x events or upgrade"
+            )
+            return SCHEMA_VIOLATION, detail, "$.schema_version"
+        if minor <= self.version[1]:
+            return item
+        unknown = {k: v for k, v in item.items() if k not in self._fields}
+        kept = {k: v for k, v in item.items() if k in self._fields}
+        if unknown:
+            kept["extensions"] = {**(item.get("extensions") or {}), **unknown}
+        return kept
+
+    def _lenient_checks(self) -> tuple[Any, jsonschema.Draft202012Validator]:
+        if self._lenient is None:
+            lenient = lenient_schema(self._schema)
+            explainer = jsonschema.Draft202012Validator(lenient)
+            self._lenient = fastjsonschema.compile(lenient), explainer
+        return self._lenient
+
+    def _explain(
+        self, item: Any, explainer: jsonschema.Draft202012Validator
+    ) -> tuple[str, str, str]:
         try:
-            error = jsonschema.exceptions.best_match(self._explainer.iter_errors(item))
+            error = jsonschema.exceptions.best_match(explainer.iter_errors(item))
         except RecursionError:  # the schema allows no nesting: say so without the details
             return SCHEMA_VIOLATION, "nested too deeply (properties are a flat map)", "$"
         if error is None:  # the two validators disagree: keep the event out, say so
@@ -240,11 +334,14 @@ def _clip(text: str) -> str:
     return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
 
 
-def parser_for(known_types: Iterable[str], settings: Settings) -> EventParser:
+def parser_for(known_types: Iterable[str] | None, settings: Settings) -> EventParser:
     """The parser the worker and the collector share: same schema, same limits."""
+    if settings.context_ip not in CONTEXT_IP_POLICIES:
+        raise SystemExit(f"PARCOURS_CONTEXT_IP={settings.context_ip!r}: use keep, truncate or drop")
     return EventParser(
         known_types,
         max_message_bytes=settings.max_message_bytes,
         max_future_seconds=settings.max_future_seconds,
         max_age_seconds=settings.max_age_seconds,
+        context_ip=settings.context_ip,
     )

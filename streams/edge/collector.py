@@ -1,6 +1,8 @@
 """`parcours collector`: the HTTP front door for producers that cannot talk to Kafka.
 
     POST /v1/events   one event, a JSON array of events, or {"events": [...]};
+                      `event_id` and `ts` may be left out, and `sent_at` corrects `ts`
+                      for the client's clock skew (see streams.edge.stamps);
                       optionally Content-Encoding: gzip. Authorised by a write key
                       (Authorization: Bearer KEY, or X-Write-Key: KEY) that names the
                       source. Each event is validated with the worker's own schema; valid
@@ -45,6 +47,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from streams.core.events import SOURCE_NOT_ALLOWED, EventParser, Rejection, ValidEvent
 from streams.core.ingest import DeadLetter
 from streams.edge.produce import MAX_ENVELOPE_BYTES, envelopes_by_partition, kafka_producer
+from streams.edge.stamps import stamped
 
 log = logging.getLogger("parcours.collector")
 
@@ -164,8 +167,8 @@ def create_collector(
             raise Refused(429, "too many requests in flight; retry shortly", retry_after=1)
         in_flight += 1
         try:
-            items = _events_in(body, settings)
             now_ms = int(clock() * 1000)
+            items = [stamped(item, now_ms, received=True) for item in _events_in(body, settings)]
             for item in items:
                 if isinstance(item, dict) and "source" not in item:
                     item["source"] = source

@@ -7,13 +7,18 @@
     with SyncTouchpointProducer("localhost:9092") as producer:  # plain scripts
         producer.send(event)
 
-Each event is checked with the worker's own parser (schema, declared types, time
-limits) before anything is sent, so a bad event fails where it was made instead of in
-the dead-letter topic. Events are batched per partition into batch envelopes (the
-customers whose keys map to one partition share them, each customer's events in order,
-so an envelope fills under load and the worker takes many events per message), sent
-with acks=all and, unless the settings turn it off, an idempotent producer; `flush()`
-returns once the broker has acknowledged everything sent so far.
+An event may leave out `event_id` (a UUIDv7 is made) and `ts` (the producer's clock);
+`send` returns the event id. Each event is checked against the published touchpoint
+schema and the worker's time limits before anything is sent, so a bad event fails where
+it was made instead of in the dead-letter topic; the producer needs none of the server's
+configuration (pass `known_types` to check the types too, e.g.
+`load_config("journeys.yaml").touchpoint_types`).
+
+Events are batched per partition into batch envelopes (the customers whose keys map to
+one partition share them, each customer's events in order, so an envelope fills under
+load and the worker takes many events per message), sent with acks=all and, unless the
+settings turn it off, an idempotent producer; `flush()` returns once the broker has
+acknowledged everything sent so far.
 
 A batch goes out at `max_events`, `linger_seconds` after its first event, or once an
 event `max_span_seconds` newer (in event time) is sent: holding a customer's events
@@ -34,11 +39,11 @@ from typing import Any, Self, TypeVar
 
 import orjson
 
-from streams.config import load_config
 from streams.config.settings import TOUCHPOINTS, Settings
-from streams.core.events import Rejection, parser_for
+from streams.core.events import Rejection, ValidEvent, parser_for
 from streams.core.ingest import customer_key, kafka_partition
 from streams.edge.produce import kafka_producer
+from streams.edge.stamps import stamped
 
 T = TypeVar("T")
 
@@ -59,6 +64,7 @@ class TouchpointProducer:
         bootstrap: str | None = None,
         *,
         settings: Settings | None = None,
+        known_types: Iterable[str] | None = None,
         max_events: int = 100,
         linger_seconds: float = 1.0,
         max_span_seconds: float = 10.0,
@@ -69,7 +75,7 @@ class TouchpointProducer:
             raise ValueError("no broker: pass bootstrap='host:9092' or set KAFKA_BROKER")
         if max_events < 1:
             raise ValueError(f"max_events must be at least 1, not {max_events}")
-        self._parser = parser_for(load_config(settings.config_path).touchpoint_types, settings)
+        self._parser = parser_for(known_types, settings)
         self._topic = settings.topic(TOUCHPOINTS)
         batch = settings.producer_max_batch_bytes
         self._producer = kafka_producer(
@@ -109,18 +115,25 @@ class TouchpointProducer:
 
     def check(self, event: dict) -> int:
         """Raise InvalidEvent if the worker would reject `event`; else its time in ms."""
-        valid, rejected = self._parser.check_items([event], int(time.time() * 1000))
+        return self._checked(event).ts_ms
+
+    def _checked(self, event: dict) -> ValidEvent:
+        now_ms = int(time.time() * 1000)
+        valid, rejected = self._parser.check_items([stamped(event, now_ms)], now_ms)
         if rejected:
             raise InvalidEvent(rejected[0])
-        return valid[0].ts_ms
+        return valid[0]
 
-    async def send(self, event: dict) -> None:
-        await self.send_many([event])
+    async def send(self, event: dict) -> str:
+        """Queue one event; returns its event id (the one given, or the one made)."""
+        return (await self.send_many([event]))[0]
 
-    async def send_many(self, events: Iterable[dict]) -> None:
-        """Check all the events first, so a bad one stops the call before any is queued."""
-        events = list(events)
-        times = [self.check(event) for event in events]
+    async def send_many(self, events: Iterable[dict]) -> list[str]:
+        """Check all the events first, so a bad one stops the call before any is queued;
+        returns their event ids."""
+        checked = [self._checked(event) for event in events]
+        events = [valid.event for valid in checked]
+        times = [valid.ts_ms for valid in checked]
         if self._failure:
             raise self._failure
         for event, ts_ms in zip(events, times, strict=True):
@@ -140,6 +153,7 @@ class TouchpointProducer:
             await self._send_lingered()
         if len(self._acks) >= 1000:  # bound what waits for an ack
             await self._collect_acks()
+        return [event["event_id"] for event in events]
 
     async def flush(self) -> None:
         """Send every open batch and wait until the broker acknowledged all sends."""
@@ -235,11 +249,11 @@ class SyncTouchpointProducer:
     def check(self, event: dict) -> None:
         self._producer.check(event)
 
-    def send(self, event: dict) -> None:
-        self._run(self._producer.send(event))
+    def send(self, event: dict) -> str:
+        return self._run(self._producer.send(event))
 
-    def send_many(self, events: Iterable[dict]) -> None:
-        self._run(self._producer.send_many(list(events)))
+    def send_many(self, events: Iterable[dict]) -> list[str]:
+        return self._run(self._producer.send_many(list(events)))
 
     def flush(self) -> None:
         self._run(self._producer.flush())

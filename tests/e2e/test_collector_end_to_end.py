@@ -5,6 +5,8 @@ takes, and /healthz follows the broker."""
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -28,6 +30,21 @@ def test_collected_events_land_in_clickhouse_once_and_rejections_in_dead_letters
     big = [event(1000 + n, "big", properties={"note": note}) for n in range(915)]
     big_body = orjson.dumps(big)
     assert 1_030_000 < len(big_body) < 1_048_576 < len(big_body) + 16 * len(big)
+    # The producer contract: ids and times left out, a client clock one hour fast.
+    now = datetime.now(UTC)
+    fast = now + timedelta(hours=1)
+    bare = {"customer_id": "skewed", "type": "site_visit", "channel": "mobile"}
+    contract = [
+        bare,  # no event_id, no ts
+        {
+            **bare,
+            "event_id": "skewed-1",
+            "ts": (fast - timedelta(seconds=10)).isoformat(),  # ten seconds before sending
+            "sent_at": fast.isoformat(),
+            "context": {"campaign": {"source": "news"}, "ip": "203.0.113.77"},
+        },
+        {**bare, "event_id": "skewed-2", "schema_version": "1.99", "loyalty_tier": "gold"},
+    ]
 
     async def send_all(bootstrap):
         # The local broker has no idempotent producers (LocalBroker.WORKER_ENV).
@@ -39,32 +56,55 @@ def test_collected_events_land_in_clickhouse_once_and_rejections_in_dead_letters
                 answers = await asyncio.gather(*(post(client, batch) for batch in batches))
                 retry = await post(client, batches[0])  # a client retry after a timeout
                 big_answer = await post(client, big)
+                contract_answer = await post(client, contract)
         finally:
             await publisher.stop()
-        return [a[1]["accepted"] for a in answers], retry[0], big_answer[:2]
+        accepted = [a[1]["accepted"] for a in answers]
+        return accepted, retry[0], big_answer[:2], contract_answer[:2]
 
     with (
         LocalBroker(log_path=tmp_path / "broker.log") as broker,
         broker.worker(tmp_path) as worker,
     ):
-        accepted, retry_status, big_answer = asyncio.run(send_all(broker.bootstrap))
-        worker.wait_for_rows({"touchpoints": 199 + 915, "dead_letters": 1}, timeout=90)
+        accepted, retry_status, big_answer, contract_answer = asyncio.run(
+            send_all(broker.bootstrap)
+        )
+        worker.wait_for_rows({"touchpoints": 199 + 915 + 3, "dead_letters": 1}, timeout=90)
         duplicates = worker.metric_sum("parcours_events_ingested_total", result="duplicate")
     with clickhouse(tmp_path / "clickhouse") as client:
         rows = client.query(
             "SELECT count(), uniqExact(event_id), countIf(source = 'site') FROM touchpoints "
-            "WHERE customer_key != 'big'"
+            "WHERE customer_key NOT IN ('big', 'skewed')"
         ).result_rows[0]
         big_rows = client.query(
             "SELECT count(), uniqExact(event_id) FROM touchpoints WHERE customer_key = 'big'"
         ).result_rows[0]
         letters = client.query("SELECT reason, source, origin_topic FROM dead_letters").result_rows
+        skewed = client.query(
+            "SELECT event_id, ts, original_ts, sent_at, received_at, channel, context, "
+            "schema_version, extensions FROM touchpoints WHERE customer_key = 'skewed' "
+            "ORDER BY event_id"
+        ).named_results()
+        skewed = list(skewed)
     assert (sum(accepted), retry_status) == (199, 202)
     assert rows == (199, 199, 199)  # the retried batch is dropped as duplicates by ingest
     assert duplicates == 10
     assert big_answer == (202, {"accepted": 915, "rejected": 0, "errors": []})
     assert big_rows == (915, 915)
     assert letters == [("unknown_type", "site", "http")]
+
+    assert contract_answer == (202, {"accepted": 3, "rejected": 0, "errors": []})
+    made, corrected, newer = sorted(skewed, key=lambda r: r["event_id"].startswith("skewed"))
+    assert uuid.UUID(made["event_id"]).version == 7
+    assert abs(made["ts"] - now.replace(tzinfo=None)) < timedelta(seconds=30)  # its clock
+    assert made["ts"] == made["received_at"] and made["original_ts"] is None
+    # ts = received_at - (sent_at - ts): ten seconds before the collector received it.
+    assert corrected["ts"] == corrected["received_at"] - timedelta(seconds=10)
+    assert corrected["original_ts"] - corrected["ts"] > timedelta(minutes=59)
+    assert corrected["sent_at"] - corrected["original_ts"] == timedelta(seconds=10)
+    assert corrected["context"] == {"campaign.source": "news", "ip": "203.0.113.0"}
+    assert corrected["channel"] == "mobile"
+    assert (newer["schema_version"], newer["extensions"]) == ("1.99", {"loyalty_tier": "gold"})
 
 
 @pytest.mark.e2e

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import pytest
 
+from streams.config import load_config
 from streams.config.settings import Settings
 from streams.edge.producer import InvalidEvent, TouchpointProducer
 from tests.support.events import LOCAL, make_event
 
+TYPES = load_config(LOCAL.config_path).touchpoint_types
+
 
 def test_a_bad_event_raises_where_it_is_made_and_names_the_field():
     async def scenario():
-        producer = TouchpointProducer("127.0.0.1:1", settings=LOCAL)  # never started
+        # never started; checks the types too
+        producer = TouchpointProducer("127.0.0.1:1", settings=LOCAL, known_types=TYPES)
         good = make_event(1)
         producer.check(good)
         with pytest.raises(InvalidEvent, match=r"\$\.ts") as bad_ts:
@@ -34,6 +39,29 @@ def test_a_bad_event_raises_where_it_is_made_and_names_the_field():
     bad_ts, unknown = asyncio.run(scenario())
     assert (bad_ts.reason, bad_ts.path) == ("schema_violation", "$.ts")
     assert (unknown.reason, unknown.path) == ("unknown_type", "$.type")
+
+
+def test_the_producer_needs_no_server_configuration_and_fills_in_ids_and_times(tmp_path):
+    settings = Settings(producer_idempotent=False, config_path=tmp_path / "no-such.yaml")
+    # Any well-formed type: the worker, which has the configuration, checks the type.
+    event = make_event(1, type="teleport", event_id=None, ts=None)
+
+    async def scenario():
+        producer = TouchpointProducer("127.0.0.1:1", settings=settings)  # never started
+        before = time.time() * 1000
+        ts_ms = producer.check(event)
+        assert before - 1 <= ts_ms <= time.time() * 1000 + 1
+        ids = await producer.send_many([event, make_event(2, event_id="mine")])
+        batch = producer._batches.pop(next(iter(producer._batches)))
+        await producer.stop()  # nothing left to send
+        return ts_ms, ids, batch
+
+    ts_ms, ids, batch = asyncio.run(scenario())
+    assert "event_id" not in event  # the caller's dict is left alone
+    made = uuid.UUID(ids[0])
+    assert (made.version, ids[1]) == (7, "mine")
+    assert [e["event_id"] for e in batch] == ids
+    assert abs((made.int >> 80) - ts_ms) <= 5  # the id's time is the event's time
 
 
 def test_settings_are_checked():
