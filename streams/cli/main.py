@@ -18,6 +18,7 @@ for command in (
     services.collector,
     services.dispatcher,
     services.new_secret,
+    services.spec,
     data.init,
     data.check_config,
     data.replay,

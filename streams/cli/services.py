@@ -204,3 +204,19 @@ def new_secret() -> None:
     from streams.edge.destinations import new_secret as make
 
     click.echo(make())
+
+
+@click.command("spec")
+@click.argument("name", type=click.Choice(["openapi", "asyncapi"]))
+def spec(name: str) -> None:
+    """Print a published spec as JSON, its schemas filled in.
+
+    openapi: the collector's HTTP API (POST /v1/events, /healthz, errors) and the
+    webhooks the dispatcher sends; the collector also serves it at /openapi.json.
+    asyncapi: the Kafka topics (touchpoints, dead letters, invitations, follow-ups).
+    """
+    import orjson
+
+    from streams.edge.specs import spec_document
+
+    click.echo(orjson.dumps(spec_document(name), option=orjson.OPT_INDENT_2).decode())

@@ -11,6 +11,7 @@
                       has acknowledged both, with {"accepted", "rejected", "errors"}.
     GET  /healthz     200 while the broker answers (probed every few seconds), else 503
     GET  /metrics     Prometheus metrics
+    GET  /openapi.json  this API as OpenAPI 3.1 (schemas/openapi.yaml, schemas filled in)
 
 Refusals: 401 (no or unknown write key), 413 (body or batch over the limit, also after
 gunzip), 400 (not JSON, not events, bad gzip), 408 (the body did not arrive in time),
@@ -47,6 +48,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from streams.core.events import SOURCE_NOT_ALLOWED, EventParser, Rejection, ValidEvent
 from streams.core.ingest import DeadLetter
 from streams.edge.produce import MAX_ENVELOPE_BYTES, envelopes_by_partition, kafka_producer
+from streams.edge.specs import spec_document
 from streams.edge.stamps import stamped
 
 log = logging.getLogger("parcours.collector")
@@ -205,6 +207,11 @@ def create_collector(
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    openapi = orjson.dumps(spec_document("openapi"))
+
+    async def openapi_json(_: web.Request) -> web.Response:
+        return web.Response(body=openapi, content_type="application/json")
+
     # Decompression is ours, so the size limit holds after gunzip too (no zip bombs).
     app = web.Application(
         middlewares=[_answers(settings.cors_origins)], handler_args={"auto_decompress": False}
@@ -213,6 +220,7 @@ def create_collector(
     app.router.add_route("OPTIONS", "/v1/events", _preflight)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_json)
     return app
 
 

@@ -15,6 +15,7 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import orjson
 import pytest
 
 from streams.config.settings import PROJECT_ROOT
@@ -57,6 +58,9 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     for shipped in (
         "parcours_schemas/journeys.yaml",
         "parcours_schemas/touchpoint.schema.json",
+        "parcours_schemas/openapi.yaml",
+        "parcours_schemas/asyncapi.yaml",
+        "parcours_schemas/clickhouse/0013_producer_contract.sql",
         "parcours_schemas/clickhouse/0001_touchpoints.sql",
     ):
         assert shipped in names, f"the wheel lacks {shipped}"
@@ -91,6 +95,8 @@ def test_the_installed_package_is_the_wheel_not_the_checkout(installed):
     )
     assert str(PROJECT_ROOT) not in where and "site-packages" in where
     assert run(bin_dir / "parcours", "--version", cwd=outside).startswith("parcours, version ")
+    spec = orjson.loads(run(bin_dir / "parcours", "spec", "openapi", cwd=outside))
+    assert "CollectorEvent" in spec["components"]["schemas"]  # filled in from the wheel
 
 
 def test_check_config_and_init_work_outside_the_repository(installed):
