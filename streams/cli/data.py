@@ -138,10 +138,11 @@ def replay(
 @click.option(
     "--format",
     "output",
-    type=click.Choice(["text", "json"]),
+    type=click.Choice(["text", "html", "json"]),
     default="text",
     show_default=True,
-    help="text: the map in the terminal and an HTML page",
+    help="text: the map in the terminal, and the HTML page; html: the page only; json: "
+    "the map's data on stdout",
 )
 @click.option(
     "--html",
@@ -149,7 +150,7 @@ def replay(
     type=click.Path(path_type=Path),
     default=Path(".parcours/report.html"),
     show_default=True,
-    help="where to write the HTML page (with --format text)",
+    help="where to write the HTML page (with --format text or html)",
 )
 @CONFIG_OPTION
 def report(
@@ -164,13 +165,12 @@ def report(
     """The journey map from ClickHouse: funnel, paths, leaks, scores, customers at risk.
 
     Prints it (or JSON with --format json) and writes a self-contained HTML page
-    (charts as inline SVG: it opens without a network).
+    (charts as inline SVG: it opens without a network). Without --since and --until,
+    the last 30 days; if no journey opened then, the days the data spans (and it says so).
     """
-    from datetime import UTC, timedelta
-
     from streams.clickhouse.client import connect, masked
     from streams.clickhouse.report import as_json, as_text, read_map
-    from streams.clickhouse.report_html import write_report
+    from streams.clickhouse.report_html import as_html
 
     settings = settings_needing(
         "clickhouse_url", clickhouse_url=clickhouse_url, config_path=config_path
@@ -182,20 +182,15 @@ def report(
             f"{journey!r} is not a configured journey; choose one of {', '.join(journeys)}",
             param_hint="--journey",
         )
-    today = datetime.now(UTC).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
-    since = since or today - timedelta(days=30)
-    until = until or today + timedelta(days=1)
-    if since >= until:
-        raise click.BadParameter(f"--since {since} is not before --until {until}")
     try:
-        if output == "json":
-            client = connect(settings.clickhouse_url)
-            try:
-                click.echo(as_json(read_map(client, journey, since, until)))
-            finally:
-                client.close()
-            return
-        found = write_report(settings.clickhouse_url, journey, since, until, html_path)
+        client = connect(settings.clickhouse_url, create=False)
+        try:
+            since, until = _report_range(client, journey, since, until)
+            found = read_map(client, journey, since, until)
+        finally:
+            client.close()
+    except click.ClickException:
+        raise
     except Exception as exc:  # unreachable server, missing views: say which and where
         text = str(exc)
         if "UNKNOWN_FUNCTION" in text or "UNKNOWN_TABLE" in text:
@@ -204,5 +199,40 @@ def report(
                 "URL (or run `parcours demo` for a filled local store)"
             )
         raise click.ClickException(f"{masked(settings.clickhouse_url)}: {text}") from None
-    click.echo(as_text(found))
-    click.echo(f"\nHTML report: {html_path.resolve()}")
+    if output == "json":
+        click.echo(as_json(found))
+        return
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    html_path.write_text(as_html(found), encoding="utf-8")
+    if output == "text":
+        click.echo(as_text(found))
+        click.echo()
+    click.echo(f"HTML report: {html_path.resolve()}")
+
+
+def _report_range(
+    client: object, journey: str, since: datetime | None, until: datetime | None
+) -> tuple[datetime, datetime]:
+    """The report's [since, until): as given; by default the last 30 days, or the data's
+    days when no journey opened in those (said on stderr, so JSON output stays clean)."""
+    from datetime import UTC, timedelta
+
+    from streams.clickhouse.report import data_range, journeys_opened
+
+    today = datetime.now(UTC).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
+    chosen = since or today - timedelta(days=30), until or today + timedelta(days=1)
+    if chosen[0] >= chosen[1]:
+        raise click.BadParameter(f"--since {chosen[0]} is not before --until {chosen[1]}")
+    if since or until or journeys_opened(client, journey, *chosen):
+        return chosen
+    spanned = data_range(client, journey)
+    if spanned is None:
+        click.echo(f"no {journey} journeys in this store yet", err=True)
+        return chosen
+    days = " to ".join(f"{d:%Y-%m-%d}" for d in (spanned[0], spanned[1] - timedelta(days=1)))
+    click.echo(
+        f"no {journey} journeys opened in the last 30 days; showing {days}, the days the "
+        "data spans (choose with --since and --until)",
+        err=True,
+    )
+    return spanned

@@ -25,6 +25,10 @@ class ClickHouseUrlError(ValueError):
     pass
 
 
+class StoreNotFound(ClickHouseUrlError):
+    """A reader was pointed at an embedded store that does not exist."""
+
+
 def masked(url: str) -> str:
     """`url` fit for logs and messages: a password in it becomes ***."""
     parsed = urlparse(url)
@@ -55,11 +59,19 @@ def client_args(url: str) -> dict:
     }
 
 
-def connect(url: str) -> Client:
-    """A clickhouse-connect client for `url` (see module docstring)."""
+def connect(url: str, create: bool = True) -> Client:
+    """A clickhouse-connect client for `url` (see module docstring). An embedded store's
+    folder is made if missing, unless `create` is False (readers): then StoreNotFound."""
     args = client_args(url)
     if "dsn" in args:
-        Path(args["dsn"].removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
+        folder = Path(args["dsn"].removeprefix("chdb://"))
+        if not create and not folder.is_dir():
+            raise StoreNotFound(
+                f"no embedded ClickHouse store at {folder}; a worker makes one when it starts "
+                f"with CLICKHOUSE_URL=chdb://{folder} (or `parcours demo` fills "
+                ".parcours/demo/clickhouse)"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
     return clickhouse_connect.get_client(**args)
 
 

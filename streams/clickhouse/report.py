@@ -9,7 +9,7 @@ for machines.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -44,13 +44,34 @@ def _rows(client: Client, sql: str, parameters: dict[str, Any]) -> list[dict]:
 RANGE = "since = {since:String}, until = {until:String}"
 
 
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def journeys_opened(client: Client, journey: str, since: datetime, until: datetime) -> int:
+    """How many journeys of `journey` opened in [since, until)."""
+    p = {"journey": journey, "since": _when(since), "until": _when(until)}
+    sql = f"SELECT count() FROM journeys_between({RANGE}) WHERE journey = {{journey:String}}"
+    return int(client.query(sql, parameters=p).result_rows[0][0])
+
+
+def data_range(client: Client, journey: str) -> tuple[datetime, datetime] | None:
+    """The whole days over which journeys of `journey` opened: [first day, last day + 1),
+    None if there are none."""
+    result = client.query(
+        "SELECT toDate(min(opened_at)), toDate(max(opened_at)), count() FROM journeys "
+        "WHERE journey = {journey:String}",
+        parameters={"journey": journey},
+    ).result_rows[0]
+    if not result[2]:
+        return None
+    first, last = (datetime(d.year, d.month, d.day) for d in result[:2])
+    return first, last + timedelta(days=1)
+
+
 def read_map(client: Client, journey: str, since: datetime, until: datetime) -> JourneyMap:
     """Query the views for `journey` and journeys opened in [since, until)."""
-    p = {
-        "journey": journey,
-        "since": since.strftime("%Y-%m-%d %H:%M:%S"),
-        "until": until.strftime("%Y-%m-%d %H:%M:%S"),
-    }
+    p = {"journey": journey, "since": _when(since), "until": _when(until)}
     found = JourneyMap(journey, p["since"], p["until"])
     found.funnel = _rows(
         client,

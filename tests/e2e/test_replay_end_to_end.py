@@ -1,9 +1,12 @@
-"""Shared test helpers."""
+"""`parcours replay` of the Helpdesk sample through the local broker and a worker, then
+`parcours report` on what landed."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -70,3 +73,27 @@ def test_replaying_the_helpdesk_sample_twice_lands_each_row_once(tmp_path):
     assert sorted(key.removeprefix("ticket-") for _, key, *_ in first) == sorted(tickets)
     completed = {key.removeprefix("ticket-") for _, key, done, *_ in first if done}
     assert completed == resolved
+
+    # The log is from 2012: `parcours report` finds nothing in the last 30 days, says so,
+    # and shows the days over which the tickets opened (from the CSV: first events, UTC).
+    opened: dict[str, datetime] = {}
+    for row in sample_rows():
+        local = datetime.strptime(row["Complete Timestamp"], "%Y/%m/%d %H:%M:%S.%f")
+        at = local.replace(tzinfo=ZoneInfo("Europe/Rome")).astimezone(UTC)
+        opened[row["Case ID"]] = min(at, opened.get(row["Case ID"], at))
+    days = f"{min(opened.values()):%Y-%m-%d} to {max(opened.values()):%Y-%m-%d}"
+    page = tmp_path / "report.html"
+    report = subprocess.run(
+        [
+            *(sys.executable, "-m", "streams", "report", "--format", "html"),
+            *("--clickhouse", f"chdb://{tmp_path / 'clickhouse'}", "--html", str(page)),
+            *("--config", str(HELPDESK_CONFIG), "--journey", "support"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert report.returncode == 0, report.stderr
+    assert f"no support journeys opened in the last 30 days; showing {days}" in report.stderr
+    assert report.stdout == f"HTML report: {page}\n"  # --format html: the page alone
+    assert f">{len(tickets)} journeys · " in page.read_text()  # every ticket in the funnel

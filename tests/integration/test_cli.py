@@ -97,6 +97,12 @@ def test_local_broker_stops_tansu_on_sigterm(tmp_path):
 
 
 def test_report_on_a_store_without_tables_says_how_to_fill_it(tmp_path):
+    missing = tmp_path / "typo"
+    result = run("report", "--clickhouse", f"chdb://{missing}")
+    assert result.exit_code == 1
+    assert f"no embedded ClickHouse store at {missing}; a worker makes one" in result.output
+    assert not missing.exists()  # a reader does not create what it was asked to read
+    (tmp_path / "empty").mkdir()
     result = run("report", "--clickhouse", f"chdb://{tmp_path / 'empty'}")
     assert result.exit_code == 1
     assert "no parcours tables here; a worker creates them" in result.output
