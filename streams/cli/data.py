@@ -11,6 +11,7 @@ from streams.cli.options import (
     BROKER_OPTION,
     CLICKHOUSE_OPTION,
     CONFIG_OPTION,
+    broker_errors,
     checked_config,
     one_line_errors,
     settings_needing,
@@ -106,7 +107,7 @@ def replay(
 
     settings = settings_needing("broker", broker=broker, config_path=config_path)
     config = checked_config(settings)
-    with one_line_errors(MappingError, InputError):
+    with one_line_errors(MappingError, InputError), broker_errors(settings.broker):
         parser = EventParser(
             config.touchpoint_types, max_age_seconds=0, max_message_bytes=settings.max_message_bytes
         )

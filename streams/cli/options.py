@@ -3,6 +3,7 @@ errors a user can fix into one clear line."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,6 +78,32 @@ def one_line_errors(*kinds: type[Exception]) -> Iterator[None]:
     except (ConfigError, *kinds) as exc:
         # Messages quote files and values: no control characters reach the terminal.
         raise click.ClickException(printable(str(exc), 2000)) from None
+
+
+def _not_bootstrap_failures(record: logging.LogRecord) -> bool:
+    # aiokafka logs each failed bootstrap attempt before it raises; the raise is reported.
+    return not str(record.msg).startswith('Unable connect to "')
+
+
+@contextmanager
+def broker_errors(bootstrap: str) -> Iterator[None]:
+    """An unreachable broker as one line naming it and what to check, exit code 1."""
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+
+    aiokafka_log = logging.getLogger("aiokafka")
+    aiokafka_log.addFilter(_not_bootstrap_failures)
+    try:
+        yield
+    except KafkaConnectionError:
+        raise click.ClickException(
+            f"cannot reach the Kafka broker at {bootstrap}; check --broker or KAFKA_BROKER, "
+            "or start one with `parcours local-broker`"
+        ) from None
+    except (KafkaError, OSError) as exc:
+        message = f"Kafka broker {bootstrap}: {printable(str(exc), 300)}"
+        raise click.ClickException(message) from None
+    finally:
+        aiokafka_log.removeFilter(_not_bootstrap_failures)
 
 
 def ready_folder(folder: Path, setting: str) -> Path:

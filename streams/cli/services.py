@@ -11,12 +11,12 @@ from streams.cli.options import (
     BROKER_OPTION,
     CLICKHOUSE_OPTION,
     CONFIG_OPTION,
+    broker_errors,
     checked_config,
     one_line_errors,
     ready_folder,
     settings_needing,
 )
-
 
 @click.command()
 @BROKER_OPTION
@@ -50,13 +50,20 @@ def worker(loglevel: str, **overrides: object) -> None:
     Several workers with the same app id share the partitions of one consumer group.
     """
     settings = settings_needing("broker", "clickhouse_url", **overrides)
+    import asyncio
+
     from streams.clickhouse.client import ClickHouseUrlError, client_args
+    from streams.edge.produce import reach_broker
     from streams.pipeline.worker import run_worker
 
     checked_config(settings)  # report bad input here, before Faust buries it in logs
     ready_folder(settings.data_dir, "PARCOURS_DATA_DIR")  # Faust makes only its last level
     with one_line_errors(ClickHouseUrlError):
         client_args(settings.clickhouse_url)
+    # Faust logs an unreachable broker as a traceback and exits 0: ask first (for a
+    # while: in a compose file the broker may be starting too).
+    with broker_errors(settings.broker):
+        asyncio.run(reach_broker(settings.broker, settings.broker_wait_seconds))
     run_worker(settings, loglevel=loglevel)
 
 

@@ -12,6 +12,7 @@ import click
 from streams.cli.options import (
     BROKER_OPTION,
     CONFIG_OPTION,
+    broker_errors,
     numbers,
     settings_needing,
     share_option,
@@ -213,15 +214,14 @@ def simulate(
     target = jsonl.name if jsonl else settings.topic("touchpoints")
     click.echo(f"simulating {rate:g} events/s (seed {seed}) into {target}; Ctrl-C stops", err=True)
     try:
-        if jsonl is not None:
-            heartbeat = settings.heartbeat_file
-            asyncio.run(to_jsonl(stream, jsonl, limit, not fast, summary, heartbeat))
-        else:
-            asyncio.run(to_kafka(stream, settings, limit, not fast, summary, envelope))
+        with broker_errors(settings.broker):
+            if jsonl is not None:
+                heartbeat = settings.heartbeat_file
+                asyncio.run(to_jsonl(stream, jsonl, limit, not fast, summary, heartbeat))
+            else:
+                asyncio.run(to_kafka(stream, settings, limit, not fast, summary, envelope))
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass  # stopped by the user; what was batched has been sent
-    except OSError as exc:  # the broker is unreachable
-        raise click.ClickException(f"{settings.broker}: {exc}") from None
     click.echo(summary.progress(), err=True)
     click.echo(
         "by type: " + ", ".join(f"{t} {n}" for t, n in summary.types.most_common()), err=True

@@ -47,6 +47,10 @@ def _env_number(name: str, default: N) -> N:
 @dataclass(frozen=True)
 class Settings:
     broker: str = field(default_factory=lambda: os.environ.get("KAFKA_BROKER", ""))
+    # How long a starting worker waits for the broker to answer (it may be starting too).
+    broker_wait_seconds: float = field(
+        default_factory=lambda: _env_number("PARCOURS_BROKER_WAIT_SECONDS", 30.0)
+    )
     clickhouse_url: str = field(default_factory=lambda: os.environ.get("CLICKHOUSE_URL", ""))
     app_id: str = field(default_factory=lambda: os.environ.get("PARCOURS_APP_ID", "parcours"))
     topic_prefix: str = field(default_factory=lambda: os.environ.get("PARCOURS_TOPIC_PREFIX", ""))

@@ -10,8 +10,9 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError
 
 from streams.core.ingest import customer_key, kafka_partition
 
@@ -108,6 +109,34 @@ def kafka_producer(bootstrap: str, idempotent: bool = False, **options: Any) -> 
     )
 
 
+async def start_producer(producer: AIOKafkaProducer) -> AIOKafkaProducer:
+    """Start `producer`; if the broker cannot be reached, close it before raising (an
+    unclosed client warns at exit, on top of the error that matters)."""
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise
+    return producer
+
+
+async def reach_broker(bootstrap: str, wait_seconds: float) -> None:
+    """Return once the broker answers a metadata request; retried for `wait_seconds` (a
+    broker starting beside us), then KafkaConnectionError."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        client = AIOKafkaClient(bootstrap_servers=bootstrap.removeprefix("kafka://"))
+        try:
+            await client.bootstrap()
+            return
+        except KafkaConnectionError:
+            if time.monotonic() >= deadline:
+                raise
+        finally:
+            await client.close()
+        await asyncio.sleep(1.0)
+
+
 def _ts_ms(event: dict) -> int:
     return int(datetime.fromisoformat(event["ts"]).timestamp() * 1000)
 
@@ -124,8 +153,7 @@ async def send_messages(
     With `due_seconds`, message i is not sent before that many seconds after the start
     (a replay's pace); `on_progress(sent, total)` is called about once a second.
     """
-    producer = kafka_producer(bootstrap)
-    await producer.start()
+    producer = await start_producer(kafka_producer(bootstrap))
     try:
         started = shown = time.monotonic()
         pending = []

@@ -42,7 +42,7 @@ import orjson
 from streams.config.settings import TOUCHPOINTS, Settings
 from streams.core.events import Rejection, ValidEvent, parser_for
 from streams.core.ingest import customer_key, kafka_partition
-from streams.edge.produce import kafka_producer
+from streams.edge.produce import kafka_producer, start_producer
 from streams.edge.stamps import stamped
 
 T = TypeVar("T")
@@ -94,7 +94,7 @@ class TouchpointProducer:
         self.acknowledged = 0  # events the broker has acknowledged
 
     async def start(self) -> None:
-        await self._producer.start()
+        await start_producer(self._producer)
         self._lingering = asyncio.create_task(self._send_lingering())
 
     async def stop(self) -> None:

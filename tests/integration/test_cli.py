@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import pytest
 from click.testing import CliRunner
 
 from streams.cli import main
+from streams.config.settings import PROJECT_ROOT
+from streams.dev.local_stack import free_port
 
 
 def run(*args, env=None):
@@ -124,3 +131,35 @@ def test_a_data_dir_that_cannot_be_made_is_one_line_and_a_new_one_is_made(tmp_pa
     from streams.cli.options import ready_folder
 
     assert ready_folder(tmp_path / "new" / "deeper", "PARCOURS_DATA_DIR").is_dir()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["replay", "tests/data/helpdesk_sample.csv", "--mapping", "schemas/mappings/helpdesk.yaml"],
+        ["simulate", "--events", "5", "--fast"],
+        ["worker", "--clickhouse", "chdb://{tmp}/ch", "--data-dir", "{tmp}/new/data"],
+    ],
+    ids=["replay", "simulate", "worker"],
+)
+def test_an_unreachable_broker_is_one_line_naming_it(command, tmp_path):
+    """What a user sees, stdout and stderr: one line, no traceback, no unclosed client."""
+    port = free_port()  # nothing listens there
+    arguments = [a.format(tmp=tmp_path) for a in command]
+    done = subprocess.run(
+        [sys.executable, "-m", "streams", *arguments, "--broker", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PARCOURS_BROKER_WAIT_SECONDS": "0"},
+    )
+    assert done.returncode == 1
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if "Error" in line]
+    assert errors == [
+        f"Error: cannot reach the Kafka broker at 127.0.0.1:{port}; check --broker or "
+        "KAFKA_BROKER, or start one with `parcours local-broker`"
+    ]
+    assert "Traceback" not in done.stderr and "Unclosed" not in done.stderr
+    if command[0] == "worker":
+        assert (tmp_path / "new" / "data").is_dir()  # --data-dir made what was missing
