@@ -18,6 +18,7 @@ from streams.cli.options import (
     settings_needing,
 )
 
+
 @click.command()
 @BROKER_OPTION
 @CLICKHOUSE_OPTION

@@ -20,6 +20,7 @@ from streams.clickhouse.client import connect
 from streams.clickhouse.report import as_text
 from streams.clickhouse.report_html import write_report
 from streams.config.settings import TOUCHPOINTS
+from streams.core.text import table
 from streams.dev.local_stack import DispatcherProcess, LocalBroker
 from streams.dev.synth import generate
 from streams.dev.webhook_receiver import WebhookReceiver
@@ -280,42 +281,38 @@ def summarize(clickhouse_url: str) -> dict:
 
 
 def print_summary(summary: dict) -> None:
-    print("\nTouchpoints by type and channel")
-    for kind, channel, n in summary["by_type"]:
-        print(f"  {kind:<18} {channel:<9} {n:>7,}")
+    def show(title: str, headers: list[str], rows: list[tuple]) -> None:
+        print("\n" + table(title, headers, rows))
+
+    show("Touchpoints by type and channel", ["channel", "touchpoints"], summary["by_type"])
     print(f"  distinct customer keys: {summary['customers']:,}")
-    print("\nJourneys by furthest stage reached      open  completed  expired")
-    for journey, stage, open_, completed, expired in summary["journeys"]:
-        print(f"  {journey:<19} {stage:<15} {open_:>7,} {completed:>10,} {expired:>8,}")
+    show(
+        "Journeys by furthest stage reached",
+        ["stage", "open", "completed", "expired"],
+        summary["journeys"],
+    )
     print(
         f"  customers with journeys: {summary['journey_customers']:,} "
         "(anonymous visitors merged into the customer they logged in as)"
     )
-    print("\nLeaks by rule                   category      severity   leaks")
-    for rule, category, severity, n in summary["leaks"]:
-        print(f"  {rule:<29} {category:<13} {severity:<8} {n:>6,}")
-    print("\nSurvey invitations sent         metric       channel   invitations")
-    for rule, metric, channel, n in summary["invitations"]:
-        print(f"  {rule:<29} {metric:<12} {channel:<9} {n:>8,}")
-    print("\nSurvey invitations suppressed   reason        count")
-    for rule, reason, n in summary["suppressions"]:
-        print(f"  {rule:<29} {reason:<12} {n:>6,}")
-    print("\nFollow-up tasks for a person     leak                   priority  open  closed")
-    for rule, reason, priority, open_, closed in summary["follow_ups"]:
-        print(f"  {rule:<29} {reason:<22} {priority:<8} {open_:>5,} {closed:>7,}")
-    print("\nResponse rate by rule           sent  answered   rate")
-    for rule, sent, answered, rate in summary["response_rates"]:
-        print(f"  {rule:<29} {sent:>5,} {answered:>8,} {rate:>5}%")
-    print("\nScores by touchpoint            responses    score")
-    for metric, about, responses, score, small in summary["scores"]:
-        flag = "  (small sample)" if small else ""
-        print(f"  {metric.upper():<5} {about or '-':<24} {responses:>7,} {score:>8}{flag}")
-    print("\nCustomer health by segment      customers   mean  below 50")
-    for segment, customers, mean, at_risk in summary["health"]:
-        print(f"  {segment:<29} {customers:>9,} {mean:>6} {at_risk:>9,}")
-    print("\nDead letters by reason")
-    for reason, n in summary["dead_letters"]:
-        print(f"  {reason:<18} {n:>7,}")
-    print("\nRows per ClickHouse table")
-    for table, n in summary["tables"].items():
-        print(f"  {table:<18} {n:>7,}")
+    show("Leaks by rule", ["category", "severity", "leaks"], summary["leaks"])
+    show("Survey invitations sent", ["metric", "channel", "invitations"], summary["invitations"])
+    show("Survey invitations suppressed", ["reason", "count"], summary["suppressions"])
+    show(
+        "Follow-up tasks for a person",
+        ["leak", "priority", "open", "closed"],
+        summary["follow_ups"],
+    )
+    rates = [
+        (rule, sent, answered, f"{rate}%")
+        for rule, sent, answered, rate in summary["response_rates"]
+    ]
+    show("Response rate by rule", ["sent", "answered", "rate"], rates)
+    scores = [
+        (metric.upper(), about or "-", responses, score, "(small sample)" if small else "")
+        for metric, about, responses, score, small in summary["scores"]
+    ]
+    show("Scores by touchpoint", ["touchpoint", "responses", "score", ""], scores)
+    show("Customer health by segment", ["customers", "mean", "below 50"], summary["health"])
+    show("Dead letters by reason", ["letters"], summary["dead_letters"])
+    show("Rows per ClickHouse table", ["rows"], list(summary["tables"].items()))
