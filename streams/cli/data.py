@@ -16,6 +16,7 @@ from streams.cli.options import (
     one_line_errors,
     settings_needing,
 )
+from streams.core.text import printable
 
 
 @click.command("check-config")
@@ -237,3 +238,35 @@ def _report_range(
         err=True,
     )
     return spanned
+
+
+@click.command()
+@CLICKHOUSE_OPTION
+@click.argument("sql")
+def query(clickhouse_url: str | None, sql: str) -> None:
+    """Run one SQL query on parcours' ClickHouse and print the result as a table.
+
+    Takes the worker's URLs: chdb://path (the embedded engine; after `make demo`,
+    chdb://.parcours/demo/clickhouse) or http://user:pass@host:8123/db. The views and a
+    query for each: schemas/clickhouse/README.md.
+    """
+    from streams.clickhouse.client import connect, masked
+    from streams.core.text import table
+
+    settings = settings_needing("clickhouse_url", clickhouse_url=clickhouse_url)
+    try:
+        client = connect(settings.clickhouse_url, create=False)
+        try:
+            result = client.query(sql)
+        finally:
+            client.close()
+    except Exception as exc:  # a bad query or an unreachable server: one line
+        raise click.ClickException(
+            f"{masked(settings.clickhouse_url)}: {printable(str(exc), 500)}"
+        ) from None
+    names = list(result.column_names)
+    if not names:
+        click.echo("(no rows)")
+        return
+    click.echo(table(names[0], names[1:], [tuple(row) for row in result.result_rows]))
+    click.echo(f"({len(result.result_rows):,} rows)")

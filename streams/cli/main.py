@@ -23,6 +23,7 @@ for command in (
     data.check_config,
     data.replay,
     data.report,
+    data.query,
     tools.demo,
     tools.simulate,
     tools.bench,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 from streams.config.settings import PROJECT_ROOT
@@ -15,6 +16,14 @@ def readme_demo_headings() -> list[str]:
     readme = (PROJECT_ROOT / "README.md").read_text()
     block = readme.split("## What `make demo` does", 1)[1].split("```", 2)[1]
     return [line for line in block.splitlines() if line and not line.startswith((" ", "..."))]
+
+
+def views_readme() -> tuple[set[str], list[str]]:
+    """The views schemas/clickhouse/README.md names in its headings, and its SQL blocks."""
+    text = (PROJECT_ROOT / "schemas" / "clickhouse" / "README.md").read_text()
+    headings = re.findall(r"^### (.+)$", text, flags=re.MULTILINE)
+    names = {name for h in headings for name in re.sub(r"\(.*?\)", "", h).split(", ")}
+    return names, re.findall(r"```sql\n(.*?)```", text, flags=re.DOTALL)
 
 
 def test_the_demo_lands_every_event_and_delivers_every_invitation(tmp_path, capsys):
@@ -47,4 +56,20 @@ def test_the_demo_lands_every_event_and_delivers_every_invitation(tmp_path, caps
         for panel, sql in journey_map_queries(since, until, "purchase"):
             if not client.query(sql).result_rows:
                 empty.append(panel)
+        # Every view has its section in schemas/clickhouse/README.md, and each query
+        # there runs as pasted, with rows (outside journeys: none is the healthy answer).
+        views = {
+            name
+            for (name,) in client.query(
+                "SELECT name FROM system.tables WHERE database = currentDatabase() "
+                "AND engine = 'View'"
+            ).result_rows
+        }
+        documented, queries = views_readme()
+        answered = {sql: len(client.query(sql).result_rows) for sql in queries}
     assert empty == []
+    assert views <= documented, views - documented
+    assert len(queries) >= len(views) - 3  # some sections show two views at once
+    assert [sql for sql, rows in answered.items() if not rows] == [
+        sql for sql in queries if "FROM touchpoints_outside_journeys" in sql
+    ]

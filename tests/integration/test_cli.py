@@ -163,3 +163,22 @@ def test_an_unreachable_broker_is_one_line_naming_it(command, tmp_path):
     assert "Traceback" not in done.stderr and "Unclosed" not in done.stderr
     if command[0] == "worker":
         assert (tmp_path / "new" / "data").is_dir()  # --data-dir made what was missing
+
+
+def test_query_prints_a_table_and_names_a_bad_query(tmp_path):
+    from tests.support.clickhouse import clickhouse
+
+    with clickhouse(tmp_path / "ch") as client:
+        client.command("CREATE TABLE t (name String, n UInt32) ENGINE = MergeTree ORDER BY name")
+        client.insert("t", [["a_long_name", 1200], ["b", 3]], column_names=["name", "n"])
+    url = f"chdb://{tmp_path / 'ch'}"
+    result = run("query", "--clickhouse", url, "SELECT name, n FROM t ORDER BY name")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "name               n",
+        "  a_long_name  1,200",
+        "  b                3",
+        "(2 rows)",
+    ]
+    bad = run("query", "--clickhouse", url, "SELECT nope FROM t")
+    assert bad.exit_code == 1 and "nope" in bad.output and "Traceback" not in bad.output
