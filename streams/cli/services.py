@@ -86,7 +86,8 @@ def collector(host: str, **overrides: object) -> None:
 
     Takes one event, a JSON array or {"events": [...]} (gzip welcome), with a write key
     in `Authorization: Bearer KEY`; answers 202 with accepted and rejected counts once
-    the broker has acknowledged. Also GET /healthz and /metrics.
+    the broker has acknowledged. Also GET /healthz, /metrics and /openapi.json (the
+    API as OpenAPI 3.1; `parcours spec openapi` prints it).
     """
     import asyncio
 

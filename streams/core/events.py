@@ -23,6 +23,7 @@ import jsonschema
 import orjson
 
 from streams.config.settings import SCHEMAS_DIR, Settings
+from streams.core.eventtime import epoch_ms
 
 TOUCHPOINT_SCHEMA_PATH = SCHEMAS_DIR / "touchpoint.schema.json"
 
@@ -220,7 +221,7 @@ class EventParser:
                 "$.type",
             )
         try:
-            ts_ms = int(datetime.fromisoformat(item["ts"]).timestamp() * 1000)
+            ts_ms = epoch_ms(datetime.fromisoformat(item["ts"]))
         except ValueError as exc:
             return SCHEMA_VIOLATION, _clip(f"ts {item['ts']!r}: {exc}"), "$.ts"
         if ts_ms < EARLIEST_TS_MS:

@@ -9,8 +9,22 @@ expire (and leaks still fire) when traffic stops.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 NEVER = -(2**62)  # before any event
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Milliseconds since the epoch, exactly (floor). `int(moment.timestamp() * 1000)`
+    goes through a float and is one millisecond short for about a quarter of values."""
+    return (moment - EPOCH) // _MS
+
+
+def from_epoch_ms(ms: int) -> datetime:
+    """The UTC moment `ms` milliseconds after the epoch, exactly."""
+    return EPOCH + ms * _MS
 
 
 @dataclass

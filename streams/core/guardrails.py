@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from streams.config.durations import duration_text
 from streams.config.rules import QuietHours, SurveyRule, Surveys
+from streams.core.eventtime import epoch_ms
 from streams.core.state import Booking, Event, Span
 
 OPTED_OUT, DUPLICATE, OUTRANKED, SAMPLED_OUT, CAPPED = (
@@ -225,7 +226,7 @@ def send_time(at_ms: int, quiet: QuietHours | None, time_zone: str | None) -> in
         return at_ms
     day = local.date() if minute < end else local.date() + timedelta(days=1)
     wake = datetime.combine(day, time(end // 60, end % 60), tzinfo=zone)
-    return int(wake.timestamp() * 1000)
+    return epoch_ms(wake)
 
 
 def _zone(name: str | None) -> ZoneInfo | None:

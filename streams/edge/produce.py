@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaClient, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
 
+from streams.core.eventtime import epoch_ms
 from streams.core.ingest import customer_key, kafka_partition
 
 
@@ -138,7 +139,7 @@ async def reach_broker(bootstrap: str, wait_seconds: float) -> None:
 
 
 def _ts_ms(event: dict) -> int:
-    return int(datetime.fromisoformat(event["ts"]).timestamp() * 1000)
+    return epoch_ms(datetime.fromisoformat(event["ts"]))
 
 
 async def send_messages(

@@ -28,6 +28,7 @@ import yaml
 
 from streams.config.yaml_files import load_yaml
 from streams.core.events import SCHEMA_VIOLATION, EventParser
+from streams.core.eventtime import epoch_ms
 from streams.core.text import printable
 from streams.edge.produce import as_messages, send_messages
 
@@ -303,7 +304,7 @@ async def send(
 def _first_ts(value: bytes) -> int:
     doc = orjson.loads(value)
     event = doc["events"][0] if "events" in doc else doc
-    return int(datetime.fromisoformat(event["ts"]).timestamp() * 1000)
+    return epoch_ms(datetime.fromisoformat(event["ts"]))
 
 
 def replay(

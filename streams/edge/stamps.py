@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from streams.core.eventtime import epoch_ms, from_epoch_ms
 
 
 def uuid7(now_ms: int) -> str:
@@ -32,7 +34,7 @@ def uuid7(now_ms: int) -> str:
 
 def rfc3339(ms: int) -> str:
     """Epoch milliseconds as the RFC 3339 text events carry: 2026-11-26T21:26:43.120Z."""
-    text = datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    text = from_epoch_ms(ms).isoformat(timespec="milliseconds")
     return text.replace("+00:00", "Z")
 
 
@@ -43,7 +45,7 @@ def _ms(value: Any) -> int | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return int(parsed.timestamp() * 1000) if parsed.tzinfo else None
+    return epoch_ms(parsed) if parsed.tzinfo else None
 
 
 def stamped(event: Any, now_ms: int, *, received: bool = False) -> Any:

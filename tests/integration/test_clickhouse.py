@@ -20,7 +20,7 @@ from streams.clickhouse.client import (
 )
 from streams.clickhouse.rows import PARTITIONED_BY, TOUCHPOINT_COLUMNS
 from streams.clickhouse.sink import ClickHouseSink, batch_token, is_permanent
-from tests.support.clickhouse import clickhouse
+from tests.support.clickhouse import clickhouse, touchpoint_ch_row
 
 
 def test_migrations_apply_once_and_are_idempotent(tmp_path):
@@ -73,24 +73,7 @@ def test_bad_urls_say_which_forms_work():
 
 
 def touchpoint(event_id: str) -> list:
-    now = datetime.now(UTC)
-    return [
-        event_id,
-        "c-1",
-        "c-1",
-        "",
-        "site_visit",
-        "before",
-        now,
-        "web",
-        "site",
-        "",
-        "",
-        {},
-        0,
-        0,
-        now,
-    ]
+    return touchpoint_ch_row(event_id)
 
 
 def test_a_retried_batch_with_the_same_token_lands_once(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 from streams.clickhouse.client import migrate
 from streams.clickhouse.rows import (
@@ -13,29 +12,23 @@ from streams.clickhouse.rows import (
     health_ch_row,
     invitation_ch_row,
 )
-from tests.support.clickhouse import clickhouse
+from tests.support.clickhouse import clickhouse, touchpoint_ch_row
 
 
 def answer(n: int, metric: str, score: float, about: str) -> list:
-    now = datetime.now(UTC)
     properties = {"metric": metric, "score": str(score), "about": about}
-    return [
+    return touchpoint_ch_row(
         f"s{n}",
-        "c",
-        "c",
-        "",
-        "survey_response",
-        "after",
-        now,
-        "email",
-        "survey",
-        "",
-        "gold",
-        properties,
-        0,
-        n,
-        now,
-    ]
+        customer_key="c",
+        customer_id="c",
+        type="survey_response",
+        phase="after",
+        channel="email",
+        source="survey",
+        segment="gold",
+        properties=properties,
+        src_offset=n,
+    )
 
 
 def test_nps_csat_and_ces_per_touchpoint_match_hand_computed_values(tmp_path):
@@ -46,7 +39,8 @@ def test_nps_csat_and_ces_per_touchpoint_match_hand_computed_values(tmp_path):
     rows += [answer(100 + i, "csat", s, "support_call") for i, s in enumerate(csat_call)]
     rows += [answer(200 + i, "ces", s, "support_call") for i, s in enumerate(ces_call)]
     unscored = answer(300, "nps", 0, "delivery")
-    unscored[11] = {"metric": "nps"}  # a response without a score is not an answer
+    # A response without a score is not an answer.
+    unscored[TOUCHPOINT_COLUMNS.index("properties")] = {"metric": "nps"}
     with clickhouse(tmp_path / "ch") as client:
         migrate(client)
         client.insert("touchpoints", [*rows, unscored], column_names=TOUCHPOINT_COLUMNS)
