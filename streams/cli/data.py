@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,6 +18,9 @@ from streams.cli.options import (
     settings_needing,
 )
 from streams.core.text import printable
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
 
 
 @click.command("check-config")
@@ -172,7 +176,7 @@ def report(
     """
     from streams.clickhouse.client import connect, masked
     from streams.clickhouse.report import as_json, as_text, read_map
-    from streams.clickhouse.report_html import as_html
+    from streams.clickhouse.report_html import save_html
 
     settings = settings_needing(
         "clickhouse_url", clickhouse_url=clickhouse_url, config_path=config_path
@@ -204,8 +208,7 @@ def report(
     if output == "json":
         click.echo(as_json(found))
         return
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    html_path.write_text(as_html(found), encoding="utf-8")
+    save_html(found, html_path)
     if output == "text":
         click.echo(as_text(found))
         click.echo()
@@ -213,7 +216,7 @@ def report(
 
 
 def _report_range(
-    client: object, journey: str, since: datetime | None, until: datetime | None
+    client: Client, journey: str, since: datetime | None, until: datetime | None
 ) -> tuple[datetime, datetime]:
     """The report's [since, until): as given; by default the last 30 days, or the data's
     days when no journey opened in those (said on stderr, so JSON output stays clean)."""

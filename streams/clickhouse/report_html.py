@@ -284,6 +284,11 @@ def write_report(
         found = read_map(client, journey, since, until)
     finally:
         client.close()
+    save_html(found, html_path)
+    return found
+
+
+def save_html(found: JourneyMap, html_path: Path) -> None:
+    """Write the map's page to `html_path`, making its folder if needed."""
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(as_html(found), encoding="utf-8")
-    return found

@@ -97,6 +97,8 @@ def lenient_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return lenient
 
 
+_VERSION = re.compile(r"(\d{1,3})\.(\d{1,3})")  # an event's schema_version, MAJOR.MINOR
+
 # What `context.ip` becomes (PARCOURS_CONTEXT_IP): kept, cut to its network, or dropped.
 CONTEXT_IP_POLICIES = ("keep", "truncate", "drop")
 
@@ -252,7 +254,7 @@ class EventParser:
         """An event that names its schema version: itself (this version or older, or a
         malformed version the schema will name), the same with its unknown top-level fields
         moved under `extensions` (a newer minor), or a rejection (another major)."""
-        found = re.fullmatch(r"(\d{1,3})\.(\d{1,3})", str(item["schema_version"]))
+        found = _VERSION.fullmatch(str(item["schema_version"]))
         if not found:
             return item
         major, minor = int(found[1]), int(found[2])

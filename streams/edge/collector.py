@@ -421,9 +421,7 @@ async def serve(
     publisher = KafkaPublisher(bootstrap, topic, dead_letter_topic, idempotent)
     await publisher.start()
     app = create_collector(parser, publisher.publish, settings, lambda: publisher.connected)
-    # aiohttp closes a connection whose request has not arrived within its keep-alive
-    # timeout, counted from the connection's start: that is the header timeout too.
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=settings.header_timeout_seconds)
+    runner = collector_runner(app, settings)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
