@@ -47,7 +47,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from streams.core.events import SOURCE_NOT_ALLOWED, EventParser, Rejection, ValidEvent
 from streams.core.ingest import DeadLetter
-from streams.edge.produce import MAX_ENVELOPE_BYTES, envelopes_by_partition, kafka_producer
+from streams.edge.produce import (
+    MAX_ENVELOPE_BYTES,
+    envelopes_by_partition,
+    kafka_producer,
+    start_producer,
+)
 from streams.edge.specs import spec_document
 from streams.edge.stamps import stamped
 
@@ -370,7 +375,7 @@ class KafkaPublisher:
         self.connected = False
 
     async def start(self) -> None:
-        await self.producer.start()
+        await start_producer(self.producer)
         self.connected = True
         self._probing = asyncio.create_task(self._probe())
 

@@ -48,7 +48,7 @@ from streams.edge.destinations import (
     TokenBucket,
     signed_headers,
 )
-from streams.edge.produce import kafka_producer
+from streams.edge.produce import kafka_producer, start_producer
 from streams.outputs import OUTPUT_OF
 
 log = logging.getLogger("parcours.dispatcher")
@@ -310,7 +310,11 @@ async def run_dispatcher(
         await producer.send_and_wait(dlq, value=value, headers=headers)
 
     await consumer.start()
-    await producer.start()
+    try:
+        await start_producer(producer)
+    except BaseException:
+        await consumer.stop()
+        raise
     try:
         async with aiohttp.ClientSession() as session:
             dispatcher = Dispatcher(destinations, ledger, session, dead_letter)
