@@ -80,6 +80,7 @@ def compare_cores(
     messages: list[tuple[bytes, bytes]], events: int, partitions: int, ref: str, work: Path
 ) -> list[CoreTiming]:
     """This commit's core and REF's, each in a fresh process, on the same messages."""
+    work = work.resolve()  # the children run in their own trees
     messages_file = work / "core-messages.json"
     work.mkdir(parents=True, exist_ok=True)
     messages_file.write_bytes(orjson.dumps([[k.hex(), v.hex()] for k, v in messages]))

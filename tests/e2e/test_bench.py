@@ -4,10 +4,12 @@ measured, not asserted: see deploy/README.md, Performance)."""
 from __future__ import annotations
 
 import json
+import subprocess
 
 from click.testing import CliRunner
 
 from streams.cli import main
+from streams.config.settings import PROJECT_ROOT
 
 
 def test_bench_measures_every_run_and_prints_json(tmp_path):
@@ -65,3 +67,22 @@ def test_the_latency_runs_use_the_shipped_config_without_delays_or_quiet_hours(t
     assert {r.delay_ms for r in config.surveys.rules.values()} == {0}
     assert config.surveys.rules.keys() == shipped.surveys.rules.keys()
     assert config.journeys.keys() == shipped.journeys.keys()
+
+
+def test_core_only_compare_times_both_trees_from_a_relative_data_dir(tmp_path, monkeypatch):
+    # The children run inside their own trees: a relative --data-dir (the default,
+    # `.parcours`) must still reach the messages file both read.
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        main,
+        ["bench", "--core-only", "--compare", "HEAD", "--customers", "40",
+         "--data-dir", "rel", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    this, then = report["core_compared"]
+    assert this["tree"] == "this commit" and then["tree"] == "HEAD"
+    assert this["events_per_second"] > 0 and then["events_per_second"] > 0
+    assert then["state_bytes_per_customer"] > 0
+    subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "remove", "--force",
+                    str(tmp_path / "rel/bench/worktrees/HEAD")], check=True)  # fmt: skip
