@@ -206,6 +206,7 @@ def advance(
         keep = _retained(keep, runs.instances(), in_sealed, horizon_ms if quiet else None)
         if len(keep) < len(state.events):
             outside += _evicted_outside(runs, state.events, keep)
+        runs.retained(keep)
     for row in outside:
         row.update(customer_key=customer_key, detected_ms=now_ms)
     updated = state.evolve(
@@ -217,7 +218,7 @@ def advance(
         leaks=reported,
         runs=runs,
     )
-    due_ms = _next_due_ms(config, runs.instances(), leaks_of, updated, watermark_ms)
+    due_ms = _next_due_ms(config, runs.instances(), leaks_of, updated, runs.strays, watermark_ms)
     return Outcome(
         updated, updates, leak_rows, due_ms, transitions, outside=outside, **outcome_extra
     )
@@ -396,10 +397,11 @@ def _next_due_ms(
     instances: list[Instance],
     leaks_of: dict[int, list],
     state: CustomerState,
+    strays: dict[str, Event],
     watermark_ms: int,
 ) -> int | None:
     """The watermark at which `state` (with these unsealed journeys, whose leaks are in
-    `leaks_of`) changes without new events."""
+    `leaks_of`, and these touchpoints in none) changes without new events."""
     times = [  # closing, then sealing
         max([i.closed_ms, *(leak.due_ms for leak in leaks_of[id(i)])])
         if i.closed_ms is not None
@@ -415,8 +417,7 @@ def _next_due_ms(
         times += [state.events[after].ts_ms] if after < len(state.events) else []
         held = held_due_ms(state.contact or {}, config.surveys, watermark_ms)
         times += [held] if held is not None else []
-    in_instances = {e.event_id for i in instances for e in i.events}
-    stray = next((e for e in state.events if e.event_id not in in_instances), None)
+    stray = next(iter(strays.values()), None)
     if stray is not None:  # to evict it once the identity window has passed it
         times.append(stray.ts_ms + config.identity_window_ms + 1)
     due = min(times, default=None)

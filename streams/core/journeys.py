@@ -171,14 +171,15 @@ class JourneyRun:
         self.exit_at = floor.exit_ms if floor is not None else None
         self.start_at = floor.start_ms if floor is not None else None
 
-    def feed(self, event: Event) -> None:
+    def feed(self, event: Event) -> bool:
+        """Take the next touchpoint; True if it joined an instance."""
         journey, current = self.journey, self.current
         if current is not None and current.deadline_ms <= event.ts_ms:
             self._end(current.deadline_ms, expired=True)
             current = None
         stage = journey.stage_of.get(event.type)
         if stage is None:
-            return
+            return False
         is_entry = event.type in journey.entry
         if current is None:
             if not is_entry:
@@ -187,7 +188,8 @@ class JourneyRun:
                 self.outside[event.event_id] = REENTRY_NOT_ALLOWED
             else:
                 self._open(event)
-            return
+                return True
+            return False
         if current.completed_ms is not None and stage <= journey.goal_stage:
             mode = journey.after_goal
             if mode == "reopen":
@@ -195,19 +197,20 @@ class JourneyRun:
             elif (is_entry or mode == "new") and self._allowed(event.ts_ms, current):
                 self._end(event.ts_ms, expired=False, by=event)
                 self._open(event)
-                return
+                return True
         elif is_entry and current.completed_ms is None:  # an entry while one is open
             if journey.reentry == "always" and self._allowed(event.ts_ms, current):
                 self._end(event.ts_ms, expired=True, by=event)
                 self._open(event)
-                return
+                return True
             if journey.blocked_entry == "ignore":
                 self.outside[event.event_id] = ENTRY_BLOCKED
-                return
+                return False
         elif current.completed_ms is None and stage > journey.goal_stage:
             self.outside[event.event_id] = GOAL_NOT_REACHED
-            return
+            return False
         self._add(current, event)
+        return True
 
     def finish(self, watermark_ms: int) -> None:
         """Close the open instance if the watermark has passed its deadline."""
@@ -273,6 +276,9 @@ class Runs:
 
     runs: dict[str, JourneyRun]
     last: tuple[int, str] | None = None  # position of the last touchpoint fed
+    # Touchpoints fed that joined no instance, in order: they wait for an identity merge
+    # (or eviction). Kept here so a step need not look for them among its instances.
+    strays: dict[str, Event] = field(default_factory=dict)
 
     @classmethod
     def fold(cls, config: Config, events: list[Event], floors: dict[str, Floor]) -> Runs:
@@ -290,6 +296,7 @@ class Runs:
         runs = self.runs.values()
         for event in events:
             at = (event.ts_ms, event.event_id)
+            joined = False
             for run in runs:
                 # Another journey's touchpoint matters only to expire an open instance.
                 current = run.current
@@ -298,7 +305,9 @@ class Runs:
                 ):
                     continue
                 if run.floor is None or at > (run.floor.ts_ms, run.floor.event_id):
-                    run.feed(event)
+                    joined = run.feed(event) or joined
+            if not joined:
+                self.strays[event.event_id] = event
             self.last = at
 
     def takes(self, events: list[Event]) -> bool:
@@ -318,6 +327,12 @@ class Runs:
             if any(id(i) in sealed for i in run.instances):
                 run.instances = [i for i in run.instances if id(i) not in sealed]
                 run.floor = floors.get(name)
+
+    def retained(self, events: list[Event]) -> None:
+        """The customer now keeps only `events`: strays are those of them in no instance
+        left (a touchpoint of a sealed instance kept for an open one counts as one)."""
+        joined = {e.event_id for i in self.instances() for e in i.events}
+        self.strays = {e.event_id: e for e in events if e.event_id not in joined}
 
 
 def sealed(instance: Instance, watermark_ms: int, leaks: list[Leak] | None = None) -> bool:
