@@ -82,7 +82,11 @@ def add_events(
     identity window of it. The journeys folded so far move to the new state, and are
     dropped (to be folded again) if an event lands before the last one they took.
     """
-    fresh = sorted({e.event_id: e for e in map(as_event, events)}.values(), key=position)
+    events = list(map(as_event, events))
+    if len(events) == 1:
+        fresh = events
+    else:
+        fresh = sorted({e.event_id: e for e in events}.values(), key=position)
     held = state.events
     fresh = [e for e in fresh if not holds(held, e)]
     if not fresh:
@@ -130,10 +134,9 @@ def advance(
     transitions: list[tuple[str, str]] = []
 
     seq = state.seq
-    orders = state.contact["orders"] if state.contact else Orders()
-    segment = segment_of(config.segments, state.profile, orders)
-    reported = {jid: list(ids) for jid, ids in state.leaks.items()}
-    already = {lid for ids in reported.values() for lid in ids}
+    segment = None  # the customer's segment, for journey rows: found when one is emitted
+    reported = state.leaks  # journey id -> leak ids reported; copied before a change
+    already: set[str] | None = None  # every reported leak id, gathered when first asked
     leak_rows = []
     gone: set[int] = set()  # sealed instances, by id()
     quiet = _quiet(config, state, now_ms)
@@ -147,20 +150,30 @@ def advance(
         for leak in leaks:
             if leak.due_ms <= watermark_ms:
                 lid = leak_id(leak.rule.name, leak.anchor.event_id)
+                if already is None:
+                    already = {lid for ids in reported.values() for lid in ids}
                 if lid not in already:
                     already.add(lid)
+                    if reported is state.leaks:
+                        reported = {j: list(ids) for j, ids in reported.items()}
                     reported.setdefault(jid, []).append(lid)
                     leak_rows.append(leak_row(leak, customer_key, instance.journey, now_ms))
         signature = instance.signature(state.generation)
         before = emitted.get(jid)
         if before is None or before.signature != signature:
             seq += 1
+            if segment is None:
+                orders = state.contact["orders"] if state.contact else Orders()
+                segment = segment_of(config.segments, state.profile, orders)
             updates.append(journey_row(instance, customer_key, seq, now_ms, segment))
             transitions += _transitions(instance, before.signature.status if before else None)
         if may_seal and sealed(instance, watermark_ms, leaks):
             # Final: emitted for the last time, then forgotten; its floor remembers it.
             gone.add(id(instance))
-            reported.pop(jid, None)
+            if jid in reported:
+                if reported is state.leaks:
+                    reported = {j: list(ids) for j, ids in reported.items()}
+                del reported[jid]
             emitted.pop(jid, None)
             name = instance.journey.name
             floor, last = floors.get(name), instance.events[-1]
@@ -170,11 +183,14 @@ def advance(
                 )
         else:
             stage = instance.journey.stages[instance.stage]
-            emitted[jid] = Emitted(signature, instance.journey.name, instance.entry.event_id, stage)
+            if before is None or before.signature != signature or before.stage != stage:
+                emitted[jid] = Emitted(
+                    signature, instance.journey.name, instance.entry.event_id, stage
+                )
 
     # Emitted journeys that no longer exist were provisional: an earlier event arrived
     # (within the lateness) or an identity merge brought one. Point them to their successor.
-    for jid in sorted(set(emitted) - live_ids):
+    for jid in sorted(jid for jid in emitted if jid not in live_ids):
         lost = emitted.pop(jid)
         journey, entry_id = lost.journey, lost.entry_event_id
         transitions.append((journey, "superseded"))
@@ -195,7 +211,7 @@ def advance(
         contact_updates, outcome_extra = _contact(
             config, state, customer_key, instances, leak_rows, watermark_ms, now_ms
         )
-    outside = _outside_below_floors(runs, state.events, state.floors, floors)
+    outside = _outside_below_floors(runs, state.events, state.floors, floors) if gone else []
     keep = state.events
     in_sealed: set[str] = set()
     if gone:

@@ -81,6 +81,7 @@ class Instance:
     digest: int = 0  # of its event ids, order-free: part of the signature
     # What the leak rules found, kept until a touchpoint joins or the goal is undone.
     _leaks: list[Leak] | None = field(default=None, repr=False)
+    _signature: Signature | None = field(default=None, repr=False)  # until it changes
 
     @functools.cached_property
     def id(self) -> str:
@@ -110,12 +111,12 @@ class Instance:
             self.completed_ms = event.ts_ms
         for tracker in self.leak_rules:
             tracker.feed(event, self.completed_ms)
-        self._leaks = None
+        self._leaks = self._signature = None
 
     def reopen(self) -> None:
         self.completed_ms = None
         self.reopened += 1
-        self._leaks = None
+        self._leaks = self._signature = None
         for tracker in self.leak_rules:
             tracker.reopened()
 
@@ -123,6 +124,7 @@ class Instance:
         self.closed_ms = at_ms
         self.closed_by = by
         self.expired = expired and self.completed_ms is None
+        self._signature = None
 
     @property
     def status(self) -> str:
@@ -148,7 +150,11 @@ class Instance:
         return self.closed_ms if self.closed_ms is not None else self.last_ms
 
     def signature(self, generation: int) -> Signature:
-        return Signature(f"{len(self.events)}:{self.digest:08x}", self.status, generation)
+        cached = self._signature
+        if cached is None or cached.generation != generation:
+            events_hash = f"{len(self.events)}:{self.digest:08x}"
+            cached = self._signature = Signature(events_hash, self.status, generation)
+        return cached
 
 
 class JourneyRun:

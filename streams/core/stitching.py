@@ -290,16 +290,19 @@ def _add(
     if state.alias:  # this key was merged: its events belong to the customer now
         result.sends.append((state.alias, {"control": "forward", "events": events}))
         return
-    linked = list(state.linked)
+    linked = state.linked
+    identified = state.identified
     for event in events:
         anonymous_id = event.get("anonymous_id")
         if anonymous_id and anonymous_id != key and anonymous_id not in linked:
             result.sends.append((anonymous_id, {"control": "link", "customer_key": key}))
             linked = [*linked, anonymous_id][-MAX_LINKED:]
-    compact = [_compact(e) for e in events]
-    updated = add_events(state, compact, wall_ms).evolve(linked=linked)
-    if any(event.get("customer_id") == key for event in events):
-        updated.identified = True
+        identified = identified or event.get("customer_id") == key
+    updated = add_events(state, [_compact(e) for e in events], wall_ms)
+    if updated is state:  # nothing new (re-delivered); the stored state stays as it was
+        updated = state.evolve()
+    updated.linked = linked
+    updated.identified = identified
     profile = _profile(events)
     if profile:
         updated.profile = merge_profiles(state.profile, profile)
@@ -332,15 +335,15 @@ PROFILE_ATTRIBUTES = ("time_zone", "preferred_channel")
 def _profile(events: list[dict]) -> dict[str, Stamped]:
     """The segment and the properties CRM events set, with when they were set."""
     found: dict[str, Stamped] = {}
-
-    def seen(name: str, ts_ms: int, value: object) -> None:
-        if isinstance(value, str) and value and (name not in found or ts_ms > found[name].ts_ms):
-            found[name] = Stamped(ts_ms, value)
-
     for event in events:
-        seen("segment", event["ts_ms"], event.get("segment"))
-        props = event.get("properties")
-        if props:
-            for name in PROFILE_ATTRIBUTES:
-                seen(name, event["ts_ms"], props.get(name))
+        ts_ms, props = event["ts_ms"], event.get("properties") or {}
+        values = [("segment", event.get("segment"))]
+        values += [(name, props[name]) for name in PROFILE_ATTRIBUTES if name in props]
+        for name, value in values:
+            if (
+                isinstance(value, str)
+                and value
+                and (name not in found or ts_ms > found[name].ts_ms)
+            ):
+                found[name] = Stamped(ts_ms, value)
     return found

@@ -25,6 +25,7 @@ it, and a restart that re-sends a decision re-sends the same id.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -55,15 +56,25 @@ class Decisions:
 def unseen(contact: dict, events: Iterable[Event], watermark_ms: int) -> list[Event]:
     """Events past the cursor and not after the watermark: final, and not yet decided on."""
     cursor = contact.get("cursor")
+    if not isinstance(events, list):
+        events = list(events)
+    end = bisect_right(events, watermark_ms, key=_ts)  # events are sorted by (ts, id)
     if cursor is None:
-        return [e for e in events if e.ts_ms <= watermark_ms]
+        return events[:end]
+    # Only events from the cursor's time on can pass: look at those alone.
     cursor_ms, at_cursor = cursor.ts_ms, set(cursor.event_ids)
+    start = bisect_left(events, cursor_ms, key=_ts)
+    stop = max(end, bisect_right(events, cursor_ms, key=_ts))
     return [
         e
-        for e in events
+        for e in events[start:stop]
         if cursor_ms < e.ts_ms <= watermark_ms
         or (e.ts_ms == cursor_ms and e.event_id not in at_cursor)
     ]
+
+
+def _ts(event: Event) -> int:
+    return event.ts_ms
 
 
 def moved_cursor(contact: dict, fresh: list[Event]) -> Cursor | None:
