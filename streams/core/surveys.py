@@ -322,7 +322,8 @@ def held_due_ms(contact: dict, surveys: Surveys, watermark_ms: int) -> int | Non
 
 
 def has_due(contact: dict, watermark_ms: int) -> bool:
-    return next(_due(contact.get("held", []), watermark_ms), None) is not None
+    held = contact.get("held")
+    return bool(held) and any(row["send_at_ms"] <= watermark_ms for row in held)
 
 
 def _booking(row: dict) -> Booking:
