@@ -81,6 +81,14 @@ def demo(customers: int, seed: int, data_dir: Path, timeout: float) -> None:
     help="also time the core of git commit REF (a worktree) on the same events, e.g. "
     f"{CORE_BASELINE} (the engine before incremental journeys)",
 )
+@click.option(
+    "--rounds",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="with --compare: time the two cores alternately this many times; each keeps its "
+    "best round",
+)
 @click.option("--core-only", is_flag=True, help="only the in-process core (and --compare)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable figures")
 def bench(as_json: bool, **options: object) -> None:

@@ -333,6 +333,7 @@ def run_bench(
     as_json: bool,
     compare: str | None = None,
     core_only: bool = False,
+    rounds: int = 3,
 ) -> Report:
     # SIGTERM (timeout, Ctrl-\, a CI cancel) unwinds like Ctrl-C, so the broker and the
     # workers this started are stopped rather than left running in their own sessions.
@@ -361,12 +362,15 @@ def run_bench(
     )
     del core
     if compare:
-        report.core_compared = compare_cores(singles, len(events), partitions, compare, work)
+        say(f"  core vs {compare}: {rounds} rounds, fresh processes, same events")
+        report.core_compared = compare_cores(
+            singles, len(events), partitions, compare, work, rounds, say
+        )
         this, then = report.core_compared
         say(
-            f"  core vs {compare} (fresh processes, same events): "
-            f"{this.us_per_event:,.1f} µs/event against {then.us_per_event:,.1f}: "
-            f"{then.us_per_event / this.us_per_event:.2f}x"
+            f"  core vs {compare}, best rounds: {this.us_per_event:,.1f} µs/event against "
+            f"{then.us_per_event:,.1f}: {then.us_per_event / this.us_per_event:.2f}x "
+            f"(machine idle {this.idle_share:.0%})"
         )
     if core_only:
         if as_json:

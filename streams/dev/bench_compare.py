@@ -1,10 +1,13 @@
 """The in-process core of another commit, timed on the same events as this one's.
 
 `parcours bench --compare REF` checks REF out into a git worktree (under the bench's
-work folder) and times both cores in fresh child processes, one after the other, on one
-file of pre-encoded messages: the ratio compares code, not machines or moments. Each
-child runs `streams.dev.bench.Core` of its own tree (a class every version since the
-layout move has), with that tree's default configuration.
+work folder) and times both cores in fresh child processes on one file of pre-encoded
+messages, alternately for `--rounds` rounds: the ratio compares code, not machines or
+moments. On a shared machine one run can be a third slower than the next, so each tree's
+figure is its best round (the one least disturbed, as `timeit` advises), and the rounds
+and the machine's idle share are reported with it. Each child runs
+`streams.dev.bench.Core` of its own tree (a class every version since the layout move
+has), with that tree's default configuration.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
 from streams.config.settings import PROJECT_ROOT
+from streams.dev.local_stack import machine_idle
 
 # Times one core: argv = messages file, partitions; prints {"seconds", "state_bytes"}.
 _TIMER = """
@@ -38,9 +43,11 @@ print(json.dumps({"seconds": seconds, "state_bytes": core.state_bytes_per_custom
 @dataclass
 class CoreTiming:
     tree: str  # "this commit" or the ref
-    events_per_second: float
-    us_per_event: float
+    events_per_second: float  # of the best round
+    us_per_event: float  # of the best round
     state_bytes_per_customer: float
+    rounds_us_per_event: list[float] = field(default_factory=list)  # every round, in order
+    idle_share: float = 0.0  # of the machine, over all rounds of both trees
 
 
 class CompareError(Exception):
@@ -77,19 +84,44 @@ def time_core(tree: Path, messages_file: Path, partitions: int) -> dict:
 
 
 def compare_cores(
-    messages: list[tuple[bytes, bytes]], events: int, partitions: int, ref: str, work: Path
+    messages: list[tuple[bytes, bytes]],
+    events: int,
+    partitions: int,
+    ref: str,
+    work: Path,
+    rounds: int = 3,
+    say: Callable[[str], None] = lambda _: None,
 ) -> list[CoreTiming]:
-    """This commit's core and REF's, each in a fresh process, on the same messages."""
+    """This commit's core and REF's, each in a fresh process per round, alternately, on
+    the same messages; each figure is the tree's best round."""
     work = work.resolve()  # the children run in their own trees
     messages_file = work / "core-messages.json"
     work.mkdir(parents=True, exist_ok=True)
     messages_file.write_bytes(orjson.dumps([[k.hex(), v.hex()] for k, v in messages]))
     trees = [("this commit", PROJECT_ROOT), (ref, worktree(ref, work / "worktrees"))]
+    seconds: dict[str, list[float]] = {name: [] for name, _ in trees}
+    state_bytes: dict[str, float] = {}
+    idle_before, total_before = machine_idle()
+    for round_ in range(1, rounds + 1):
+        for name, tree in trees:
+            figures = time_core(tree, messages_file, partitions)
+            seconds[name].append(figures["seconds"])
+            state_bytes[name] = figures["state_bytes"]
+            us = figures["seconds"] / events * 1e6
+            say(f"    round {round_}/{rounds}, {name}: {us:,.1f} µs/event")
+    idle, total = machine_idle()
+    idle_share = (idle - idle_before) / max(1, total - total_before)
     timings = []
-    for name, tree in trees:
-        figures = time_core(tree, messages_file, partitions)
-        seconds = figures["seconds"]
+    for name, _ in trees:
+        best = min(seconds[name])
         timings.append(
-            CoreTiming(name, events / seconds, seconds / events * 1e6, figures["state_bytes"])
+            CoreTiming(
+                name,
+                events / best,
+                best / events * 1e6,
+                state_bytes[name],
+                [round(s / events * 1e6, 1) for s in seconds[name]],
+                idle_share,
+            )
         )
     return timings

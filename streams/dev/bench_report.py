@@ -65,7 +65,9 @@ def print_report(report: Report) -> None:
             f"{then.events_per_second:,.0f} events/s, {this.us_per_event:,.1f} against "
             f"{then.us_per_event:,.1f} µs/event: {then.us_per_event / this.us_per_event:.2f}x; "
             f"state {this.state_bytes_per_customer:,.0f} against "
-            f"{then.state_bytes_per_customer:,.0f} bytes per key"
+            f"{then.state_bytes_per_customer:,.0f} bytes per key; best of rounds "
+            f"{this.rounds_us_per_event} against {then.rounds_us_per_event} µs/event, "
+            f"machine idle {this.idle_share:.0%}"
         )
     print(f"sink: {report.sink_rows_per_second:,.0f} rows/s (embedded ClickHouse)")
     print(f"state: {report.state_bytes_per_customer:,.0f} bytes per customer key (serialized)")

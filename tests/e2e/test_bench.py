@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 from click.testing import CliRunner
 
 from streams.cli import main
@@ -76,7 +77,7 @@ def test_core_only_compare_times_both_trees_from_a_relative_data_dir(tmp_path, m
     result = CliRunner().invoke(
         main,
         ["bench", "--core-only", "--compare", "HEAD", "--customers", "40",
-         "--data-dir", "rel", "--json"],
+         "--data-dir", "rel", "--rounds", "2", "--json"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -84,5 +85,9 @@ def test_core_only_compare_times_both_trees_from_a_relative_data_dir(tmp_path, m
     assert this["tree"] == "this commit" and then["tree"] == "HEAD"
     assert this["events_per_second"] > 0 and then["events_per_second"] > 0
     assert then["state_bytes_per_customer"] > 0
+    for timing in (this, then):  # each figure is its best round of two
+        assert len(timing["rounds_us_per_event"]) == 2
+        assert timing["us_per_event"] == pytest.approx(min(timing["rounds_us_per_event"]), 0.01)
+        assert 0 <= timing["idle_share"] <= 1
     subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "remove", "--force",
                     str(tmp_path / "rel/bench/worktrees/HEAD")], check=True)  # fmt: skip
