@@ -36,7 +36,7 @@ from streams.config.settings import TOUCHPOINTS, Settings
 from streams.core.events import EventParser
 from streams.core.ingest import IngestOutcome, RawMessage, ingest_batch, kafka_partition
 from streams.core.stitching import DueIndex, Folds, Message, StepResult, journey_step
-from streams.dev.bench_compare import CoreTiming, compare_cores
+from streams.dev.bench_compare import CoreTiming, compare_cores, paired_ratio
 from streams.dev.bench_latency import Latency, measure_latency
 from streams.dev.bench_report import print_report
 from streams.dev.local_stack import (
@@ -369,7 +369,8 @@ def run_bench(
         this, then = report.core_compared
         say(
             f"  core vs {compare}, best rounds: {this.us_per_event:,.1f} µs/event against "
-            f"{then.us_per_event:,.1f}: {then.us_per_event / this.us_per_event:.2f}x "
+            f"{then.us_per_event:,.1f}: {then.us_per_event / this.us_per_event:.2f}x; "
+            f"median of the rounds' ratios {paired_ratio(this, then):.2f}x "
             f"(machine idle {this.idle_share:.0%})"
         )
     if core_only:

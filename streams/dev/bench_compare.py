@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable
@@ -52,6 +53,14 @@ class CoreTiming:
 
 class CompareError(Exception):
     pass
+
+
+def paired_ratio(this: CoreTiming, then: CoreTiming) -> float:
+    """The median of each round's ratio (REF's time over this commit's, timed back to
+    back): steadier than the ratio of best rounds when the machine's speed drifts."""
+    return statistics.median(
+        b / a for a, b in zip(this.rounds_us_per_event, then.rounds_us_per_event, strict=True)
+    )
 
 
 def worktree(ref: str, folder: Path) -> Path:

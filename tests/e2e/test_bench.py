@@ -70,7 +70,20 @@ def test_the_latency_runs_use_the_shipped_config_without_delays_or_quiet_hours(t
     assert config.journeys.keys() == shipped.journeys.keys()
 
 
-def test_core_only_compare_times_both_trees_from_a_relative_data_dir(tmp_path, monkeypatch):
+@pytest.fixture
+def head_worktree_removed(tmp_path):
+    """The worktree --compare HEAD makes under tmp_path/rel, removed from the repository's
+    list afterwards, pass or fail."""
+    yield
+    folder = tmp_path / "rel/bench/worktrees/HEAD"
+    if folder.exists():
+        subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "remove", "--force",
+                        str(folder)], check=True)  # fmt: skip
+
+
+def test_core_only_compare_times_both_trees_from_a_relative_data_dir(
+    tmp_path, monkeypatch, head_worktree_removed
+):
     # The children run inside their own trees: a relative --data-dir (the default,
     # `.parcours`) must still reach the messages file both read.
     monkeypatch.chdir(tmp_path)
@@ -89,5 +102,8 @@ def test_core_only_compare_times_both_trees_from_a_relative_data_dir(tmp_path, m
         assert len(timing["rounds_us_per_event"]) == 2
         assert timing["us_per_event"] == pytest.approx(min(timing["rounds_us_per_event"]), 0.01)
         assert 0 <= timing["idle_share"] <= 1
-    subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "remove", "--force",
-                    str(tmp_path / "rel/bench/worktrees/HEAD")], check=True)  # fmt: skip
+    printed = CliRunner().invoke(
+        main, ["bench", "--core-only", "--compare", "HEAD", "--customers", "20",
+               "--data-dir", "rel", "--rounds", "1"],
+    ).output  # fmt: skip
+    assert "median of the rounds' ratios" in printed and "round 1/1, HEAD" in printed
