@@ -43,6 +43,10 @@ def test_bench_measures_every_run_and_prints_json(tmp_path):
         if figure["run"] == "pipeline":
             assert figure["vs_baseline"] > 0 and figure["peak_rss_mb"][0] > 50
     assert report["sink_rows_per_second"] > 0
+    core = next(f for f in report["throughput"] if f["run"] == "core (in-process)")
+    parts = report["core_us_per_event"]  # the core's time, split: its parts add up
+    assert set(parts) == {"ingest", "journey step"} and min(parts.values()) > 0
+    assert sum(parts.values()) <= 1e6 / core["events_per_second"]
     assert 100 < report["state_bytes_per_customer"] < 10_000
     [latency] = report["latency"]
     assert latency["landed"] >= 0.999 * latency["events"] > 0
