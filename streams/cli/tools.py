@@ -81,13 +81,11 @@ def demo(customers: int, seed: int, data_dir: Path, timeout: float) -> None:
     help="also time the core of git commit REF (a worktree) on the same events, e.g. "
     f"{CORE_BASELINE} (the engine before incremental journeys)",
 )
-@click.option(
+@shown_option(
     "--rounds",
-    default=3,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="with --compare: time the two cores alternately this many times; each keeps its "
-    "best round",
+    3,
+    click.IntRange(min=1),
+    "with --compare: time the two cores alternately this many times; each keeps its best",
 )
 @click.option("--core-only", is_flag=True, help="only the in-process core (and --compare)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable figures")
@@ -140,12 +138,11 @@ def bench(as_json: bool, **options: object) -> None:
 @share_option("--answer-rate", 0.5, "share of delivered customers answering a survey")
 @share_option("--duplicate-rate", 0.01, "share of events sent twice (producer retries)")
 @share_option("--out-of-order-rate", 0.02, "share of events held back, arriving after newer ones")
-@click.option(
+@shown_option(
     "--max-delay",
-    default=30.0,
-    show_default=True,
-    type=click.FloatRange(min=1.0),
-    help="seconds an out-of-order event is held at most; keep it below the "
+    30.0,
+    click.FloatRange(min=1.0),
+    "seconds an out-of-order event is held at most; keep it below the "
     "allowed lateness or the worker counts it as late",
 )
 @shown_option(
