@@ -1,10 +1,10 @@
 """One customer's step: their touchpoints and state in, journey rows, leaks, survey
 decisions, follow-ups and health out, at a watermark. Pure.
 
-`advance` recomputes the customer's journeys (streams.core.journeys), reports the leaks
-the watermark has passed (streams.core.leaks), decides surveys (streams.core.surveys)
-and follow-ups, updates health, then seals what is final and evicts what no longer
-matters. `merge_states` is the union of two customers' states (identity stitching).
+`advance` folds the customer's journeys on (streams.core.journeys), reports the leaks
+the watermark has passed (streams.core.leaks), decides surveys and follow-ups and
+updates health (streams.core.contact), then seals what is final and evicts what no
+longer matters. `merge_states` is the union of two customers' states (identity stitching).
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from streams.config import Config
-from streams.core import follow_ups
-from streams.core.health import update_health
+from streams.core.contact import contact_step
 from streams.core.journeys import Instance, Runs, journey_row, sealed, superseded_row
 from streams.core.leaks import leak_id, leak_row
 from streams.core.state import (
@@ -24,19 +23,13 @@ from streams.core.state import (
     Event,
     Floor,
     Orders,
-    Span,
     Stamped,
     as_event,
     position,
 )
 from streams.core.surveys import (
-    decide,
-    find_triggers,
-    has_due,
     held_due_ms,
-    new_contact,
     segment_of,
-    unseen,
 )
 
 MAX_EVENTS = 1000  # retained events per customer; beyond, the oldest go first
@@ -208,7 +201,7 @@ def advance(
     # Surveys and health look at the events before eviction forgets them.
     contact_updates, outcome_extra = {}, {}
     if state.identified:
-        contact_updates, outcome_extra = _contact(
+        contact_updates, outcome_extra = contact_step(
             config, state, customer_key, instances, leak_rows, watermark_ms, now_ms
         )
     outside = _outside_below_floors(runs, state.events, state.floors, floors) if gone else []
@@ -295,73 +288,6 @@ def _transitions(instance: Instance, before: str | None) -> list[tuple[str, str]
     if status == "expired" and before != "expired":
         happened.append((name, "expired"))
     return happened
-
-
-def _contact(
-    config: Config,
-    state: CustomerState,
-    customer_key: str,
-    instances: list[Instance],
-    leak_rows: list[dict],
-    watermark_ms: int,
-    now_ms: int,
-) -> tuple[dict, dict]:
-    """Survey decisions and health for the touchpoints the watermark has passed: the
-    state's fields that change, and the outcome's rows."""
-    contact = state.contact or new_contact()
-    fresh = unseen(contact, state.events, watermark_ms)
-    triggers = find_triggers(config.surveys, fresh, instances, leak_rows, contact, watermark_ms)
-    if not fresh and not leak_rows and not triggers and not has_due(contact, watermark_ms):
-        return {}, {}
-    profile = state.profile
-    tasks, follow_up_rows, task_spans = follow_ups.step(
-        config.follow_ups,
-        contact.get("tasks", {}),
-        leak_rows,
-        fresh,
-        instances,
-        customer_key,
-        now_ms,
-    )
-    journey_spans: dict[str, list[Span]] = {}  # for `unless_open`: until it completes or closes
-    if any(rule.unless_open for rule in config.surveys.rules.values()):
-        for instance in instances:
-            ended = instance.closed_ms if instance.completed_ms is None else instance.completed_ms
-            journey_spans.setdefault(instance.journey.name, []).append(
-                Span(instance.id, instance.entry.ts_ms, ended)
-            )
-    decisions = decide(
-        config,
-        contact,
-        profile,
-        customer_key,
-        fresh,
-        triggers,
-        watermark_ms,
-        now_ms,
-        journey_spans=journey_spans,
-        task_spans=task_spans,
-    )
-    segment = segment_of(config.segments, profile, decisions.contact["orders"])
-    health, health_row = update_health(
-        config.health,
-        state.health,
-        customer_key,
-        fresh,
-        leak_rows,
-        segment,
-        watermark_ms,
-        now_ms,
-    )
-    contact_after = (
-        {**decisions.contact, "tasks": tasks} if tasks or "tasks" in contact else decisions.contact
-    )
-    return {"contact": contact_after, "health": health}, {
-        "invitations": decisions.invitations,
-        "suppressions": decisions.suppressions,
-        "health": [health_row] if health_row else [],
-        "follow_ups": follow_up_rows,
-    }
 
 
 def _retained(
