@@ -25,6 +25,7 @@ from streams.core.state import (
     Orders,
     Stamped,
     as_event,
+    event_time,
     position,
 )
 from streams.core.surveys import (
@@ -355,7 +356,7 @@ def _next_due_ms(
         leak.due_ms for i in instances for leak in leaks_of[id(i)] if leak.due_ms > watermark_ms
     ]
     if state.identified:  # touchpoints surveys have not looked at yet
-        after = bisect_right(state.events, watermark_ms, key=_ts)
+        after = bisect_right(state.events, watermark_ms, key=event_time)
         times += [state.events[after].ts_ms] if after < len(state.events) else []
         held = held_due_ms(state.contact or {}, config.surveys, watermark_ms)
         times += [held] if held is not None else []
@@ -368,10 +369,6 @@ def _next_due_ms(
         # `_retained`): look again an identity window later in event time.
         due = watermark_ms + config.identity_window_ms
     return due
-
-
-def _ts(event: Event) -> int:
-    return event.ts_ms
 
 
 def merge_profiles(*profiles: dict[str, Stamped]) -> dict[str, Stamped]:

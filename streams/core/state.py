@@ -259,3 +259,8 @@ def _contact_from_json(doc: dict) -> dict:
 def position(item: Event | Floor) -> tuple[int, str]:
     """Where an event (or a floor) stands in the customer's timeline: (ts, event id)."""
     return (item.ts_ms, item.event_id)
+
+
+def event_time(item: Event | Floor) -> int:
+    """An event's time: the key to bisect a sorted timeline by time alone."""
+    return item.ts_ms

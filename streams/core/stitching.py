@@ -335,15 +335,15 @@ PROFILE_ATTRIBUTES = ("time_zone", "preferred_channel")
 def _profile(events: list[dict]) -> dict[str, Stamped]:
     """The segment and the properties CRM events set, with when they were set."""
     found: dict[str, Stamped] = {}
+
+    def seen(name: str, ts_ms: int, value: object) -> None:
+        if isinstance(value, str) and value and (name not in found or ts_ms > found[name].ts_ms):
+            found[name] = Stamped(ts_ms, value)
+
     for event in events:
-        ts_ms, props = event["ts_ms"], event.get("properties") or {}
-        values = [("segment", event.get("segment"))]
-        values += [(name, props[name]) for name in PROFILE_ATTRIBUTES if name in props]
-        for name, value in values:
-            if (
-                isinstance(value, str)
-                and value
-                and (name not in found or ts_ms > found[name].ts_ms)
-            ):
-                found[name] = Stamped(ts_ms, value)
+        seen("segment", event["ts_ms"], event.get("segment"))
+        props = event.get("properties")
+        if props:
+            for name in PROFILE_ATTRIBUTES:
+                seen(name, event["ts_ms"], props.get(name))
     return found

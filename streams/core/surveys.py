@@ -40,7 +40,7 @@ from streams.core.guardrails import (
     expiry_ms,
     send_time,
 )
-from streams.core.state import Booking, Cursor, Event, Orders, Span, new_contact
+from streams.core.state import Booking, Cursor, Event, Orders, Span, event_time, new_contact
 
 MAX_JOURNEYS_PER_RULE = 50  # journey ids remembered per rule, for the duplicate check
 EVENT, TRIGGER, SEND = 0, 1, 2  # at the same time: touchpoints first, sends last
@@ -53,28 +53,23 @@ class Decisions:
     suppressions: list[dict] = field(default_factory=list)
 
 
-def unseen(contact: dict, events: Iterable[Event], watermark_ms: int) -> list[Event]:
-    """Events past the cursor and not after the watermark: final, and not yet decided on."""
+def unseen(contact: dict, events: list[Event], watermark_ms: int) -> list[Event]:
+    """Events (sorted by position) past the cursor and not after the watermark: final,
+    and not yet decided on."""
     cursor = contact.get("cursor")
-    if not isinstance(events, list):
-        events = list(events)
-    end = bisect_right(events, watermark_ms, key=_ts)  # events are sorted by (ts, id)
+    end = bisect_right(events, watermark_ms, key=event_time)
     if cursor is None:
         return events[:end]
     # Only events from the cursor's time on can pass: look at those alone.
     cursor_ms, at_cursor = cursor.ts_ms, set(cursor.event_ids)
-    start = bisect_left(events, cursor_ms, key=_ts)
-    stop = max(end, bisect_right(events, cursor_ms, key=_ts))
+    start = bisect_left(events, cursor_ms, key=event_time)
+    stop = max(end, bisect_right(events, cursor_ms, key=event_time))
     return [
         e
         for e in events[start:stop]
         if cursor_ms < e.ts_ms <= watermark_ms
         or (e.ts_ms == cursor_ms and e.event_id not in at_cursor)
     ]
-
-
-def _ts(event: Event) -> int:
-    return event.ts_ms
 
 
 def moved_cursor(contact: dict, fresh: list[Event]) -> Cursor | None:
