@@ -298,13 +298,20 @@ class EventParser:
 
     @staticmethod
     def _compiled_error(item: Any, fast_check: Any) -> tuple[str, str, str]:
-        """The hot-path validator's own first error, when jsonschema finds none."""
+        """The hot-path validator's own first error, when jsonschema finds none: a pattern
+        field ending in a newline, or a number JSON cannot carry (infinity, NaN: only a
+        Python producer can hand those over; jsonschema-rs reads them as no number)."""
         error = next(iter(fast_check.iter_errors(item)), None)
         if error is None:  # cannot happen while the validator is deterministic
             return SCHEMA_VIOLATION, "rejected by the compiled schema", "$"
         path = "$" + "".join(
             f"[{step}]" if isinstance(step, int) else f".{step}" for step in error.instance_path
         )
+        value = item
+        for step in error.instance_path:
+            value = value[step]
+        if isinstance(value, float) and not math.isfinite(value):
+            return SCHEMA_VIOLATION, f"{value} is not a JSON number; send a finite one", path
         return SCHEMA_VIOLATION, _clip(error.message), path
 
 
