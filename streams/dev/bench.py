@@ -36,7 +36,7 @@ from streams.config.settings import TOUCHPOINTS, Settings
 from streams.core.events import EventParser
 from streams.core.ingest import IngestOutcome, RawMessage, ingest_batch, kafka_partition
 from streams.core.stitching import DueIndex, Folds, Message, StepResult, journey_step
-from streams.dev.bench_compare import CoreTiming, compare_cores, paired_ratio
+from streams.dev.bench_compare import CoreTiming, compare_cores, comparison
 from streams.dev.bench_latency import Latency, measure_latency
 from streams.dev.bench_report import print_report
 from streams.dev.local_stack import (
@@ -104,7 +104,7 @@ class Core:
         self.due = DueIndex()
         self.folds = Folds(self.settings.fold_cache_keys)
         self.offset = 0
-        self.ingest_seconds = 0.0  # of the steps' time: parse, validate, dedupe
+        self.ingest_seconds = 0.0  # of the steps' time: parse, validate, dedupe, JSON hop
         self.journey_seconds = 0.0  # ... and the journey step (identity, customer steps)
         tune_gc()
 
@@ -379,13 +379,7 @@ def run_bench(
         report.core_compared = compare_cores(
             singles, len(events), partitions, compare, work, rounds, say
         )
-        this, then = report.core_compared
-        say(
-            f"  core vs {compare}, best rounds: {this.us_per_event:,.1f} µs/event against "
-            f"{then.us_per_event:,.1f}: {then.us_per_event / this.us_per_event:.2f}x; "
-            f"median of the rounds' ratios {paired_ratio(this, then):.2f}x "
-            f"(machine idle {this.idle_share:.0%})"
-        )
+        say(f"  {comparison(*report.core_compared)}")
     if core_only:
         if as_json:
             print(json.dumps(asdict(report), indent=2))

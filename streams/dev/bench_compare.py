@@ -63,6 +63,20 @@ def paired_ratio(this: CoreTiming, then: CoreTiming) -> float:
     )
 
 
+def comparison(this: CoreTiming, then: CoreTiming) -> str:
+    """The two cores' figures in one line, as the bench prints them."""
+    return (
+        f"core, this commit vs {then.tree}: {this.events_per_second:,.0f} against "
+        f"{then.events_per_second:,.0f} events/s, {this.us_per_event:,.1f} against "
+        f"{then.us_per_event:,.1f} µs/event (best rounds): "
+        f"{then.us_per_event / this.us_per_event:.2f}x (median of the rounds' ratios "
+        f"{paired_ratio(this, then):.2f}x); state {this.state_bytes_per_customer:,.0f} "
+        f"against {then.state_bytes_per_customer:,.0f} bytes per key; rounds "
+        f"{this.rounds_us_per_event} against {then.rounds_us_per_event} µs/event, "
+        f"machine idle {this.idle_share:.0%}"
+    )
+
+
 def worktree(ref: str, folder: Path) -> Path:
     """REF checked out (detached) at folder/REF; reused if already there."""
     if not (PROJECT_ROOT / ".git").exists():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from streams.dev.bench_compare import paired_ratio
+from streams.dev.bench_compare import comparison
 
 if TYPE_CHECKING:
     from streams.dev.bench import Report
@@ -61,17 +61,7 @@ def print_report(report: Report) -> None:
         )
     print_targets(report)
     if report.core_compared:
-        this, then = report.core_compared
-        print(
-            f"core, this commit vs {then.tree}: {this.events_per_second:,.0f} against "
-            f"{then.events_per_second:,.0f} events/s, {this.us_per_event:,.1f} against "
-            f"{then.us_per_event:,.1f} µs/event: {then.us_per_event / this.us_per_event:.2f}x "
-            f"(median of the rounds' ratios {paired_ratio(this, then):.2f}x); "
-            f"state {this.state_bytes_per_customer:,.0f} against "
-            f"{then.state_bytes_per_customer:,.0f} bytes per key; best of rounds "
-            f"{this.rounds_us_per_event} against {then.rounds_us_per_event} µs/event, "
-            f"machine idle {this.idle_share:.0%}"
-        )
+        print(comparison(*report.core_compared))
     print(f"sink: {report.sink_rows_per_second:,.0f} rows/s (embedded ClickHouse)")
     print(f"state: {report.state_bytes_per_customer:,.0f} bytes per customer key (serialized)")
     for lat in report.latency:
