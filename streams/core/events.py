@@ -301,18 +301,34 @@ class EventParser:
         """The hot-path validator's own first error, when jsonschema finds none: a pattern
         field ending in a newline, or a number JSON cannot carry (infinity, NaN: only a
         Python producer can hand those over; jsonschema-rs reads them as no number)."""
+        found = _non_finite(item)
+        if found is not None:
+            value, steps = found
+            detail = f"{value} is not a JSON number; send a finite one"
+            return SCHEMA_VIOLATION, detail, _json_path(steps)
         error = next(iter(fast_check.iter_errors(item)), None)
         if error is None:  # cannot happen while the validator is deterministic
             return SCHEMA_VIOLATION, "rejected by the compiled schema", "$"
-        path = "$" + "".join(
-            f"[{step}]" if isinstance(step, int) else f".{step}" for step in error.instance_path
-        )
-        value = item
-        for step in error.instance_path:
-            value = value[step]
+        return SCHEMA_VIOLATION, _clip(error.message), _json_path(error.instance_path)
+
+
+def _json_path(steps: Iterable[str | int]) -> str:
+    return "$" + "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps)
+
+
+def _non_finite(item: Any) -> tuple[float, list[str | int]] | None:
+    """The first infinity or NaN in `item` and the steps to it, if any (walked without
+    recursion: a producer's dict may nest deeper than the stack)."""
+    pending: list[tuple[Any, list[str | int]]] = [(item, [])]
+    while pending:
+        value, steps = pending.pop()
         if isinstance(value, float) and not math.isfinite(value):
-            return SCHEMA_VIOLATION, f"{value} is not a JSON number; send a finite one", path
-        return SCHEMA_VIOLATION, _clip(error.message), path
+            return value, steps
+        if isinstance(value, dict):
+            pending += [(v, [*steps, k]) for k, v in reversed(value.items())]
+        elif isinstance(value, list):
+            pending += [(v, [*steps, i]) for i, v in reversed(list(enumerate(value)))]
+    return None
 
 
 def numeric_score(value: object) -> int | float | None:
