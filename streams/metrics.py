@@ -53,6 +53,12 @@ EPOCHS = Counter(
     "parcours_epochs_total",
     "Epochs made durable (one partition's batch of offsets; see streams.pipeline.epochs)",
 )
+RECORDS_REFETCHED = Counter(
+    "parcours_records_refetched_total",
+    "Records the worker fetched from the broker itself: what a re-run epoch needs after a "
+    "crash, and records its consumer skipped (see streams.pipeline.epochs)",
+    ["topic"],
+)
 STATE_RECORDS = Counter(
     "parcours_state_records_total",
     "Records written to the state changelog: one per changed customer key per batch, "

@@ -150,26 +150,29 @@ class Missing:
 def plan(
     records: list[Record], mark: PartitionMark, wall_ms: int
 ) -> tuple[list[Epoch], list[Missing]]:
-    """The epochs of one partition's records in a batch (in offset order per topic).
+    """The epochs of one partition's records in a batch (in offset order per topic), and
+    the offsets they lack.
 
     Records at or below `done` are skipped (their effects are durable; Faust's commit
     lagged). An open epoch is run again over exactly its offsets, with its clock and
-    watermark; the records after it form a new epoch per topic."""
+    watermark; the records after it form a new epoch per topic. Offsets from `done` + 1
+    to the batch's last record (or an open epoch's last) that the batch did not bring
+    are missing: a re-run needs them, and a consumer that skipped records (Faust can
+    drop the first records after a restart) must not lose them. The caller fetches
+    them and plans again; a gap that stays (transaction markers, records the broker
+    deleted) is no record."""
     epochs: list[Epoch] = []
-    missing: list[Missing] = []
     by_topic: dict[str, list[Record]] = {}
     for record in records:
         if not mark.is_done(record):
             by_topic.setdefault(record.topic, []).append(record)
+    missing = [gap for pending in by_topic.values() for gap in _gaps(pending, mark)]
     for was in mark.open:
         if was.last <= mark.done_at(was.topic) or was.topic not in by_topic:
             continue
         pending = by_topic[was.topic]
         head = [r for r in pending if r.offset <= was.last]
         by_topic[was.topic] = pending[len(head) :]
-        have = head[-1].offset if head else was.first - 1
-        if have < was.last:
-            missing.append(Missing(was.topic, pending[0].partition, have + 1, was.last))
         epochs.append(
             Epoch(
                 was.topic,
@@ -189,6 +192,26 @@ def plan(
                       pending)
             )  # fmt: skip
     return epochs, missing
+
+
+def _gaps(pending: list[Record], mark: PartitionMark) -> list[Missing]:
+    """The offset ranges one topic's `pending` records (in offset order) leave out, from
+    the first offset not yet durable to the last one the batch or an open epoch needs."""
+    topic, partition = pending[0].topic, pending[0].partition
+    reruns = [o for o in mark.open if o.topic == topic and o.last > mark.done_at(topic)]
+    if topic in mark.done:
+        expected = mark.done[topic] + 1
+    else:  # nothing durable yet: only a crashed first epoch says where the topic starts
+        expected = min((o.first for o in reruns), default=pending[0].offset)
+    gaps: list[Missing] = []
+    for record in pending:
+        if record.offset > expected:
+            gaps.append(Missing(topic, partition, expected, record.offset - 1))
+        expected = max(expected, record.offset + 1)
+    needed = max((o.last for o in reruns), default=-1)
+    if needed >= expected:
+        gaps.append(Missing(topic, partition, expected, needed))
+    return gaps
 
 
 def watermark_json(mark: Watermark | None) -> dict | None:

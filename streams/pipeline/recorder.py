@@ -29,6 +29,7 @@ class Recorder:
         )
         self.resets = worker_metrics.BrokerResetWatch()
         worker_metrics.show_every_series(config, TABLES)
+        metrics.RECORDS_REFETCHED.labels(input_topic)  # at 0: "none", not "no data"
 
     def ingested(
         self,

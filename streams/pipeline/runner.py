@@ -12,6 +12,7 @@ failure while computing leaves no trace.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,12 @@ from streams.pipeline.epochs import Epoch, PartitionMark, Record
 from streams.pipeline.payloads import batch_payloads
 from streams.pipeline.recorder import Recorder
 from streams.pipeline.tables import as_mark, as_state, current, index_due
+
+log = logging.getLogger("parcours.worker")
+
+# A gap in a partition's offsets larger than this is not fetched (and said so): it comes
+# from a deliberate offset reset, not from a consumer that dropped a few records.
+MAX_REFETCH = 100_000
 
 # Fields ingest adds to an event (streams.core.ingest.resolved_event): taken off again
 # when the event is forwarded to the partition of its customer, which ingests it anew.
@@ -103,19 +110,35 @@ class EpochRunner:
                 if mark.watermark and partition not in self.watermarks:
                     self.watermarks[partition] = epochs.watermark_from(mark.watermark)
             planned, missing = epochs.plan(batch, mark, wall_ms)
-            fetched = [r for gap in missing for r in await self.fetch(gap)]
+            if missing:  # a re-run's records, or records the consumer skipped
+                batch = await self._fill(batch, missing)
+                planned, _ = epochs.plan(batch, mark, wall_ms)  # what stays missing is none
             for epoch in planned:
-                if epoch.rerun:
-                    epoch.records = sorted(
-                        [*epoch.records, *(r for r in fetched if r.topic == epoch.topic)],
-                        key=lambda r: r.offset,
-                    )
                 done.append(self._compute(epoch, pending))
             if planned:
                 marks[partition] = mark
         if not done:
             return
         await self._make_durable(done, pending, marks)
+
+    async def _fill(self, batch: list[Record], missing: list[epochs.Missing]) -> list[Record]:
+        """`batch` with the records of `missing` fetched from the broker, in offset order."""
+        fetched: list[Record] = []
+        for gap in missing:
+            size = gap.last - gap.first + 1
+            if size > MAX_REFETCH:
+                log.warning(
+                    "%s partition %d: offsets %d..%d were skipped by the consumer and are "
+                    "too many to fetch (%d, more than %d): was the group's offset moved "
+                    "past them on purpose? Their events are not processed.",
+                    gap.topic, gap.partition, gap.first, gap.last, size, MAX_REFETCH,
+                )  # fmt: skip
+                continue
+            found = await self.fetch(gap)
+            metrics.RECORDS_REFETCHED.labels(gap.topic).inc(len(found))
+            fetched += found
+        merged = {(r.topic, r.offset): r for r in [*batch, *fetched]}
+        return [merged[k] for k in sorted(merged)]
 
     async def _make_durable(
         self,
