@@ -122,8 +122,10 @@ class EpochRunner:
         await self._make_durable(done, pending, marks)
 
     async def _fill(self, batch: list[Record], missing: list[epochs.Missing]) -> list[Record]:
-        """`batch` with the records of `missing` fetched from the broker, in offset order."""
-        fetched: list[Record] = []
+        """`batch` with the records of `missing` fetched from the broker, in offset order:
+        one read per topic partition, from its first gap to its last (gaps that are
+        transaction markers, one per transaction, then cost one read, not one each)."""
+        wanted: dict[tuple[str, int], list[epochs.Missing]] = {}
         for gap in missing:
             size = gap.last - gap.first + 1
             if size > MAX_REFETCH:
@@ -134,10 +136,14 @@ class EpochRunner:
                     gap.topic, gap.partition, gap.first, gap.last, size, MAX_REFETCH,
                 )  # fmt: skip
                 continue
-            found = await self.fetch(gap)
-            metrics.RECORDS_REFETCHED.labels(gap.topic).inc(len(found))
-            fetched += found
-        merged = {(r.topic, r.offset): r for r in [*batch, *fetched]}
+            wanted.setdefault((gap.topic, gap.partition), []).append(gap)
+        merged = {(r.topic, r.offset): r for r in batch}
+        for (topic, partition), gaps in wanted.items():
+            first, last = min(g.first for g in gaps), max(g.last for g in gaps)
+            span = epochs.Missing(topic, partition, first, last)
+            found = [r for r in await self.fetch(span) if (r.topic, r.offset) not in merged]
+            metrics.RECORDS_REFETCHED.labels(topic).inc(len(found))
+            merged.update(((r.topic, r.offset), r) for r in found)
         return [merged[k] for k in sorted(merged)]
 
     async def _make_durable(

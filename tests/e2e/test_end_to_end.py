@@ -18,7 +18,9 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from streams.dev.local_stack import LocalBroker, wait_for
-from streams.edge.produce import as_messages, produce
+from streams.edge.produce import as_messages, create_topics, produce
+from streams.pipeline.epochs import Missing
+from streams.pipeline.refetch import fetch_range
 from tests.support.clickhouse import clickhouse
 from tests.support.events import make_event
 
@@ -237,5 +239,23 @@ def test_records_the_consumer_skipped_are_fetched_by_the_worker_itself(broker, t
         refetched = worker.metric_sum("parcours_records_refetched_total", topic=topic)
     with clickhouse(tmp_path / "clickhouse") as client:
         ids = client.query("SELECT uniqExact(event_id), count() FROM touchpoints").result_rows[0]
-    assert refetched == skipped == 12  # 3 on each of the 4 partitions
     assert ids == (160, 160)  # every event once, the skipped ones included
+    # 3 on each of the 4 partitions, and up to one more on each where Faust dropped the
+    # first record after the restart itself (seen in one run of four).
+    assert skipped == 12
+    assert 12 <= refetched <= 16
+
+
+def test_a_range_of_offsets_is_read_as_far_as_the_partition_holds_it(broker):
+    topic = "refetch"
+    asyncio.run(create_topics(broker.bootstrap, [topic], 1))
+    produce(broker.bootstrap, topic, [(b"k", b"%d" % i) for i in range(100)])
+
+    def offsets(first: int, last: int, timeout: float = 30) -> list[int]:
+        gap = Missing(topic, 0, first, last)
+        return [r.offset for r in asyncio.run(fetch_range(broker.bootstrap, gap, timeout))]
+
+    assert offsets(3, 3) == [3]
+    assert offsets(10, 60) == list(range(10, 61))
+    # Past the end, it gives what there is once its time is up (and logs it).
+    assert offsets(95, 120, timeout=2) == list(range(95, 100))
