@@ -214,6 +214,24 @@ def _gaps(pending: list[Record], mark: PartitionMark) -> list[Missing]:
     return gaps
 
 
+def reads(missing: list[Missing], limit: int) -> tuple[list[Missing], list[Missing]]:
+    """How to fetch `missing`: one read per topic partition, from its first gap to its
+    last (a transactional producer's markers leave a gap per transaction: one read, not
+    one each), and the gaps of more than `limit` offsets, which are not read."""
+    wanted: dict[tuple[str, int], list[Missing]] = {}
+    refused: list[Missing] = []
+    for gap in missing:
+        if gap.last - gap.first + 1 > limit:
+            refused.append(gap)
+        else:
+            wanted.setdefault((gap.topic, gap.partition), []).append(gap)
+    spans = [
+        Missing(topic, partition, min(g.first for g in gaps), max(g.last for g in gaps))
+        for (topic, partition), gaps in wanted.items()
+    ]
+    return spans, refused
+
+
 def watermark_json(mark: Watermark | None) -> dict | None:
     return None if mark is None else asdict(mark)
 

@@ -122,27 +122,19 @@ class EpochRunner:
         await self._make_durable(done, pending, marks)
 
     async def _fill(self, batch: list[Record], missing: list[epochs.Missing]) -> list[Record]:
-        """`batch` with the records of `missing` fetched from the broker, in offset order:
-        one read per topic partition, from its first gap to its last (gaps that are
-        transaction markers, one per transaction, then cost one read, not one each)."""
-        wanted: dict[tuple[str, int], list[epochs.Missing]] = {}
-        for gap in missing:
-            size = gap.last - gap.first + 1
-            if size > MAX_REFETCH:
-                log.warning(
-                    "%s partition %d: offsets %d..%d were skipped by the consumer and are "
-                    "too many to fetch (%d, more than %d): was the group's offset moved "
-                    "past them on purpose? Their events are not processed.",
-                    gap.topic, gap.partition, gap.first, gap.last, size, MAX_REFETCH,
-                )  # fmt: skip
-                continue
-            wanted.setdefault((gap.topic, gap.partition), []).append(gap)
+        """`batch` with the records of `missing` fetched from the broker, in offset order."""
+        spans, refused = epochs.reads(missing, MAX_REFETCH)
+        for gap in refused:
+            log.warning(
+                "%s partition %d: offsets %d..%d were skipped by the consumer and are too "
+                "many to fetch (more than %d): was the group's offset moved past them on "
+                "purpose? Their events are not processed.",
+                gap.topic, gap.partition, gap.first, gap.last, MAX_REFETCH,
+            )  # fmt: skip
         merged = {(r.topic, r.offset): r for r in batch}
-        for (topic, partition), gaps in wanted.items():
-            first, last = min(g.first for g in gaps), max(g.last for g in gaps)
-            span = epochs.Missing(topic, partition, first, last)
+        for span in spans:
             found = [r for r in await self.fetch(span) if (r.topic, r.offset) not in merged]
-            metrics.RECORDS_REFETCHED.labels(topic).inc(len(found))
+            metrics.RECORDS_REFETCHED.labels(span.topic).inc(len(found))
             merged.update(((r.topic, r.offset), r) for r in found)
         return [merged[k] for k in sorted(merged)]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.pipeline.epochs import Missing, OpenEpoch, PartitionMark, Record, plan
+from streams.pipeline.epochs import Missing, OpenEpoch, PartitionMark, Record, plan, reads
 
 T, R = "touchpoints", "touchpoints-resolved"
 
@@ -106,6 +106,14 @@ def test_a_rerun_missing_its_head_fetches_it():
     mark = PartitionMark(done={T: 4}, open=[OpenEpoch(T, 5, 12, 1234, None)])
     _, missing = plan(records(T, 7, 20), mark, wall_ms=1)
     assert missing == [Missing(T, 2, 5, 6)]
+
+
+def test_gaps_are_read_once_per_topic_partition_and_huge_ones_not_at_all():
+    gaps = [Missing(T, 2, 21, 21), Missing(T, 2, 31, 32), Missing(R, 2, 5, 5),
+            Missing(T, 3, 100, 100_099), Missing(R, 3, 7, 100_007)]  # fmt: skip
+    spans, refused = reads(gaps, limit=100_000)
+    assert spans == [Missing(T, 2, 21, 32), Missing(R, 2, 5, 5), Missing(T, 3, 100, 100_099)]
+    assert refused == [Missing(R, 3, 7, 100_007)]  # 100,001 offsets: an offset reset
 
 
 def test_a_first_epoch_starts_where_its_first_record_is():
