@@ -87,6 +87,14 @@ def demo(customers: int, seed: int, data_dir: Path, timeout: float) -> None:
     click.IntRange(min=1),
     "with --compare: time the two cores alternately this many times; each keeps its best",
 )
+@shown_option(
+    "--instructions",
+    0,
+    click.IntRange(min=0),
+    "with --compare: also count each core's CPU instructions over the first N messages under "
+    "valgrind, exact where seconds drift with the machine's load (3,000: about a minute per "
+    "core); 0: not counted",
+)
 @click.option("--core-only", is_flag=True, help="only the in-process core (and --compare)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable figures")
 def bench(as_json: bool, **options: object) -> None:
@@ -101,6 +109,8 @@ def bench(as_json: bool, **options: object) -> None:
     from streams.dev.bench import run_bench
     from streams.dev.bench_compare import CompareError
 
+    if options["instructions"] and not options["compare"]:
+        raise click.UsageError("--instructions counts both cores of --compare: add --compare REF")
     try:
         run_bench(as_json=as_json, **options)
     except CompareError as exc:

@@ -341,6 +341,7 @@ def run_bench(
     compare: str | None = None,
     core_only: bool = False,
     rounds: int = 3,
+    instructions: int = 0,
 ) -> Report:
     # SIGTERM (timeout, Ctrl-\, a CI cancel) unwinds like Ctrl-C, so the broker and the
     # workers this started are stopped rather than left running in their own sessions.
@@ -377,7 +378,7 @@ def run_bench(
     if compare:
         say(f"  core vs {compare}: {rounds} rounds, fresh processes, same events")
         report.core_compared = compare_cores(
-            singles, len(events), partitions, compare, work, rounds, say
+            singles, len(events), partitions, compare, work, rounds, say, instructions
         )
         say(f"  {comparison(*report.core_compared)}")
     if core_only:

@@ -8,12 +8,19 @@ figure is its best round (the one least disturbed, as `timeit` advises), and the
 and the machine's idle share are reported with it. Each child runs
 `streams.dev.bench.Core` of its own tree (a class every version since the layout move
 has), with that tree's default configuration.
+
+With `--instructions N`, each core also runs under valgrind's callgrind over the first N
+messages, and once over none: the difference is the CPU instructions the core spent,
+which, unlike seconds, do not depend on what else the machine is doing (two counts of
+one tree differ by about 0.05%). Hash seeds are fixed so both trees hash alike.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -49,6 +56,7 @@ class CoreTiming:
     state_bytes_per_customer: float
     rounds_us_per_event: list[float] = field(default_factory=list)  # every round, in order
     idle_share: float = 0.0  # of the machine, over all rounds of both trees
+    instructions_per_event: float | None = None  # with --instructions: over its first N
 
 
 class CompareError(Exception):
@@ -73,7 +81,17 @@ def comparison(this: CoreTiming, then: CoreTiming) -> str:
         f"{paired_ratio(this, then):.2f}x); state {this.state_bytes_per_customer:,.0f} "
         f"against {then.state_bytes_per_customer:,.0f} bytes per key; rounds "
         f"{this.rounds_us_per_event} against {then.rounds_us_per_event} µs/event, "
-        f"machine idle {this.idle_share:.0%}"
+        f"machine idle {this.idle_share:.0%}" + _instructions(this, then)
+    )
+
+
+def _instructions(this: CoreTiming, then: CoreTiming) -> str:
+    if this.instructions_per_event is None or then.instructions_per_event is None:
+        return ""
+    return (
+        f"; CPU instructions per event (callgrind): {this.instructions_per_event:,.0f} "
+        f"against {then.instructions_per_event:,.0f}: "
+        f"{then.instructions_per_event / this.instructions_per_event:.2f}x"
     )
 
 
@@ -94,9 +112,14 @@ def worktree(ref: str, folder: Path) -> Path:
     return target
 
 
-def time_core(tree: Path, messages_file: Path, partitions: int) -> dict:
+def _child_env(tree: Path) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(tree), "PARCOURS_SCHEMAS_DIR": str(tree / "schemas")}
     env.pop("PARCOURS_CONFIG", None)
+    return env
+
+
+def time_core(tree: Path, messages_file: Path, partitions: int) -> dict:
+    env = _child_env(tree)
     done = subprocess.run(
         [sys.executable, "-c", _TIMER, str(messages_file), str(partitions)],
         capture_output=True, text=True, env=env, cwd=tree,
@@ -104,6 +127,49 @@ def time_core(tree: Path, messages_file: Path, partitions: int) -> dict:
     if done.returncode:
         raise CompareError(f"timing the core of {tree.name} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def count_instructions(tree: Path, messages_file: Path, partitions: int) -> int:
+    """CPU instructions of a child running `tree`'s core over the messages file, start-up
+    included, counted by callgrind."""
+    env = {**_child_env(tree), "PYTHONHASHSEED": "0"}
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+         "-c", _TIMER, str(messages_file), str(partitions)],
+        capture_output=True, text=True, env=env, cwd=tree,
+    )  # fmt: skip
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode or found is None:
+        raise CompareError(f"counting the core of {tree.name} failed:\n{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def instructions_per_event(
+    trees: list[tuple[str, Path]],
+    messages: list[tuple[bytes, bytes]],
+    partitions: int,
+    work: Path,
+    say: Callable[[str], None],
+) -> dict[str, float]:
+    """Per tree: the instructions its core spends per message of `messages` (the count
+    over them less the count over none, which is start-up)."""
+    if shutil.which("valgrind") is None:
+        raise CompareError("--instructions needs valgrind (Debian: apt install valgrind)")
+    some, none = work / "core-messages-counted.json", work / "core-messages-none.json"
+    write_messages(some, messages)
+    write_messages(none, [])
+    per_event = {}
+    for name, tree in trees:
+        say(f"    counting instructions, {name}: {len(messages):,} messages under callgrind")
+        spent = count_instructions(tree, some, partitions) - count_instructions(
+            tree, none, partitions
+        )
+        per_event[name] = spent / max(1, len(messages))
+    return per_event
+
+
+def write_messages(path: Path, messages: list[tuple[bytes, bytes]]) -> None:
+    path.write_bytes(orjson.dumps([[k.hex(), v.hex()] for k, v in messages]))
 
 
 def compare_cores(
@@ -114,13 +180,15 @@ def compare_cores(
     work: Path,
     rounds: int = 3,
     say: Callable[[str], None] = lambda _: None,
+    instructions: int = 0,
 ) -> list[CoreTiming]:
     """This commit's core and REF's, each in a fresh process per round, alternately, on
-    the same messages; each figure is the tree's best round."""
+    the same messages; each figure is the tree's best round. With `instructions`, each
+    core's instructions per event over that many first messages too."""
     work = work.resolve()  # the children run in their own trees
     messages_file = work / "core-messages.json"
     work.mkdir(parents=True, exist_ok=True)
-    messages_file.write_bytes(orjson.dumps([[k.hex(), v.hex()] for k, v in messages]))
+    write_messages(messages_file, messages)
     trees = [("this commit", PROJECT_ROOT), (ref, worktree(ref, work / "worktrees"))]
     seconds: dict[str, list[float]] = {name: [] for name, _ in trees}
     state_bytes: dict[str, float] = {}
@@ -134,6 +202,11 @@ def compare_cores(
             say(f"    round {round_}/{rounds}, {name}: {us:,.1f} µs/event")
     idle, total = machine_idle()
     idle_share = (idle - idle_before) / max(1, total - total_before)
+    counted = (
+        instructions_per_event(trees, messages[:instructions], partitions, work, say)
+        if instructions
+        else {}
+    )
     timings = []
     for name, _ in trees:
         best = min(seconds[name])
@@ -145,6 +218,7 @@ def compare_cores(
                 state_bytes[name],
                 [round(s / events * 1e6, 1) for s in seconds[name]],
                 idle_share,
+                counted.get(name),
             )
         )
     return timings

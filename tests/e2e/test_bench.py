@@ -4,6 +4,7 @@ measured, not asserted: see deploy/README.md, Performance)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -85,6 +86,10 @@ def head_worktree_removed(tmp_path):
                         str(folder)], check=True)  # fmt: skip
 
 
+# Counting instructions needs valgrind (Debian's package; .ci/run installs it).
+INSTRUCTIONS = ["--instructions", "150"] if shutil.which("valgrind") else []
+
+
 def test_core_only_compare_times_both_trees_from_a_relative_data_dir(
     tmp_path, monkeypatch, head_worktree_removed
 ):
@@ -94,7 +99,7 @@ def test_core_only_compare_times_both_trees_from_a_relative_data_dir(
     result = CliRunner().invoke(
         main,
         ["bench", "--core-only", "--compare", "HEAD", "--customers", "40",
-         "--data-dir", "rel", "--rounds", "2", "--json"],
+         "--data-dir", "rel", "--rounds", "2", "--json", *INSTRUCTIONS],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -106,6 +111,10 @@ def test_core_only_compare_times_both_trees_from_a_relative_data_dir(
         assert len(timing["rounds_us_per_event"]) == 2
         assert timing["us_per_event"] == pytest.approx(min(timing["rounds_us_per_event"]), 0.01)
         assert 0 <= timing["idle_share"] <= 1
+    if INSTRUCTIONS:  # the same core twice: the counts agree where seconds need not
+        counts = [this["instructions_per_event"], then["instructions_per_event"]]
+        assert min(counts) > 10_000
+        assert counts[0] == pytest.approx(counts[1], rel=0.05)
     printed = CliRunner().invoke(
         main, ["bench", "--core-only", "--compare", "HEAD", "--customers", "20",
                "--data-dir", "rel", "--rounds", "1"],
