@@ -92,8 +92,9 @@ def demo(customers: int, seed: int, data_dir: Path, timeout: float) -> None:
     0,
     click.IntRange(min=0),
     "with --compare: also count each core's CPU instructions over the first N messages under "
-    "valgrind, exact where seconds drift with the machine's load (3,000: about a minute per "
-    "core); 0: not counted",
+    "valgrind, exact where seconds drift with the machine's load (about a minute per core for "
+    "3,000; the first messages are the start of the day: count them all, with fewer "
+    "--customers, for the whole day's mix); 0: not counted",
 )
 @click.option("--core-only", is_flag=True, help="only the in-process core (and --compare)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable figures")

@@ -57,6 +57,7 @@ class CoreTiming:
     rounds_us_per_event: list[float] = field(default_factory=list)  # every round, in order
     idle_share: float = 0.0  # of the machine, over all rounds of both trees
     instructions_per_event: float | None = None  # with --instructions: over its first N
+    instructions_messages: int = 0  # ... that N (at most the run's messages)
 
 
 class CompareError(Exception):
@@ -89,7 +90,8 @@ def _instructions(this: CoreTiming, then: CoreTiming) -> str:
     if this.instructions_per_event is None or then.instructions_per_event is None:
         return ""
     return (
-        f"; CPU instructions per event (callgrind): {this.instructions_per_event:,.0f} "
+        f"; CPU instructions per event over the first {this.instructions_messages:,} "
+        f"messages (callgrind): {this.instructions_per_event:,.0f} "
         f"against {then.instructions_per_event:,.0f}: "
         f"{then.instructions_per_event / this.instructions_per_event:.2f}x"
     )
@@ -219,6 +221,7 @@ def compare_cores(
                 [round(s / events * 1e6, 1) for s in seconds[name]],
                 idle_share,
                 counted.get(name),
+                min(instructions, len(messages)),
             )
         )
     return timings
