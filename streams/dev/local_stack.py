@@ -274,12 +274,20 @@ class WorkerProcess(ChildProcess):
             time.sleep(0.25)
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.05) -> None:
-    """Until `predicate()` holds; TimeoutError naming `what` was awaited otherwise."""
+def wait_for(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    poll: float = 0.05,
+    seen: Callable[[], str] | None = None,
+) -> None:
+    """Until `predicate()` holds; TimeoutError naming `what` was awaited otherwise, and
+    what `seen()` says was there instead."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout:.0f}s for {what}")
+            instead = f"; instead: {seen()}" if seen is not None else ""
+            raise TimeoutError(f"waited {timeout:.0f}s for {what}{instead}")
         time.sleep(poll)
 
 

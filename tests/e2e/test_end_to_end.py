@@ -183,9 +183,14 @@ def test_dedupe_memory_survives_a_worker_restart(broker, tmp_path, store):
         def duplicates() -> float:
             return worker.metric_sum("parcours_events_ingested_total", result="duplicate")
 
+        def counts() -> str:  # what the worker saw, should the wait below time out
+            consumed = worker.metric_sum("parcours_messages_consumed_total")
+            refetched = worker.metric_sum("parcours_records_refetched_total")
+            return f"{duplicates():.0f} duplicates, {consumed:.0f} messages, {refetched:.0f} read"
+
         # At least the 50 re-sent; more when the first worker stopped before its last offset
         # commit and the second re-read those messages too (at-least-once, deduplicated).
-        wait_for(lambda: duplicates() >= 50, timeout=60, what="50 re-sent events as duplicates")
+        wait_for(lambda: duplicates() >= 50, 60, "50 re-sent events as duplicates", seen=counts)
     with clickhouse(tmp_path / "clickhouse") as client:
         total = client.query("SELECT count() FROM touchpoints").result_rows[0][0]
     # Raw count, no FINAL: the restored memory dropped the re-sent events before the sink.
