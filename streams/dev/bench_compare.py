@@ -115,35 +115,37 @@ def worktree(ref: str, folder: Path) -> Path:
     return target
 
 
-def _child_env(tree: Path) -> dict[str, str]:
+def _run_core(
+    tree: Path, messages_file: Path, partitions: int, what: str, under: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """`tree`'s core over the messages file in a child process (started by `under`, a
+    tool that runs a command, if given), with that tree's code, schemas and defaults."""
     env = {**os.environ, "PYTHONPATH": str(tree), "PARCOURS_SCHEMAS_DIR": str(tree / "schemas")}
     env.pop("PARCOURS_CONFIG", None)
-    return env
-
-
-def time_core(tree: Path, messages_file: Path, partitions: int) -> dict:
-    env = _child_env(tree)
+    if under:
+        env["PYTHONHASHSEED"] = "0"  # both trees hash alike under the counter
     done = subprocess.run(
-        [sys.executable, "-c", _TIMER, str(messages_file), str(partitions)],
+        [*under, sys.executable, "-c", _TIMER, str(messages_file), str(partitions)],
         capture_output=True, text=True, env=env, cwd=tree,
     )  # fmt: skip
     if done.returncode:
-        raise CompareError(f"timing the core of {tree.name} failed:\n{done.stderr[-2000:]}")
+        raise CompareError(f"{what} the core of {tree.name} failed:\n{done.stderr[-2000:]}")
+    return done
+
+
+def time_core(tree: Path, messages_file: Path, partitions: int) -> dict:
+    done = _run_core(tree, messages_file, partitions, "timing")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def count_instructions(tree: Path, messages_file: Path, partitions: int) -> int:
     """CPU instructions of a child running `tree`'s core over the messages file, start-up
     included, counted by callgrind."""
-    env = {**_child_env(tree), "PYTHONHASHSEED": "0"}
-    done = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-         "-c", _TIMER, str(messages_file), str(partitions)],
-        capture_output=True, text=True, env=env, cwd=tree,
-    )  # fmt: skip
+    callgrind = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
+    done = _run_core(tree, messages_file, partitions, "counting", callgrind)
     found = re.search(r"Collected : (\d+)", done.stderr)
-    if done.returncode or found is None:
-        raise CompareError(f"counting the core of {tree.name} failed:\n{done.stderr[-2000:]}")
+    if found is None:
+        raise CompareError(f"callgrind gave no count for {tree.name}:\n{done.stderr[-2000:]}")
     return int(found.group(1))
 
 
