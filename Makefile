@@ -10,6 +10,7 @@ demo: install  ## run the whole pipeline locally and print a summary
 
 test: install  ## lint, then every test (unit, integration, end to end)
 	$(BIN)/ruff check streams tests
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 test-fast: install  ## the unit and property tests only (no broker, no ClickHouse): seconds
@@ -18,6 +19,7 @@ test-fast: install  ## the unit and property tests only (no broker, no ClickHous
 lint: install
 	$(BIN)/ruff check streams tests
 	$(BIN)/ruff format --check streams tests
+	$(BIN)/mypy
 
 install: $(VENV)/.installed
 
@@ -28,4 +30,4 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) .parcours .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .parcours .pytest_cache .ruff_cache .mypy_cache .hypothesis

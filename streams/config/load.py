@@ -229,8 +229,8 @@ def _first_semantic_problem(
                         "add it to a stage's touchpoints"
                     )
         used |= set(placed)
-    for name, spec in types.items():
-        if name not in used and not spec.signal:
+    for name, declared in types.items():
+        if name not in used and not declared.signal:
             return ["touchpoint_types", name], (
                 "touchpoint is in no journey; add it to a stage, or mark it `signal: true` "
                 "if rules use it outside journeys"

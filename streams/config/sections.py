@@ -140,7 +140,9 @@ def first_survey_problem(
                 f"delay {rule['delay']} is not shorter than surveys.max_wait ({max_wait}): "
                 "every invitation would expire; shorten the delay or raise max_wait"
             )
-        named = [(["touchpoint"], rule["touchpoint"])] if "touchpoint" in rule else []
+        named: list[tuple[list[str | int], str]] = (
+            [(["touchpoint"], rule["touchpoint"])] if "touchpoint" in rule else []
+        )
         named += [(["touchpoints", i], t) for i, t in enumerate(rule.get("touchpoints", []))]
         for keys, touchpoint in named:
             if problem := undeclared([*where, *keys], touchpoint):

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 # The repository's root in a checkout (the benchmark's worktrees, the tests' README checks).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -166,6 +166,6 @@ class Settings:
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:
         """A copy with the given fields replaced; None values are ignored."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

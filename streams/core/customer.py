@@ -12,6 +12,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from streams.config import Config
 from streams.core.contact import contact_step
@@ -76,11 +77,11 @@ def add_events(
     identity window of it. The journeys folded so far move to the new state, and are
     dropped (to be folded again) if an event lands before the last one they took.
     """
-    events = list(map(as_event, events))
-    if len(events) == 1:
-        fresh = events
+    taken = [as_event(e) for e in events]
+    if len(taken) == 1:
+        fresh = taken
     else:
-        fresh = sorted({e.event_id: e for e in events}.values(), key=position)
+        fresh = sorted({e.event_id: e for e in taken}.values(), key=position)
     held = state.events
     fresh = [e for e in fresh if not holds(held, e)]
     if not fresh:
@@ -200,7 +201,8 @@ def advance(
         updates.append(superseded_row(jid, journey, customer_key, seq, successor, now_ms))
 
     # Surveys and health look at the events before eviction forgets them.
-    contact_updates, outcome_extra = {}, {}
+    contact_updates: dict[str, Any] = {}
+    outcome_extra: dict[str, Any] = {}
     if state.identified:
         contact_updates, outcome_extra = contact_step(
             config, state, customer_key, instances, leak_rows, watermark_ms, now_ms

@@ -108,7 +108,7 @@ def ingest_batch(
 ) -> IngestOutcome:
     """Parse, validate and dedupe a batch of messages (see module docstring)."""
     outcome = IngestOutcome()
-    by_key: dict[str, list[tuple[str, int, tuple[RawMessage, ValidEvent]]]] = {}
+    by_key: dict[str, list[tuple[str, int, int]]] = {}
     partition_of_key: dict[str, int] = {}
     arrived: list[tuple[RawMessage, ValidEvent]] = []
     fresh_arrivals: list[int] = []

@@ -243,6 +243,8 @@ class JourneyRun:
 
     def _allowed(self, ts_ms: int, leaving: Instance | None = None) -> bool:
         """May an entry at `ts_ms` open an instance (after `leaving`, if one is open)?"""
+        exit_at: int | None
+        start_at: int | None
         if leaving is not None:
             previous, exit_at, start_at = True, leaving.exit_ms, leaving.entry.ts_ms
         else:

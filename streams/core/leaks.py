@@ -198,7 +198,7 @@ def trackers_for(config: Config, journey: str) -> tuple[Tracker, ...]:
 
 
 def _watches(rule: LeakRule) -> set[str]:
-    named = {rule.after, rule.touchpoint} - {None, "entry"}
+    named = {t for t in (rule.after, rule.touchpoint) if t is not None and t != "entry"}
     return named | set(rule.expect) | set(rule.unless)
 
 

@@ -84,7 +84,7 @@ class Span(NamedTuple):
 
 
 class Orders(NamedTuple):
-    count: int = 0
+    placed: int = 0  # not `count`: a tuple has a method of that name
     value: float = 0.0
 
 

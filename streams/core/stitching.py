@@ -166,7 +166,8 @@ def journey_step(
     def fail(key: str, exc: Exception) -> None:
         detail = describe(exc)
         for message, events in taken.pop(key, []):
-            result.failed += [(message, e, detail) for e in events or [None]]
+            each: list[dict | None] = list(events) if events else [None]
+            result.failed += [(message, e, detail) for e in each]
         states[key] = (states[key][0], loaded[key] or new_state())
         touched.discard(key)
         broken.add(key)
@@ -237,7 +238,7 @@ def journey_step(
         if stepped.partition != partition:  # where the key lives: the state scan counts
             stepped = stepped.evolve(partition=partition)
         kept = None if forgettable(stepped) else stepped
-        states[key] = (partition, kept)
+        result.states[key] = (partition, kept)
         if folds is not None and kept is not None:  # a deleted key's fold is dead weight
             folds.keep(key, kept)
         due.push(partition, outcome.due_ms, key)
@@ -245,7 +246,8 @@ def journey_step(
         for kind, rows in outcome.rows().items():
             if rows:
                 result.rows.setdefault(kind, {})[key] = rows
-    result.states = {key: states[key] for key in touched}
+    for key in touched - result.states.keys():  # merged away: stored as they are
+        result.states[key] = states[key]
     return result
 
 

@@ -28,6 +28,7 @@ import heapq
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 from streams.config import Config
 from streams.config.rules import SURVEY_CHANNELS, Segments, SurveyRule, Surveys
@@ -40,6 +41,9 @@ from streams.core.guardrails import (
     expiry_ms,
     send_time,
 )
+
+if TYPE_CHECKING:
+    from streams.core.journeys import Instance
 from streams.core.state import Booking, Cursor, Event, Orders, Span, event_time, new_contact
 
 MAX_JOURNEYS_PER_RULE = 50  # journey ids remembered per rule, for the duplicate check
@@ -154,7 +158,7 @@ def _relational_due(rule: SurveyRule, event: Event, last: dict[str, int]) -> boo
     return rule.name not in last or event.ts_ms - last[rule.name] >= rule.every_ms
 
 
-def _completion_anchor(rule: SurveyRule, instance) -> list | None:
+def _completion_anchor(rule: SurveyRule, instance: Instance) -> Event | None:
     """The touchpoint that completed the journey, or first reached `rule.stage` after."""
     if instance.completed_ms is None:
         return None
@@ -206,7 +210,9 @@ def decide(
         return out
 
     # A heap: held invitations become due while it is worked through.
-    timeline = [(e.ts_ms, EVENT, i, e) for i, e in enumerate(fresh)]
+    timeline: list[tuple[int, int, int, Any]] = [
+        (e.ts_ms, EVENT, i, e) for i, e in enumerate(fresh)
+    ]
     timeline += [(t.at_ms, TRIGGER, i, t) for i, t in enumerate(triggers)]
     timeline += [(row["send_at_ms"], SEND, i, row) for i, row in _due(held, watermark_ms)]
     heapq.heapify(timeline)
@@ -234,7 +240,7 @@ def decide(
                 out.invitations.append({**row, "decided_ms": now_ms})
                 sent.append(_booking(row))  # its send_at_ms is now at_ms
             continue
-        trigger: Trigger = item
+        trigger = cast(Trigger, item)
         rule = trigger.rule
         if rule.trigger == "relational":
             relational[rule.name] = trigger.at_ms
@@ -278,7 +284,7 @@ def _applied(
     elif event.type in surveys.opt_in:
         opted_out = False
     if event.type == "purchase":
-        orders = Orders(orders.count + 1, orders.value + _amount(event))
+        orders = Orders(orders.placed + 1, orders.value + _amount(event))
     return opted_out, orders
 
 
@@ -317,7 +323,7 @@ def held_due_ms(contact: dict, surveys: Surveys, watermark_ms: int) -> int | Non
 
 
 def has_due(contact: dict, watermark_ms: int) -> bool:
-    held = contact.get("held")
+    held = contact.get("held") or []
     return bool(held) and any(row["send_at_ms"] <= watermark_ms for row in held)
 
 
@@ -331,7 +337,7 @@ def segment_of(segments: Segments, profile: dict, orders: Orders) -> str:
     from_events = _profile(profile, "segment")
     if segments.from_events and from_events:
         return from_events
-    count, value = orders.count, orders.value
+    count, value = orders.placed, orders.value
     for tier in segments.tiers:
         if (tier.orders is not None and count >= tier.orders) or (
             tier.value is not None and value >= tier.value
@@ -344,7 +350,11 @@ def channel_for(rule: SurveyRule, surveys: Surveys, profile: dict) -> str:
     if rule.channel != "preferred":
         return rule.channel
     preferred = _profile(profile, "preferred_channel")
-    return preferred if preferred in SURVEY_CHANNELS else surveys.default_channel
+    return (
+        preferred
+        if preferred is not None and preferred in SURVEY_CHANNELS
+        else surveys.default_channel
+    )
 
 
 def _profile(profile: dict, attribute: str) -> str | None:

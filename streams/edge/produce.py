@@ -86,7 +86,9 @@ def envelopes_by_partition(
 def _packed(encoded: list[bytes], max_bytes: int) -> list[bytes]:
     """`{"events": [...]}` envelopes of the encoded events, each at most `max_bytes` (an
     event heavier than that alone goes alone: the worker's size check then says so)."""
-    envelopes, members, size = [], [], len(b'{"events":[]}')
+    envelopes: list[bytes] = []
+    members: list[bytes] = []
+    size = len(b'{"events":[]}')
     for event in encoded:
         if members and size + len(event) + 1 > max_bytes:
             envelopes.append(b'{"events":[' + b",".join(members) + b"]}")
