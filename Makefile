@@ -11,7 +11,7 @@ demo: install  ## run the whole pipeline locally and print a summary
 test: install  ## lint, then every test (unit, integration, end to end)
 	$(BIN)/ruff check streams tests
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 test-fast: install  ## the unit and property tests only (no broker, no ClickHouse): seconds
 	$(BIN)/pytest -q tests/unit
