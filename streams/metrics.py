@@ -53,6 +53,11 @@ EPOCHS = Counter(
     "parcours_epochs_total",
     "Epochs made durable (one partition's batch of offsets; see streams.pipeline.epochs)",
 )
+CHANGELOG_REFUSED = Counter(
+    "parcours_changelog_records_refused_total",
+    "Table changelog records (customer states, epoch marks) the broker refused; the worker "
+    "writes them again, and stops the batch after 5 tries (see streams.pipeline.durable)",
+)
 RECORDS_REFETCHED = Counter(
     "parcours_records_refetched_total",
     "Records the worker fetched from the broker itself: what a re-run epoch needs after a "

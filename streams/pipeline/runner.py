@@ -31,7 +31,7 @@ from streams.core.ingest import DeadLetter, IngestOutcome, RawMessage, ingest_ba
 from streams.core.state import CustomerState
 from streams.core.stitching import DueIndex, Folds, Message, StepResult, journey_step
 from streams.outputs import OUTPUTS
-from streams.pipeline import epochs, records
+from streams.pipeline import durable, epochs, records
 from streams.pipeline.epochs import Epoch, PartitionMark, Record
 from streams.pipeline.payloads import batch_payloads
 from streams.pipeline.recorder import Recorder
@@ -78,6 +78,8 @@ class EpochRunner:
         self.app, self.table, self.settings, self.config = app, table, settings, config
         self.sink, self.record, self.topics, self.fetch = sink, recorder, topics, fetch
         self.parser = parser_for(config.touchpoint_types, settings)
+        self.watch = durable.ChangelogWatch()  # the table writes the broker refused
+        app.sensors.add(self.watch)
         self.resolved = settings.topic(TOUCHPOINTS_RESOLVED)
         self.dead_letters = settings.topic(TOUCHPOINTS_DLQ)
         self.watermarks: dict = {}  # partition -> Watermark, of this process's partitions
@@ -150,8 +152,7 @@ class EpochRunner:
             mark.open = [o for o in mark.open if (o.topic, o.first) not in ours] + [
                 e.epoch.open(e.started_watermark) for e in done if e.epoch.partition == partition
             ]
-            self._write(partition, epochs.mark_key(partition), mark)
-        await self.app.producer.flush()
+        await self._durably(self._write_marks, marks, "the epochs' intents")
         # 2. rows, 3. messages.
         for effects in done:
             for table, (columns, rows) in effects.rows.items():
@@ -167,9 +168,7 @@ class EpochRunner:
                 )
         await asyncio.gather(*acks)
         # 4. states: one record per changed key of the batch.
-        for key, (partition, state) in pending.items():
-            self._write(partition, key, state)
-        await self.app.producer.flush()
+        await self._durably(self._write_states, pending, "the batch's customer states")
         metrics.STATE_RECORDS.inc(len(pending) + 2 * len(marks))
         metrics.EPOCHS.inc(len(done))
         # 5. marks: the epochs are done.
@@ -178,8 +177,18 @@ class EpochRunner:
                 if effects.epoch.partition == partition:
                     mark.finish(effects.epoch)
             mark.watermark = epochs.watermark_json(self.watermarks.get(partition))
+        await self._durably(self._write_marks, marks, "the epochs' marks")
+
+    async def _durably(self, write: Callable[[dict], None], items: dict, what: str) -> None:
+        await durable.write_durably(partial(write, items), self.app.producer, self.watch, what)
+
+    def _write_marks(self, marks: dict[int, PartitionMark]) -> None:
+        for partition, mark in marks.items():
             self._write(partition, epochs.mark_key(partition), mark)
-        await self.app.producer.flush()
+
+    def _write_states(self, pending: dict[str, tuple[int, CustomerState | None]]) -> None:
+        for key, (partition, state) in pending.items():
+            self._write(partition, key, state)
 
     def _write(self, partition: int, key: str, value: object) -> None:
         with current(self.event_of[partition]):
