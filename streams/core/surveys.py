@@ -28,7 +28,7 @@ import heapq
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from streams.config import Config
 from streams.config.rules import SURVEY_CHANNELS, Segments, SurveyRule, Surveys
@@ -41,9 +41,7 @@ from streams.core.guardrails import (
     expiry_ms,
     send_time,
 )
-
-if TYPE_CHECKING:
-    from streams.core.journeys import Instance
+from streams.core.journeys import Instance
 from streams.core.state import Booking, Cursor, Event, Orders, Span, event_time, new_contact
 
 MAX_JOURNEYS_PER_RULE = 50  # journey ids remembered per rule, for the duplicate check
@@ -323,8 +321,7 @@ def held_due_ms(contact: dict, surveys: Surveys, watermark_ms: int) -> int | Non
 
 
 def has_due(contact: dict, watermark_ms: int) -> bool:
-    held = contact.get("held") or []
-    return bool(held) and any(row["send_at_ms"] <= watermark_ms for row in held)
+    return any(row["send_at_ms"] <= watermark_ms for row in contact.get("held") or ())
 
 
 def _booking(row: dict) -> Booking:
