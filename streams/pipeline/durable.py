@@ -56,8 +56,9 @@ async def drain(producer: Any, clock: Callable[[], float] = time.monotonic) -> N
     started = said = clock()
     while producer.buffer.size:
         await producer.buffer.flush()
-        if clock() - said >= STILL_QUEUED_EVERY_S:
-            said = clock()
+        now = clock()
+        if now - said >= STILL_QUEUED_EVERY_S:
+            said = now
             log.warning(
                 "%d table records still wait to be sent after %.0f s: is the broker up?",
                 producer.buffer.size,
