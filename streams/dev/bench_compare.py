@@ -5,9 +5,9 @@ work folder) and times both cores in fresh child processes on one file of pre-en
 messages, alternately for `--rounds` rounds: the ratio compares code, not machines or
 moments. On a shared machine one run can be a third slower than the next, so each tree's
 figure is its best round (the one least disturbed, as `timeit` advises), and the rounds
-and the machine's idle share are reported with it. Each child runs
-`streams.dev.bench.Core` of its own tree (a class every version since the layout move
-has), with that tree's default configuration.
+and the machine's idle share are reported with it. Each child runs the `Core` of its
+own tree (`streams.dev.bench_core`, or `streams.dev.bench` in trees from before that
+module, back to the layout move), with that tree's default configuration.
 
 With `--instructions N`, each core also runs under valgrind's callgrind over the first N
 messages, and once over none: the difference is the CPU instructions the core spent,
@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +38,10 @@ from streams.dev.local_stack import machine_idle
 # Times one core: argv = messages file, partitions; prints {"seconds", "state_bytes"}.
 _TIMER = """
 import sys, time, json, orjson
-from streams.dev.bench import Core
+try:  # the core alone: a quick start-up (trees before it have the whole bench)
+    from streams.dev.bench_core import Core
+except ImportError:
+    from streams.dev.bench import Core
 raw = orjson.loads(open(sys.argv[1], "rb").read())
 messages = [tuple(bytes.fromhex(x) for x in m) for m in raw]
 core = Core(int(sys.argv[2]))
@@ -163,14 +167,16 @@ def instructions_per_event(
     some, none = work / "core-messages-counted.json", work / "core-messages-none.json"
     write_messages(some, messages)
     write_messages(none, [])
-    per_event = {}
-    for name, tree in trees:
-        say(f"    counting instructions, {name}: {len(messages):,} messages under callgrind")
-        spent = count_instructions(tree, some, partitions) - count_instructions(
-            tree, none, partitions
-        )
-        per_event[name] = spent / max(1, len(messages))
-    return per_event
+    runs = [(name, tree, file) for name, tree in trees for file in (some, none)]
+    say(
+        f"    counting instructions: {len(messages):,} messages and none under callgrind, "
+        f"{', '.join(name for name, _ in trees)}"
+    )
+    # A count does not depend on what else runs, so the children share the cores.
+    with ThreadPoolExecutor(max_workers=min(len(runs), os.cpu_count() or 1)) as pool:
+        counts = list(pool.map(lambda run: count_instructions(run[1], run[2], partitions), runs))
+    pairs = zip(trees, counts[::2], counts[1::2], strict=True)
+    return {name: (over - start) / max(1, len(messages)) for (name, _), over, start in pairs}
 
 
 def write_messages(path: Path, messages: list[tuple[bytes, bytes]]) -> None:

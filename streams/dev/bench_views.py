@@ -21,7 +21,7 @@ from pathlib import Path
 from streams.clickhouse.client import connect, migrate, write_stage_order
 from streams.clickhouse.report import read_map
 from streams.clickhouse.rows import TOUCHPOINT_COLUMNS, touchpoint_row
-from streams.dev.bench import Core
+from streams.dev.bench_core import Core
 from streams.dev.simulate import Faults, Pace, deliveries
 from streams.edge.produce import as_messages
 from streams.outputs import OUTPUTS

@@ -24,7 +24,7 @@ from streams.config import load_config
 from streams.config.settings import PROJECT_ROOT
 from streams.core.events import EventParser
 from streams.core.stitching import Message, journey_step
-from streams.dev.bench import Core
+from streams.dev.bench_core import Core
 from streams.edge.replay import Summary, load_mapping, read_events
 from tests.support.helpdesk import HELPDESK_CONFIG, HELPDESK_MAPPING
 

@@ -17,7 +17,7 @@ from referencing.jsonschema import DRAFT202012
 from streams.config import settings as topics
 from streams.core.events import REASONS, UNKNOWN_TYPE, Rejection
 from streams.core.ingest import DeadLetter, customer_key
-from streams.dev.bench import Core
+from streams.dev.bench_core import Core
 from streams.dev.synth import generate
 from streams.edge.specs import spec_document
 from tests.support.collector import SITE, event, post

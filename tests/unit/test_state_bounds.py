@@ -10,7 +10,7 @@ import orjson
 from streams.core.customer import new_state
 from streams.core.state import CustomerState, Event, new_contact
 from streams.core.stitching import forgettable
-from streams.dev.bench import Core
+from streams.dev.bench_core import Core
 from streams.dev.synth import generate
 from streams.edge.produce import as_messages
 from tests.support.scripted import touch
