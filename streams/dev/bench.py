@@ -238,7 +238,16 @@ def run_pipeline(
                 "pipeline", kind, workers, events, len(messages), seconds, events / seconds, rss
             )
         )
-        records = sum(w.metric_sum("parcours_state_records_total") for w in running)
+        # The journey step writes its states after the touchpoint rows land.
+        records = sum(
+            w.wait_until_steady(
+                lambda w=w: w.metric_sum("parcours_state_records_total"),
+                "its state records",
+                quiet_seconds=1.0,
+                timeout=timeout,
+            )
+            for w in running
+        )
         figure.state_records_per_event = records / events
         figure.epochs = int(sum(w.metric_sum("parcours_epochs_total") for w in running))
     return figure

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
@@ -232,16 +232,24 @@ class WorkerProcess(ChildProcess):
         self, table: str, quiet_seconds: float = 4.0, timeout: float = 120.0
     ) -> int:
         """Wait until the worker stops writing to `table` (identity merges, ticks settle)."""
+        return int(
+            self.wait_until_steady(lambda: self.sink_rows(table), table, quiet_seconds, timeout)
+        )
+
+    def wait_until_steady(
+        self, read: Callable[[], float], what: str, quiet_seconds: float, timeout: float
+    ) -> float:
+        """Wait until `read()` (a look at the worker) stays the same for `quiet_seconds`."""
         deadline = time.monotonic() + timeout
-        last, since = -1, time.monotonic()
+        last, since = None, time.monotonic()
         while time.monotonic() < deadline:
-            rows = self.sink_rows(table)
-            if rows != last:
-                last, since = rows, time.monotonic()
+            value = read()
+            if value != last:
+                last, since = value, time.monotonic()
             elif time.monotonic() - since >= quiet_seconds:
-                return rows
+                return value
             time.sleep(0.25)
-        raise TimeoutError(f"{table} kept changing for {timeout:.0f}s:\n{self.log_tail()}")
+        raise TimeoutError(f"{what} kept changing for {timeout:.0f}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -294,8 +302,10 @@ def wait_for(
 READY = re.compile(r"\[\^\w*Worker\]: Ready")
 
 
-def wait_ready(processes: list[ChildProcess], timeout: float) -> None:
-    """Until every Faust worker logged Ready, then the group's rebalance settles."""
+def wait_ready(processes: Sequence[ChildProcess], timeout: float) -> None:
+    """Until every Faust worker logged Ready, then, with several in one group, until the
+    rebalances their joins set off settle (one alone logs Ready once it holds every
+    partition and fetches)."""
 
     def ready(p: ChildProcess) -> bool:
         if p.process is not None and p.process.poll() is not None:
@@ -305,7 +315,8 @@ def wait_ready(processes: list[ChildProcess], timeout: float) -> None:
 
     for p in processes:
         wait_for(lambda p=p: ready(p), timeout, f"{p.log_path} to show Ready", poll=0.2)
-    time.sleep(SETTLE_SECONDS)
+    if len(processes) > 1:
+        time.sleep(SETTLE_SECONDS)
 
 
 class DispatcherProcess(ChildProcess):

@@ -43,6 +43,8 @@ def test_bench_measures_every_run_and_prints_json(tmp_path):
         assert figure["events"] == 600 and figure["events_per_second"] > 0
         if figure["run"] == "pipeline":
             assert figure["vs_baseline"] > 0 and figure["peak_rss_mb"][0] > 50
+            # read once the journey step wrote its states, after the touchpoint rows
+            assert figure["state_records_per_event"] > 0
     assert report["sink_rows_per_second"] > 0
     core = next(f for f in report["throughput"] if f["run"] == "core (in-process)")
     parts = report["core_us_per_event"]  # the core's time, split: its parts add up
