@@ -73,9 +73,10 @@ def settings_needing(*needed: str, **overrides: object) -> Settings:
 @contextmanager
 def one_line_errors(*kinds: type[Exception]) -> Iterator[None]:
     """Errors of these kinds (bad configuration and the like) as one line, exit code 1."""
+    caught: tuple[type[Exception], ...] = (ConfigError, *kinds)
     try:
         yield
-    except (ConfigError, *kinds) as exc:
+    except caught as exc:
         # Messages quote files and values: no control characters reach the terminal.
         raise click.ClickException(printable(str(exc), 2000)) from None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import click
 
@@ -98,7 +98,7 @@ def demo(customers: int, seed: int, data_dir: Path, timeout: float) -> None:
 )
 @click.option("--core-only", is_flag=True, help="only the in-process core (and --compare)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable figures")
-def bench(as_json: bool, **options: object) -> None:
+def bench(as_json: bool, **options: Any) -> None:
     """Measure throughput, latency and memory against baselines measured in the same run.
 
     Runs, on the same synthetic events: the pure core in-process; the ClickHouse sink; a
@@ -323,7 +323,7 @@ def local_broker(port: int) -> None:
     try:
         broker.start()
         click.echo(f"broker ready: kafka://{broker.bootstrap} (memory storage; Ctrl-C stops it)")
-        code = broker.process.wait()
+        code = broker.running.wait()
     except KeyboardInterrupt:
         pass
     finally:

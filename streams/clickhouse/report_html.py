@@ -82,7 +82,7 @@ def _sankey_svg(flows: list[dict]) -> str:
             h = max(1.0, max(nodes[name]["in"], nodes[name]["out"]) * scale)
             place[name] = [(column - 1) * col_width, y, h, 0.0, 0.0]
             y += h + gap
-    colours = {}
+    colours: dict[str, str] = {}  # by kind of the source node
     links, rects = [], []
     for flow in flows:
         src, dst = place[flow["source"]], place[flow["target"]]

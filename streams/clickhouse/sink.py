@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError
@@ -35,6 +36,7 @@ from streams import metrics
 from streams.clickhouse.rows import PARTITIONED_BY
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")  # what a function run on the sink thread returns
 
 # Server errors worth retrying: the rows are fine, the server is not (yet).
 TRANSIENT_CODES = frozenset({
@@ -118,7 +120,7 @@ class ClickHouseSink:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(self._client_now()))
 
-    def run_sync(self, fn: Callable[[Client], object]) -> object:
+    def run_sync(self, fn: Callable[[Client], T]) -> T:
         """Run fn(client) on the sink thread from synchronous code (start-up)."""
         return self._executor.submit(lambda: fn(self._client_now())).result()
 

@@ -24,6 +24,7 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -60,7 +61,7 @@ class Throughput:
     messages: int
     seconds: float
     events_per_second: float
-    peak_rss_mb: list[float] = field(default_factory=list)  # per process
+    peak_rss_mb: list[float | None] = field(default_factory=list)  # per process; None: gone
     vs_baseline: float | None = None
     # CPU seconds used during the run by each consumer process, and by the broker; the
     # machine's idle share meanwhile (on 2 cores, wall-clock ratios measure free CPU).
@@ -187,11 +188,13 @@ def run_baseline(
         asyncio.run(create_topics(broker.bootstrap, [TOUCHPOINTS], 4))
         with BaselineProcess(broker.bootstrap, events, work) as baseline:
             wait_ready([baseline], timeout)
-            meter = CpuMeter([baseline.process.pid], broker.process.pid)
+            meter = CpuMeter([baseline.pid], broker.pid)
             started = send_all(broker, messages)
             wait_for(lambda: baseline.finished_at() is not None, timeout, "the baseline to finish")
-            seconds = baseline.finished_at() - started
-            rss = [peak_rss_mb(baseline.process.pid)]
+            finished = baseline.finished_at()
+            assert finished is not None  # waited for above
+            seconds = finished - started
+            rss = [peak_rss_mb(baseline.pid)]
             figure = Throughput(
                 "baseline (bare Faust)", kind, 1, events, len(messages), seconds,
                 events / seconds, rss,
@@ -217,7 +220,7 @@ def run_pipeline(
             stack.enter_context(broker.worker(work / f"worker-{n}", **env)) for n in range(workers)
         ]
         wait_ready(running, timeout)
-        meter = CpuMeter([w.process.pid for w in running], broker.process.pid)
+        meter = CpuMeter([w.pid for w in running], broker.pid)
         started = send_all(broker, messages)
         # Each look at a worker's /metrics costs it CPU (at 20 a second, a seventh of
         # it): look twice a second, and take the end from the sink's own clock.
@@ -232,7 +235,7 @@ def run_pipeline(
             for w in running
         )
         seconds = finished - started
-        rss = [peak_rss_mb(w.process.pid) for w in running]
+        rss = [peak_rss_mb(w.pid) for w in running]
         figure = meter.stop(
             Throughput(
                 "pipeline", kind, workers, events, len(messages), seconds, events / seconds, rss
@@ -241,7 +244,7 @@ def run_pipeline(
         # The journey step writes its states after the touchpoint rows land.
         records = sum(
             w.wait_until_steady(
-                lambda w=w: w.metric_sum("parcours_state_records_total"),
+                partial(w.metric_sum, "parcours_state_records_total"),
                 "its state records",
                 quiet_seconds=1.0,
                 timeout=timeout,

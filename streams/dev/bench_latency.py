@@ -149,7 +149,7 @@ def measure_latency(
             )
             landed = worker.wait_until_quiet("touchpoints", quiet_seconds=3.0, timeout=timeout)
             worker.wait_until_quiet("survey_invitations", quiet_seconds=3.0, timeout=timeout)
-            rss = peak_rss_mb(worker.process.pid)
+            rss = peak_rss_mb(worker.pid)
             late = int(worker.metric_sum("parcours_events_ingested_total", result="late"))
         client = connect(worker.clickhouse_url)
         try:

@@ -60,7 +60,7 @@ def run(keys: int, data_dir: Path, store: str) -> dict:
             landed += count
             worker.wait_for_rows({"touchpoints": landed}, timeout=600)
             time.sleep(3)  # let the changelog and the sinks settle
-            figures[f"rss_after_{batch}_mb"] = round(rss_bytes(worker.process.pid) / 1e6, 1)
+            figures[f"rss_after_{batch}_mb"] = round(rss_bytes(worker.pid) / 1e6, 1)
             print(f"  {batch}: {figures[f'rss_after_{batch}_mb']:,} MB", flush=True)
     grown = figures["rss_after_third_mb"] - figures["rss_after_first_mb"]
     figures["bytes_per_key"] = round(grown * 1e6 / (2 * keys))

@@ -17,7 +17,7 @@ def print_targets(report: Report) -> None:
     base = {f.messages_kind: f for f in runs if f.run.startswith("baseline")}
     pipe = {(f.messages_kind, f.workers): f for f in runs if f.run == "pipeline"}
     single = "1 event/message"
-    enveloped = next((k for k in base if k != single), None)
+    enveloped = next((k for k in base if k != single), "")  # "": a run without envelopes
     print("\ntargets (ratios of this run):")
     if (single, 1) in pipe and single in base:
         ratio = pipe[single, 1].events_per_second / base[single].events_per_second
@@ -47,7 +47,7 @@ def print_report(report: Report) -> None:
     )
     for f in report.throughput:
         ratio = "" if f.vs_baseline is None else f"{f.vs_baseline:.2f}x"
-        rss = ", ".join(f"{r:.0f}" for r in f.peak_rss_mb)
+        rss = ", ".join("-" if r is None else f"{r:.0f}" for r in f.peak_rss_mb)
         cpu = ", ".join(f"{c:.1f}" for c in f.cpu_seconds)
         workers = str(f.workers) if f.workers else "-"
         per_cpu = f"{f.events_per_cpu_second:,.0f}" if f.cpu_seconds else ""

@@ -13,6 +13,7 @@ import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import orjson
 
@@ -216,7 +217,7 @@ def summarize(clickhouse_url: str) -> dict:
     try:
 
         def rows(sql: str) -> list[tuple]:
-            return client.query(sql).result_rows
+            return cast(list[tuple], client.query(sql).result_rows)  # a list of tuples
 
         summary = {
             "tables": dict(

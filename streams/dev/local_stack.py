@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
@@ -90,6 +91,21 @@ class ChildProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    @property
+    def running(self) -> subprocess.Popen:
+        """The started child."""
+        if self.process is None:
+            raise RuntimeError(f"{type(self).__name__} was not started")
+        return self.process
+
+    @property
+    def pid(self) -> int:
+        return self.running.pid
+
+    def log_text(self) -> str:
+        """What the child logged so far ("" without a log)."""
+        return "" if self.log_path is None else self.log_path.read_text(errors="replace")
 
     def __enter__(self) -> Self:
         self.start()
@@ -173,7 +189,7 @@ class LocalBroker(ChildProcess):
         ]
         self.log_path = self.log_path or Path(os.devnull)
         self.spawn(command, {})
-        _wait_for_port(self.port, 20.0, self.process, "tansu broker")
+        _wait_for_port(self.port, 20.0, self.running, "tansu broker")
 
 
 class WorkerProcess(ChildProcess):
@@ -205,7 +221,7 @@ class WorkerProcess(ChildProcess):
             **self.extra_env,
         }
         self.spawn([sys.executable, "-m", "streams", "worker"], env)
-        _wait_for_port(self.metrics_port, 60.0, self.process, "parcours worker")
+        _wait_for_port(self.metrics_port, 60.0, self.running, "parcours worker")
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """Current samples: (name, sorted labels) -> value."""
@@ -253,7 +269,7 @@ class WorkerProcess(ChildProcess):
 
     def log_tail(self, lines: int = 40) -> str:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            return "\n".join(self.log_text().splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
 
@@ -311,10 +327,10 @@ def wait_ready(processes: Sequence[ChildProcess], timeout: float) -> None:
         if p.process is not None and p.process.poll() is not None:
             raise RuntimeError(f"{p.log_path}: exited with {p.process.returncode} while starting")
         # Faust labels the line with the worker's class: [^Worker], [^StoppingWorker].
-        return READY.search(p.log_path.read_text(errors="replace")) is not None
+        return READY.search(p.log_text()) is not None
 
     for p in processes:
-        wait_for(lambda p=p: ready(p), timeout, f"{p.log_path} to show Ready", poll=0.2)
+        wait_for(partial(ready, p), timeout, f"{p.log_path} to show Ready", poll=0.2)
     if len(processes) > 1:
         time.sleep(SETTLE_SECONDS)
 

@@ -104,7 +104,7 @@ def deliveries(
     customer_rate = pace.events_per_second / mean_touchpoints(mix, seed) / pace.mean_factor()
     pending: list[Delivery] = []
     sequence = itertools.count()
-    arrival = -WARM_UP_GAPS * max_gap_seconds  # next customer's arrival, seconds after start
+    arrival: float = -WARM_UP_GAPS * max_gap_seconds  # next customer's arrival, seconds after start
     for number in itertools.count():
         # Every event lies after its customer's arrival, so once the next arrival is
         # later than the earliest pending delivery, that delivery is the next to go.
@@ -157,7 +157,7 @@ class Summary:
         )
 
 
-Send = Callable[[dict], Awaitable[None]]
+Send = Callable[[dict], Awaitable[object]]  # what it returns is not used
 
 
 async def run(

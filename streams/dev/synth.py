@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from streams.core.guardrails import invitation_id
 
@@ -137,7 +138,7 @@ def journey_events(
         if kind == "checkout_started":
             logged_in = True  # customers identify themselves at checkout
         anchors.setdefault(kind, f"{customer.customer_id}-{n}")
-        event = {
+        event: dict[str, Any] = {
             "event_id": f"{customer.customer_id}-{n}",
             "type": kind,
             "ts": ts.isoformat(timespec="milliseconds"),

@@ -196,12 +196,12 @@ def create_collector(
         COLLECTED.labels(source, "accepted").inc(len(valid))
         COLLECTED.labels(source, "rejected").inc(len(rejected))
         REQUEST_SECONDS.observe(time.perf_counter() - started)
-        body = {
+        answer = {
             "accepted": len(valid),
             "rejected": len(rejected),
             "errors": [_error(r) for r in rejected],
         }
-        return web.json_response(body, status=202, dumps=_dumps)
+        return web.json_response(answer, status=202, dumps=_dumps)
 
     async def healthz(_: web.Request) -> web.Response:
         ok = healthy()

@@ -43,9 +43,11 @@ import os
 import random
 import string
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 import jsonschema
 import orjson
@@ -142,19 +144,20 @@ class Destination:
         return wait
 
 
-def load_destinations(path: Path, env: dict[str, str] | None = None) -> list[Destination]:
+def load_destinations(path: Path, env: Mapping[str, str] | None = None) -> list[Destination]:
     env = os.environ if env is None else env
     try:
-        doc, _ = load_yaml(path.read_text(encoding="utf-8"))
+        loaded, _ = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DestinationsError(f"{path}: no such file; pass --destinations FILE") from None
     except yaml.YAMLError as exc:
         raise DestinationsError(f"{path}: not valid YAML: {exc}") from None
     try:
-        jsonschema.validate(doc, SCHEMA)
+        jsonschema.validate(loaded, SCHEMA)
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
         raise DestinationsError(f"{path}: {where}: {exc.message}") from None
+    doc = cast(dict[str, Any], loaded)  # the schema made sure
     destinations = []
     for name, spec in doc["destinations"].items():
         where = f"{path}: destinations/{name}"

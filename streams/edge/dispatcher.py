@@ -28,6 +28,7 @@ import logging
 import signal
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -110,7 +111,7 @@ class Dispatcher:
         destinations: list[Destination],
         ledger: Ledger,
         session: aiohttp.ClientSession,
-        dead_letter: object,  # async (item, destination, reason) -> None
+        dead_letter: Callable[[dict, Destination, str], Awaitable[None]],
     ) -> None:
         self.destinations = destinations
         self.ledger = ledger
@@ -272,7 +273,9 @@ def item_id_of(kind: str, item: dict) -> str:
 def topics_for(settings: Settings, destinations: list[Destination]) -> list[str]:
     """The topics of the kinds some destination takes."""
     kinds = sorted({kind for d in destinations for kind in d.deliver})
-    return [settings.topic(OUTPUT_OF[kind].topic) for kind in kinds]
+    # A destination takes only published kinds (the schema's enum): each has a topic.
+    topics = [OUTPUT_OF[kind].topic for kind in kinds]
+    return [settings.topic(topic) for topic in topics if topic is not None]
 
 
 async def run_dispatcher(

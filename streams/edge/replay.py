@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
@@ -67,7 +68,7 @@ class Mapping:
         return used - {"row"}
 
     def event(self, row: dict[str, str], number: int) -> dict:
-        values = {**row, "row": number}
+        values: Cells = {**row, "row": number}
         event: dict = {}
         for name, spec in self.spec.items():
             if name == "properties":
@@ -112,11 +113,15 @@ def _is_map_of_fields(value: object) -> bool:
     return isinstance(value, dict) and "column" not in value
 
 
+# A row's cells by column, and "row": its number, an int for templates ({row:06d}).
+Cells = dict[str, Any]
+
+
 def _template_fields(text: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(text) if name}
 
 
-def _render(spec: object, values: dict[str, str], where: str) -> str:
+def _render(spec: object, values: Cells, where: str) -> str:
     if isinstance(spec, dict):
         raw = values[spec["column"]]
         mapped = spec.get("values")
@@ -134,7 +139,7 @@ def _render(spec: object, values: dict[str, str], where: str) -> str:
     return str(spec).format_map(values) if "{" in str(spec) else str(spec)
 
 
-def _timestamp(spec: object, values: dict[str, str]) -> str:
+def _timestamp(spec: object, values: Cells) -> str:
     if not isinstance(spec, dict):
         return _render(spec, values, "ts")
     raw = values[spec["column"]]
@@ -194,10 +199,10 @@ def read_events(
 def _rows(path: Path, mapping: Mapping | None, summary: Summary) -> Iterator[tuple[int, dict]]:
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         with path.open("rb") as lines:
-            for number, line in enumerate(lines, start=1):
-                if line.strip():
+            for number, text in enumerate(lines, start=1):
+                if text.strip():
                     try:
-                        yield number, orjson.loads(line)
+                        yield number, orjson.loads(text)
                     except orjson.JSONDecodeError as exc:
                         summary.rows += 1
                         summary.reject(number, "invalid_json", str(exc))

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
+from typing import Any, cast
 
 import faust
 import orjson
@@ -48,7 +50,7 @@ def kafka_url(broker: str) -> str:
 
 # Quick group joins and failover; the design notes measured 9 s with 6 s + 3 s. Faust's
 # defaults make a first join wait about 30 s on the local broker.
-GROUP_TIMINGS = {
+GROUP_TIMINGS: dict[str, Any] = {
     "broker_session_timeout": 6.0,
     "broker_heartbeat_interval": 1.0,
     "broker_rebalance_timeout": 3.0,
@@ -56,6 +58,11 @@ GROUP_TIMINGS = {
 
 
 def faust_app(settings: Settings) -> faust.App:
+    producer_batch: dict[str, Any] = (
+        {"producer_max_batch_size": settings.producer_max_batch_bytes}
+        if settings.producer_max_batch_bytes
+        else {}
+    )
     return faust.App(
         settings.app_id,
         broker=kafka_url(settings.broker),
@@ -69,12 +76,16 @@ def faust_app(settings: Settings) -> faust.App:
         # A standby replays the other workers' changelogs: worth it on a cluster (fast
         # failover), wasted CPU on one host (PARCOURS_STANDBY_REPLICAS).
         table_standby_replicas=settings.standby_replicas,
-        **(
-            {"producer_max_batch_size": settings.producer_max_batch_bytes}
-            if settings.producer_max_batch_bytes
-            else {}
-        ),
+        **producer_batch,
     )
+
+
+def batches(
+    stream: faust.StreamT, most: int, within_seconds: float
+) -> AsyncIterator[Sequence[faust.EventT]]:
+    """Up to `most` events, or those that came within the time: Faust's `take_events`
+    (its streams have it; the type they are given to agents as does not say so)."""
+    return cast(faust.Stream, stream).take_events(most, within=within_seconds)
 
 
 def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faust.App:
@@ -95,7 +106,9 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
     published = {settings.topic(o.topic): raw_topic(o.topic) for o in OUTPUTS if o.topic}
     # Per customer key: its state, dedupe memory included (see streams.core.state); per
     # partition: its epoch mark (see streams.pipeline.epochs).
-    state = app.Table("customer-state", default=None, partitions=settings.partitions)
+    state = cast(
+        faust.Table, app.Table("customer-state", default=None, partitions=settings.partitions)
+    )
     # Faust takes a table's codec from a Record value type only; ours is a dataclass.
     # Set before first use: the store and the changelog read it then.
     state.value_serializer = CUSTOMER_STATE
@@ -117,14 +130,12 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
 
     @app.agent(inputs)
     async def step(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_seconds):
+        async for events in batches(stream, settings.batch_max, settings.batch_seconds):
             await runner.run(events)
 
     @app.agent(dead_letter_topic)
     async def sink_dead_letters(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(
-            settings.sink_batch_max, within=settings.sink_batch_seconds
-        ):
+        async for events in batches(stream, settings.sink_batch_max, settings.sink_batch_seconds):
             token = batch_token("dead_letters", records.offsets(events))
             rows = records.dead_letter_rows(events)
             await sink.write("dead_letters", DEAD_LETTER_COLUMNS, rows, token)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from streams import metrics
 from streams.config import Config
@@ -86,7 +86,7 @@ class Recorder:
     def state_scanned(self, states: Iterable[CustomerState | None], mine: set[int]) -> None:
         worker_metrics.scan_journey_state(states, mine)
 
-    def offsets_scanned(self, ends: dict, committed: dict) -> None:
+    def offsets_scanned(self, ends: dict, committed: Mapping) -> None:
         """Consumer lag, and a broker that lost its data (told once in the log)."""
         worker_metrics.report_consumer_lag(ends, committed)
         for tp, now, before in self.resets.check(ends, committed):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import faust
 import orjson
@@ -51,7 +51,7 @@ def sink_letter(
     return DeadLetter(rejection, topic, partition, offset, int(time.time() * 1000))
 
 
-def dead_letter_rows(events: list[faust.EventT]) -> list:
+def dead_letter_rows(events: Sequence[faust.EventT]) -> list:
     return [dead_letter_row(e.value or b"", headers(e.message.headers)) for e in events]
 
 
@@ -59,8 +59,9 @@ def offsets(events: Iterable[faust.EventT]) -> Iterable[tuple[str, int, int]]:
     return ((e.message.topic, e.message.partition, e.message.offset) for e in events)
 
 
-def headers(raw: object) -> dict[str, bytes]:
+def headers(raw: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None) -> dict[str, bytes]:
+    """A message's headers as a dict: Faust gives a mapping or a list of pairs."""
     if not raw:
         return {}
-    items = raw.items() if isinstance(raw, dict) else raw
-    return {k: v for k, v in items}
+    items = raw.items() if isinstance(raw, Mapping) else raw
+    return dict(items)

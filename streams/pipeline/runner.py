@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
 import faust
 import orjson
+from faust.types import TableT
 
 from streams import metrics
 from streams.clickhouse.rows import TOUCHPOINT_COLUMNS, touchpoint_row
@@ -67,7 +68,7 @@ class EpochRunner:
     def __init__(
         self,
         app: faust.App,
-        table: faust.TableT,
+        table: TableT,
         settings: Settings,
         config: Config,
         sink: ClickHouseSink,
@@ -92,7 +93,7 @@ class EpochRunner:
 
     # -- the batch ------------------------------------------------------------------
 
-    async def run(self, events: list[faust.EventT]) -> None:
+    async def run(self, events: Sequence[faust.EventT]) -> None:
         self.event_of = {e.message.partition: e for e in events}
         by_partition: dict[int, list[Record]] = {}
         for e in events:
@@ -160,10 +161,10 @@ class EpochRunner:
                 await self.sink.write(table, columns, rows, effects.epoch.token(table), rejected)
         acks = []
         for effects in done:
-            for topic, key, value, partition, headers in effects.sends:
+            for topic, key, value, to_partition, headers in effects.sends:
                 acks.append(
                     await self.topics[topic].send(
-                        key=key, value=value, partition=partition, headers=headers
+                        key=key, value=value, partition=to_partition, headers=headers
                     )
                 )
         await asyncio.gather(*acks)

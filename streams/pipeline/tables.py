@@ -16,6 +16,7 @@ import faust
 import orjson
 from faust.serializers import codecs
 from faust.streams import _current_event
+from faust.types import TableT
 
 from streams.core.state import CustomerState
 from streams.core.stitching import DueIndex
@@ -67,7 +68,7 @@ def as_mark(value: object) -> PartitionMark | None:
     return value if isinstance(value, PartitionMark) else None
 
 
-def index_due(table: faust.TableT, partition: int, due: DueIndex) -> None:
+def index_due(table: TableT, partition: int, due: DueIndex) -> None:
     """Re-find the customers of `partition` with journeys to close (the index is in memory)."""
     for key, value in table.items():
         state = as_state(value)

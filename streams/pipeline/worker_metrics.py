@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+
+from faust.types import TP
 
 from streams import metrics
 from streams.config import Config
@@ -132,7 +134,7 @@ _task_rules: set[str] = set()
 _held_labels: set[tuple[str, str]] = set()
 
 
-def report_consumer_lag(ends: dict, committed: dict) -> None:
+def report_consumer_lag(ends: dict, committed: Mapping) -> None:
     """Lag per topic partition: end offset (next to be written) minus committed offset."""
     metrics.CONSUMER_LAG.clear()  # partitions revoked in a rebalance are not ours any more
     for tp, end in ends.items():
@@ -151,7 +153,7 @@ class BrokerResetWatch:
         self.highest: dict = {}  # topic partition -> highest committed offset seen
         self.told: dict = {}  # topic partition -> the stale committed offset reported
 
-    def check(self, ends: dict, committed: dict) -> list[tuple[object, int, int]]:
+    def check(self, ends: dict, committed: Mapping) -> list[tuple[TP, int, int]]:
         """(topic partition, end or committed offset now, offset before) of new resets."""
         resets = []
         for tp, done in committed.items():
