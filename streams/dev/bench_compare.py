@@ -167,14 +167,14 @@ def instructions_per_event(
     some, none = work / "core-messages-counted.json", work / "core-messages-none.json"
     write_messages(some, messages)
     write_messages(none, [])
-    runs = [(name, tree, file) for name, tree in trees for file in (some, none)]
+    runs = [(tree, file) for _, tree in trees for file in (some, none)]
     say(
         f"    counting instructions: {len(messages):,} messages and none under callgrind, "
         f"{', '.join(name for name, _ in trees)}"
     )
     # A count does not depend on what else runs, so the children share the cores.
     with ThreadPoolExecutor(max_workers=min(len(runs), os.cpu_count() or 1)) as pool:
-        counts = list(pool.map(lambda run: count_instructions(run[1], run[2], partitions), runs))
+        counts = list(pool.map(lambda run: count_instructions(run[0], run[1], partitions), runs))
     pairs = zip(trees, counts[::2], counts[1::2], strict=True)
     return {name: (over - start) / max(1, len(messages)) for (name, _), over, start in pairs}
 
