@@ -93,7 +93,8 @@ def demo(customers: int, seed: int, data_dir: Path, timeout: float) -> None:
     click.IntRange(min=0),
     "with --compare: also count each core's CPU instructions over the first N messages under "
     "valgrind, exact where seconds drift with the machine's load (about a minute per core for "
-    "3,000; the first messages are the start of the day: count them all, with fewer "
+    "3,000, the counts side by side on the machine's cores; the first messages are the start "
+    "of the day: count them all, with fewer "
     "--customers, for the whole day's mix); 0: not counted",
 )
 @click.option("--core-only", is_flag=True, help="only the in-process core (and --compare)")
