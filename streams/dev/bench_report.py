@@ -62,7 +62,8 @@ def print_report(report: Report) -> None:
     print_targets(report)
     if report.core_compared:
         print(comparison(*report.core_compared))
-    print(f"sink: {report.sink_rows_per_second:,.0f} rows/s (embedded ClickHouse)")
+    if report.sink_rows_per_second:  # not measured with --core-only
+        print(f"sink: {report.sink_rows_per_second:,.0f} rows/s (embedded ClickHouse)")
     print(f"state: {report.state_bytes_per_customer:,.0f} bytes per customer key (serialized)")
     for lat in report.latency:
         print(lat.summary())
