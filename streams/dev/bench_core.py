@@ -33,7 +33,7 @@ class Core:
         self.due = DueIndex()
         self.folds = Folds(self.settings.fold_cache_keys)
         self.offset = 0
-        self.ingest_seconds = 0.0  # of the steps' time: parse, validate, dedupe, JSON hop
+        self.ingest_seconds = 0.0  # of the steps' time: parse, validate, dedupe
         self.journey_seconds = 0.0  # ... and the journey step (identity, customer steps)
         tune_gc()
 
@@ -64,10 +64,10 @@ class Core:
         )
         for key, (_, ids) in outcome.seen_updates.items():
             self.seen[key] = ids
-        resolved = [  # through JSON, as on the topic
-            Message(None, p, 0, orjson.loads(orjson.dumps({"events": evs})))
-            for p, evs in outcome.forward.items()
-        ]
+        # Each customer's events are ingested on their own partition (the messages are
+        # keyed by customer), so they go on in memory, as in the worker's one pass
+        # (streams.pipeline.runner), not through the touchpoints-resolved topic.
+        resolved = [Message(None, p, 0, {"events": evs}) for p, evs in outcome.forward.items()]
         ingested = time.perf_counter()
         result = journey_step(
             self.config,
