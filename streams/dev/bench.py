@@ -241,19 +241,25 @@ def run_pipeline(
                 "pipeline", kind, workers, events, len(messages), seconds, events / seconds, rss
             )
         )
-        # The journey step writes its states after the touchpoint rows land.
-        records = sum(
-            w.wait_until_steady(
-                partial(w.metric_sum, "parcours_state_records_total"),
-                "its state records",
-                quiet_seconds=1.0,
-                timeout=timeout,
-            )
-            for w in running
-        )
+        # A batch writes its states after its rows, and counts an epoch once they are
+        # written: an epoch finished after the last row landed (the ticks make one if
+        # no data is left) means every state of the run is counted.
+        for w in running:
+            then = epochs_of(w)
+            wait_for(partial(epochs_since, w, then), timeout, f"{w.log_path} to finish its batch")
+        records = sum(w.metric_sum("parcours_state_records_total") for w in running)
         figure.state_records_per_event = records / events
-        figure.epochs = int(sum(w.metric_sum("parcours_epochs_total") for w in running))
+        figure.epochs = int(sum(epochs_of(w) for w in running))
     return figure
+
+
+def epochs_of(worker: WorkerProcess) -> float:
+    return worker.metric_sum("parcours_epochs_total")
+
+
+def epochs_since(worker: WorkerProcess, then: float) -> bool:
+    """Has the worker finished an epoch since it had finished `then`?"""
+    return epochs_of(worker) > then
 
 
 def run_bench(
