@@ -248,24 +248,16 @@ class WorkerProcess(ChildProcess):
         self, table: str, quiet_seconds: float = 4.0, timeout: float = 120.0
     ) -> int:
         """Wait until the worker stops writing to `table` (identity merges, ticks settle)."""
-        return int(
-            self.wait_until_steady(lambda: self.sink_rows(table), table, quiet_seconds, timeout)
-        )
-
-    def wait_until_steady(
-        self, read: Callable[[], float], what: str, quiet_seconds: float, timeout: float
-    ) -> float:
-        """Wait until `read()` (a look at the worker) stays the same for `quiet_seconds`."""
         deadline = time.monotonic() + timeout
-        last, since = None, time.monotonic()
+        last, since = -1, time.monotonic()
         while time.monotonic() < deadline:
-            value = read()
-            if value != last:
-                last, since = value, time.monotonic()
+            rows = self.sink_rows(table)
+            if rows != last:
+                last, since = rows, time.monotonic()
             elif time.monotonic() - since >= quiet_seconds:
-                return value
+                return rows
             time.sleep(0.25)
-        raise TimeoutError(f"{what} kept changing for {timeout:.0f}s:\n{self.log_tail()}")
+        raise TimeoutError(f"{table} kept changing for {timeout:.0f}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 40) -> str:
         try:
