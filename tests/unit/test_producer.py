@@ -10,6 +10,7 @@ import asyncio
 import time
 import uuid
 
+import orjson
 import pytest
 
 from streams.config import load_config
@@ -95,6 +96,54 @@ def test_a_batch_picked_by_two_senders_at_once_is_sent_once():
         return client.sent
 
     assert asyncio.run(race()) == [b"c-1"]
+
+
+class OneSlotClient:
+    """A Kafka client whose buffer for the partition holds one message, as aiokafka's does
+    under load: a send waits until the message ahead drains, and when it does, whichever
+    send runs first takes the room, a newcomer before the sends that waited."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []  # event ids, in the order the client took them
+        self.busy = False
+        self._drained: asyncio.Future | None = None
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future:
+        while self.busy:
+            assert self._drained is not None
+            await asyncio.shield(self._drained)
+        self.busy = True
+        self._drained = asyncio.get_running_loop().create_future()
+        self.sent += [e["event_id"] for e in orjson.loads(value)["events"]]
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    def drain(self) -> None:
+        if self.busy and self._drained is not None:
+            self.busy = False
+            self._drained.set_result(None)
+
+
+def test_a_partition_s_envelopes_reach_the_client_in_the_order_they_closed():
+    """Under load, the linger task's envelope waited for room while newer envelopes from
+    send_many took it first: its events reached the broker a second behind them, and the
+    worker dead-lettered them as late."""
+
+    async def scenario() -> list[str]:
+        producer = TouchpointProducer("127.0.0.1:9", settings=LOCAL, max_events=1)
+        producer._producer = client = OneSlotClient()
+        await producer.send(make_event(1))  # takes the room
+        waiting = asyncio.create_task(producer.send(make_event(2)))
+        await asyncio.sleep(0.01)  # event 2's envelope waits for room
+        client.drain()  # its sender is woken, but has not run yet
+        newer = asyncio.create_task(producer.send(make_event(3)))
+        while not (waiting.done() and newer.done()):
+            await asyncio.sleep(0.01)
+            client.drain()
+        return client.sent
+
+    assert asyncio.run(scenario()) == ["e-1", "e-2", "e-3"]
 
 
 def test_batches_linger_no_longer_than_asked_when_the_caller_never_pauses():
