@@ -3,7 +3,10 @@
 The watermark is the largest event time seen minus the allowed lateness: an event older
 than it is late. It only moves forward. When a partition has been idle for longer than
 the idle timeout, it follows the wall clock from where it stood, so journeys still
-expire (and leaks still fire) when traffic stops.
+expire (and leaks still fire) when traffic stops. Idle means no records to read: a
+partition whose records wait for the worker (a backlog, a worker that was stalled) is
+behind, not idle, or the events of the backlog would be judged late by the time it
+took to reach them.
 """
 
 from __future__ import annotations
@@ -43,8 +46,12 @@ class Watermark:
         self.last_arrival_wall_ms = wall_ms
         return on_time
 
-    def on_idle(self, wall_ms: int) -> int:
-        """Let the watermark follow the wall clock after the idle timeout; return it."""
+    def on_idle(self, wall_ms: int, behind: bool = False) -> int:
+        """Let the watermark follow the wall clock after the idle timeout; return it.
+        `behind`: the partition has records not read yet, so the idle clock restarts."""
+        if behind:
+            self.last_arrival_wall_ms = max(self.last_arrival_wall_ms or wall_ms, wall_ms)
+            return self.value
         if self.last_arrival_wall_ms is None or self.max_event_ms == NEVER:
             return self.value
         idle_for = wall_ms - self.last_arrival_wall_ms - self.idle_timeout_ms

@@ -7,7 +7,9 @@ of:
     {"control": "forward", "events": [...]}  touchpoints re-sent to the key they belong to
     {"control": "link", "customer_key": C}   key (an anonymous id) belongs to customer C
     {"control": "handoff", "state": {...}}   another key's journey state, to merge in
-    {"control": "tick", "wall_ms": ...}      the wall clock, for idle partitions
+    {"control": "tick", "wall_ms": ...}      the wall clock, for idle partitions; the
+                                             worker adds "behind": true when the
+                                             partition has touchpoints it has not read
 
 Identity stitching: an event that carries both ids tells the customer's key; it sends a
 `link` to the anonymous key (on that key's own partition, so it is ordered with that
@@ -179,7 +181,7 @@ def journey_step(
         )
         control = doc.get("control")
         if control == "tick":
-            mark.on_idle(wall_ms)
+            mark.on_idle(wall_ms, behind=doc.get("behind", False))
             continue
         if control is None:  # touchpoints from ingest: several customers of this partition
             on_time: dict[str, list[dict]] = {}

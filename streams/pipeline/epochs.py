@@ -52,9 +52,10 @@ class OpenEpoch:
     last: int
     wall_ms: int
     watermark: dict | None  # the partition's watermark before the epoch (None: fresh)
+    behind: bool = False  # the partition had touchpoints not read yet (see Epoch)
 
     def to_json(self) -> list:
-        return [self.topic, self.first, self.last, self.wall_ms, self.watermark]
+        return [self.topic, self.first, self.last, self.wall_ms, self.watermark, self.behind]
 
 
 @dataclass
@@ -127,6 +128,10 @@ class Epoch:
     records: list[Record]
     watermark: dict | None = None  # to start from (a re-run); None: the live one
     rerun: bool = False
+    # Had the partition's touchpoints records not read yet when the epoch was computed?
+    # Its ticks then move no watermark (streams.core.eventtime). Decided live, recorded
+    # with the intent, so a re-run decides alike; None: not decided yet.
+    behind: bool | None = None
 
     def token(self, table: str) -> str:
         """The deduplication token of this epoch's insert into `table`."""
@@ -134,7 +139,8 @@ class Epoch:
         return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
     def open(self, watermark: dict | None) -> OpenEpoch:
-        return OpenEpoch(self.topic, self.first, self.last, self.wall_ms, watermark)
+        behind = bool(self.behind)
+        return OpenEpoch(self.topic, self.first, self.last, self.wall_ms, watermark, behind)
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,7 @@ def plan(
                 head,
                 was.watermark,
                 rerun=True,
+                behind=was.behind,
             )
         )
     for topic, pending in by_topic.items():

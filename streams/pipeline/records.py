@@ -23,14 +23,19 @@ def late_letter(message: Message, event: dict, topic: str) -> DeadLetter:
 def step_letter(
     message: Message, event: dict | None, topic: str, reason: str, detail: str, path: str = "$"
 ) -> DeadLetter:
-    """A dead letter of the journey step: one event of `message`, or all of it (None)."""
+    """A dead letter of the journey step: one event of `message`, or all of it (None).
+    `topic` is the one the message came in on; an event ingest handed over (a message
+    with no control) names the record it came in, the others their message's."""
+    offset = message.offset
     if event is None:
         index, payload = WHOLE_MESSAGE, orjson.dumps(message.doc)
     else:
         index = next(i for i, e in enumerate(message.doc["events"]) if e is event)
         payload = orjson.dumps(event)
+        if "control" not in message.doc:
+            offset = event.get("src_offset", offset)
     rejection = Rejection(reason, detail, path, index, payload)
-    return DeadLetter(rejection, topic, message.partition, message.offset, int(time.time() * 1000))
+    return DeadLetter(rejection, topic, message.partition, offset, int(time.time() * 1000))
 
 
 def sink_letter(

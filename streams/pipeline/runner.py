@@ -20,13 +20,18 @@ from functools import partial
 
 import faust
 import orjson
-from faust.types import TableT
+from faust.types import TP, TableT
 
 from streams import metrics
 from streams.clickhouse.rows import TOUCHPOINT_COLUMNS, touchpoint_row
 from streams.clickhouse.sink import ClickHouseSink
 from streams.config import Config
-from streams.config.settings import TOUCHPOINTS_DLQ, TOUCHPOINTS_RESOLVED, Settings
+from streams.config.settings import (
+    TOUCHPOINTS,
+    TOUCHPOINTS_DLQ,
+    TOUCHPOINTS_RESOLVED,
+    Settings,
+)
 from streams.core.events import PROCESSING_ERROR, parser_for
 from streams.core.ingest import DeadLetter, IngestOutcome, RawMessage, ingest_batch, kafka_partition
 from streams.core.state import CustomerState
@@ -81,12 +86,14 @@ class EpochRunner:
         self.parser = parser_for(config.touchpoint_types, settings)
         self.watch = durable.ChangelogWatch()  # the table writes the broker refused
         app.sensors.add(self.watch)
+        self.touchpoints = settings.topic(TOUCHPOINTS)
         self.resolved = settings.topic(TOUCHPOINTS_RESOLVED)
         self.dead_letters = settings.topic(TOUCHPOINTS_DLQ)
         self.watermarks: dict = {}  # partition -> Watermark, of this process's partitions
         self.due = DueIndex()
         self.folds = Folds(settings.fold_cache_keys)
         self.indexed: set[int] = set()  # partitions whose due customers were loaded
+        self.read_to: dict[int, int] = {}  # partition -> last touchpoints offset computed
         # The batch in progress: an event per partition. Tables take a key's partition
         # from Faust's current event, so each read and write sets its partition's.
         self.event_of: dict[int, faust.EventT] = {}
@@ -112,6 +119,8 @@ class EpochRunner:
                 self.indexed.add(partition)
                 if mark.watermark and partition not in self.watermarks:
                     self.watermarks[partition] = epochs.watermark_from(mark.watermark)
+            done_to = mark.done_at(self.touchpoints)
+            self.read_to[partition] = max(self.read_to.get(partition, -1), done_to)
             planned, missing = epochs.plan(batch, mark, wall_ms)
             if missing:  # a re-run's records, or records the consumer skipped
                 batch = await self._fill(batch, missing)
@@ -221,6 +230,10 @@ class EpochRunner:
             with current(self.event_of[partition]):
                 return as_state(self.table.get(key))
 
+        if epoch.behind is None:
+            epoch.behind = self._behind(partition)
+        if epoch.topic == self.touchpoints:
+            self.read_to[partition] = max(self.read_to.get(partition, -1), epoch.last)
         touch: list[Record] = []
         controls: list[Message] = []
         for record in epoch.records:
@@ -228,6 +241,8 @@ class EpochRunner:
             if doc is None:
                 touch.append(record)
             else:
+                if epoch.behind and doc["control"] == "tick":
+                    doc["behind"] = True
                 key = record.key.decode() if record.key is not None else None
                 controls.append(Message(key, partition, record.offset, doc))
 
@@ -253,6 +268,15 @@ class EpochRunner:
         self._outputs(effects, result)
         self.record.journeys_stepped([*messages, *controls], result, self.watermarks)
         return effects
+
+    def _behind(self, partition: int) -> bool:
+        """Has the partition's touchpoints topic records this process has not computed?
+        The consumer knows the end of the log from its last fetch; None before one."""
+        tp = TP(self.touchpoints, partition)
+        if tp not in self.app.consumer.assignment():
+            return False
+        end = self.app.consumer.highwater(tp)  # the offset the next record will get
+        return end is not None and end > self.read_to.get(partition, -1) + 1
 
     def _ingest(
         self, touch: list[Record], partition: int, load, pending: dict, wall_ms: int
@@ -304,9 +328,10 @@ class EpochRunner:
                     effects.sends.append((topic, None, payload, p, None))
         for key, doc in result.sends:
             effects.sends.append((self.resolved, key.encode(), orjson.dumps(doc), None, None))
-        letters = [records.late_letter(m, e, self.resolved) for m, e in result.late]
+        came_in = effects.epoch.topic  # ingest's events and controls alike
+        letters = [records.late_letter(m, e, came_in) for m, e in result.late]
         letters += [
-            records.step_letter(m, e, self.resolved, PROCESSING_ERROR, detail)
+            records.step_letter(m, e, came_in, PROCESSING_ERROR, detail)
             for m, e, detail in result.failed
         ]
         self._letters(effects, letters, "journeys")

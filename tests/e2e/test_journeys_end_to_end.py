@@ -73,7 +73,11 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
             "NOT IN (SELECT journey_id FROM journeys FINAL)"
         ).result_rows[0][0]
         late = client.query(
-            "SELECT path, origin_topic FROM dead_letters WHERE reason = 'late'"
+            "SELECT path, origin_topic, origin_partition, origin_offset FROM dead_letters "
+            "WHERE reason = 'late'"
+        ).result_rows
+        late_record = client.query(
+            "SELECT src_partition, src_offset FROM touchpoints WHERE customer_key = 'cust-late'"
         ).result_rows
         stored = client.query(
             "SELECT count() FROM touchpoints WHERE customer_key = 'cust-late'"
@@ -101,7 +105,8 @@ def test_scripted_customers_produce_exactly_the_scripted_journeys(tmp_path):
     assert journeys == expected
     assert len(expected) == 300
     assert dangling == 0
-    assert late == [("$.ts", "touchpoints-resolved")]  # only the deliberately late one
+    # Only the deliberately late one, naming the record it came in.
+    assert late == [("$.ts", "touchpoints", *late_record[0])]
     assert stored == 1  # kept as a touchpoint, out of journeys
     # Every partition's watermark reached the clock touchpoints (2 minutes ago, less the
     # 60 s lateness) and ticks carry idle partitions on with the wall clock.

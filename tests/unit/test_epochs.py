@@ -80,8 +80,18 @@ def test_tokens_name_the_table_the_topic_the_partition_and_the_offsets():
 
 
 def test_a_mark_survives_its_json_layout():
-    mark = PartitionMark({T: 4}, [OpenEpoch(T, 5, 9, 1, None)], {"value": 1}, {T: 100.0})
+    mark = PartitionMark({T: 4}, [OpenEpoch(T, 5, 9, 1, None, True)], {"value": 1}, {T: 100.0})
     assert PartitionMark.from_json(mark.to_json()) == mark
+
+
+def test_a_re_run_decides_behind_as_its_first_run_did():
+    """Whether ticks move the watermark is recorded with the intent: a mark from before
+    the flag (five fields) reads as not behind."""
+    old = {"epochs": 1, "done": {T: 4}, "open": [[T, 5, 12, 1234, None]]}
+    assert PartitionMark.from_json(old).open == [OpenEpoch(T, 5, 12, 1234, None, False)]
+    mark = PartitionMark(done={T: 4}, open=[OpenEpoch(T, 5, 12, 1234, None, True)])
+    epochs, _ = plan(records(T, 5, 20), mark, wall_ms=9999)
+    assert [(e.rerun, e.behind) for e in epochs] == [(True, True), (False, None)]
 
 
 def planned_as_the_worker_does(batch: list[Record], mark: PartitionMark, log: list[Record]):

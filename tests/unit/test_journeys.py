@@ -208,6 +208,18 @@ def test_the_watermark_is_event_time_minus_lateness_and_follows_the_clock_when_i
     assert mark.value == 12_000
 
 
+def test_a_partition_with_records_waiting_is_behind_not_idle():
+    """A worker stalled for longer than the idle timeout, with a backlog: its ticks must
+    not push the watermark past the backlog's events, which would all be judged late."""
+    mark = Watermark(lateness_ms=1000, idle_timeout_ms=5000)
+    mark.observe(10_000, wall_ms=0)
+    assert mark.on_idle(wall_ms=35_000, behind=True) == 9000
+    assert mark.observe(10_500, wall_ms=35_001)  # the backlog's next event: on time
+    # The idle clock restarted when the backlog was seen: idle 5 s after that, not before.
+    assert mark.on_idle(wall_ms=40_000) == 9500
+    assert mark.on_idle(wall_ms=41_001) == 10_500  # 1 s past the timeout
+
+
 @given(histories, st.integers(0, 2**16), st.integers(1, 6))
 @settings(max_examples=80, deadline=None)
 def test_incremental_steps_equal_a_full_fold_at_every_step(events, seed, batch):

@@ -141,3 +141,22 @@ def test_a_message_the_parser_itself_raises_on_is_a_letter_and_the_batch_goes_on
         (ev.PROCESSING_ERROR, ev.WHOLE_MESSAGE, 2)
     ]
     assert outcome.dead_letters[0].rejection.payload == values[2]
+
+
+def test_the_journey_step_s_letters_name_the_record_their_event_came_in():
+    from streams.core.stitching import Message
+    from streams.pipeline import records
+
+    handed = {"event_id": "e-1", "ts": "2026-01-01T00:00:00Z", "src_offset": 41}
+    other = {"event_id": "e-2", "ts": "2026-01-01T00:00:00Z", "src_offset": 44}
+    # Ingest's events of an epoch starting at offset 40: each names its own record.
+    ingested = Message(None, 3, 40, {"events": [handed, other]})
+    late = records.late_letter(ingested, other, "touchpoints")
+    assert (late.topic, late.partition, late.offset, late.rejection.index) == (
+        "touchpoints", 3, 44, 1
+    )  # fmt: skip
+    assert late.rejection.reason == ev.LATE
+    # A forward carries events of other partitions: it names itself.
+    forwarded = Message("c-1", 3, 7, {"control": "forward", "events": [handed]})
+    failed = records.step_letter(forwarded, handed, "touchpoints-resolved", "x", "boom")
+    assert (failed.topic, failed.offset) == ("touchpoints-resolved", 7)

@@ -155,6 +155,26 @@ def test_an_idle_partition_expires_journeys_on_ticks():
     assert table["c"].events == []  # sealed and evicted
 
 
+def test_ticks_of_a_partition_the_worker_is_behind_on_expire_nothing():
+    table, watermarks, due = {}, {}, DueIndex()
+
+    def step(doc, wall_ms):
+        result = journey_step(
+            CONFIG, [Message(None, 0, 0, doc)], lambda k, _p: table.get(k), watermarks, due, wall_ms
+        )
+        table.update((k, state) for k, (_, state) in result.states.items())
+        return [r for rows in result.rows.get("journeys", {}).values() for r in rows]
+
+    step({"events": [event(1, "site_visit", customer_id="c")]}, wall_ms=0)
+    wait = CONFIG.idle_timeout_ms + CONFIG.allowed_lateness_ms
+    wait += CONFIG.journeys["purchase"].expiry_ms
+    assert step({"control": "tick", "behind": True}, wall_ms=wait) == []
+    assert step({"control": "tick"}, wall_ms=wait) == []  # the idle clock started again
+    later = wait + CONFIG.idle_timeout_ms + CONFIG.allowed_lateness_ms
+    expired = step({"control": "tick"}, wall_ms=later + CONFIG.journeys["purchase"].expiry_ms)
+    assert [(r["customer_key"], r["status"]) for r in expired] == [("c", "expired")]
+
+
 def test_the_state_table_codec_stores_the_json_layout_and_reads_it_back():
     from streams.core.state import CustomerState
     from streams.pipeline.tables import CustomerStateCodec
