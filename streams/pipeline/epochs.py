@@ -221,6 +221,14 @@ def _gaps(pending: list[Record], mark: PartitionMark) -> list[Missing]:
     return gaps
 
 
+def records_wait(end: int | None, read_to: int) -> bool:
+    """Do records of a partition wait to be read after offset `read_to`? `end` is the
+    offset its next record will get (None: not known yet). One offset is not a record:
+    a transactional producer ends each transaction with a marker, which takes an offset
+    no consumer sees."""
+    return end is not None and end > read_to + 2
+
+
 def reads(missing: list[Missing], limit: int) -> tuple[list[Missing], list[Missing]]:
     """How to fetch `missing`: one read per topic partition, from its first gap to its
     last (a transactional producer's markers leave a gap per transaction: one read, not

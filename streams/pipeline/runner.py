@@ -275,8 +275,8 @@ class EpochRunner:
         tp = TP(self.touchpoints, partition)
         if tp not in self.app.consumer.assignment():
             return False
-        end = self.app.consumer.highwater(tp)  # the offset the next record will get
-        return end is not None and end > self.read_to.get(partition, -1) + 1
+        end = self.app.consumer.highwater(tp)
+        return epochs.records_wait(end, self.read_to.get(partition, -1))
 
     def _ingest(
         self, touch: list[Record], partition: int, load, pending: dict, wall_ms: int

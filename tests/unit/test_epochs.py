@@ -5,7 +5,15 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.pipeline.epochs import Missing, OpenEpoch, PartitionMark, Record, plan, reads
+from streams.pipeline.epochs import (
+    Missing,
+    OpenEpoch,
+    PartitionMark,
+    Record,
+    plan,
+    reads,
+    records_wait,
+)
 
 T, R = "touchpoints", "touchpoints-resolved"
 
@@ -82,6 +90,14 @@ def test_tokens_name_the_table_the_topic_the_partition_and_the_offsets():
 def test_a_mark_survives_its_json_layout():
     mark = PartitionMark({T: 4}, [OpenEpoch(T, 5, 9, 1, None, True)], {"value": 1}, {T: 100.0})
     assert PartitionMark.from_json(mark.to_json()) == mark
+
+
+def test_records_wait_past_what_was_read_but_a_transaction_marker_is_no_record():
+    assert records_wait(end=None, read_to=-1) is False  # nothing fetched yet
+    assert records_wait(end=10, read_to=9) is False  # all read
+    assert records_wait(end=11, read_to=9) is False  # a marker at offset 10
+    assert records_wait(end=12, read_to=9) is True
+    assert records_wait(end=5000, read_to=-1) is True  # a backlog, nothing read yet
 
 
 def test_a_re_run_decides_behind_as_its_first_run_did():
