@@ -89,7 +89,7 @@ class TouchpointProducer:
         # oldest first
         self._opened: dict[int, tuple[float, int]] = {}
         self._acks: list[asyncio.Future] = []
-        self._handing: dict[int, asyncio.Lock] = {}  # partition -> its envelopes' queue
+        self._in_order: dict[int, asyncio.Lock] = {}  # partition -> the lock its sends queue on
         self._lingering: asyncio.Task | None = None
         self._failure: Exception | None = None
         self.acknowledged = 0  # events the broker has acknowledged
@@ -175,7 +175,7 @@ class TouchpointProducer:
         # that asks first, not to the one that waited longest: under load an envelope of
         # the linger task's waited while a dozen newer ones went ahead, and its events
         # reached the worker a second late. A fair lock per partition keeps close order.
-        async with self._handing.setdefault(group, asyncio.Lock()):
+        async with self._in_order.setdefault(group, asyncio.Lock()):
             ack = await self._producer.send(self._topic, value=value, key=key)
         ack.add_done_callback(functools.partial(self._count, events=len(events)))
         self._acks.append(ack)
