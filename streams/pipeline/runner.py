@@ -93,8 +93,7 @@ class EpochRunner:
         self.due = DueIndex()
         self.folds = Folds(settings.fold_cache_keys)
         self.indexed: set[int] = set()  # partitions whose due customers were loaded
-        # partition -> the last touchpoints offset durable or in the batch being computed
-        self.read_to: dict[int, int] = {}
+        self.read_to: dict[int, int] = {}  # partition -> last touchpoints offset computed
         # The batch in progress: an event per partition. Tables take a key's partition
         # from Faust's current event, so each read and write sets its partition's.
         self.event_of: dict[int, faust.EventT] = {}
@@ -124,9 +123,8 @@ class EpochRunner:
             if missing:  # a re-run's records, or records the consumer skipped
                 batch = await self._fill(batch, missing)
                 planned, _ = epochs.plan(batch, mark, wall_ms)  # what stays missing is none
-            reached = [e.last for e in planned if e.topic == self.touchpoints]
-            read = [self.read_to.get(partition, -1), mark.done_at(self.touchpoints), *reached]
-            self.read_to[partition] = max(read)
+            done_to = mark.done_at(self.touchpoints)
+            self.read_to[partition] = max(self.read_to.get(partition, -1), done_to)
             for epoch in planned:
                 done.append(self._compute(epoch, pending))
             if planned:
@@ -234,6 +232,9 @@ class EpochRunner:
 
         if epoch.behind is None:
             epoch.behind = self._behind(partition)
+        if epoch.topic == self.touchpoints:  # read from now on, not before: a tick epoch
+            # computed ahead of it in this batch must still find these records waiting
+            self.read_to[partition] = max(self.read_to.get(partition, -1), epoch.last)
         touch: list[Record] = []
         controls: list[Message] = []
         for record in epoch.records:
