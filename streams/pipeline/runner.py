@@ -123,8 +123,7 @@ class EpochRunner:
             if missing:  # a re-run's records, or records the consumer skipped
                 batch = await self._fill(batch, missing)
                 planned, _ = epochs.plan(batch, mark, wall_ms)  # what stays missing is none
-            done_to = mark.done_at(self.touchpoints)
-            self.read_to[partition] = max(self.read_to.get(partition, -1), done_to)
+            self._read_up_to(partition, mark.done_at(self.touchpoints))
             for epoch in planned:
                 done.append(self._compute(epoch, pending))
             if planned:
@@ -234,7 +233,7 @@ class EpochRunner:
             epoch.behind = self._behind(partition)
         if epoch.topic == self.touchpoints:  # read from now on, not before: a tick epoch
             # computed ahead of it in this batch must still find these records waiting
-            self.read_to[partition] = max(self.read_to.get(partition, -1), epoch.last)
+            self._read_up_to(partition, epoch.last)
         touch: list[Record] = []
         controls: list[Message] = []
         for record in epoch.records:
@@ -269,6 +268,9 @@ class EpochRunner:
         self._outputs(effects, result)
         self.record.journeys_stepped([*messages, *controls], result, self.watermarks)
         return effects
+
+    def _read_up_to(self, partition: int, offset: int) -> None:
+        self.read_to[partition] = max(self.read_to.get(partition, -1), offset)
 
     def _behind(self, partition: int) -> bool:
         """Has the partition's touchpoints topic records this process has not computed?
