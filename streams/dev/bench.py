@@ -71,6 +71,9 @@ class Throughput:
     events_per_cpu_second: float = 0.0  # per consumer-process CPU second
     state_records_per_event: float | None = None  # changelog records (pipeline)
     epochs: int | None = None
+    # The longest a worker computed one run of a batch (its event loop waiting), as the
+    # bucket bound of parcours_compute_seconds that holds it.
+    longest_compute_s: float | None = None
 
 
 @dataclass
@@ -250,7 +253,11 @@ def run_pipeline(
         records = sum(w.metric_sum("parcours_state_records_total") for w in running)
         figure.state_records_per_event = records / events
         figure.epochs = int(sum(epochs_of(w) for w in running))
+        figure.longest_compute_s = max(w.longest_observed(COMPUTE) for w in running)
     return figure
+
+
+COMPUTE = "parcours_compute_seconds"
 
 
 def epochs_of(worker: WorkerProcess) -> float:

@@ -76,6 +76,7 @@ class Latency:
     worker_peak_rss_mb: float | None = None
     late_events: int = 0  # behind the watermark: kept out of journeys, so of invitations
     landed: int = 0  # touchpoints in ClickHouse when the figures were taken
+    longest_compute_s: float = 0.0  # see Throughput.longest_compute_s
 
     def summary(self) -> str:
         return (
@@ -85,7 +86,8 @@ class Latency:
             f"  event → row visible in ClickHouse: {self.to_row.text()}\n"
             f"  event → survey invitation decided: {self.to_invitation.text()}\n"
             f"  late events (kept out of journeys): {self.late_events:,}; "
-            f"{self.landed:,} of {self.events:,} in ClickHouse"
+            f"{self.landed:,} of {self.events:,} in ClickHouse; the longest computed run "
+            f"of a batch ≤{self.longest_compute_s:g} s"
         )
 
 
@@ -151,6 +153,7 @@ def measure_latency(
             worker.wait_until_quiet("survey_invitations", quiet_seconds=3.0, timeout=timeout)
             rss = peak_rss_mb(worker.pid)
             late = int(worker.metric_sum("parcours_events_ingested_total", result="late"))
+            longest = worker.longest_observed("parcours_compute_seconds")
         client = connect(worker.clickhouse_url)
         try:
             window = {
@@ -172,6 +175,7 @@ def measure_latency(
         rss,
         late,
         landed,
+        longest,
     )
 
 

@@ -43,7 +43,8 @@ def print_report(report: Report) -> None:
     print(
         f"\n{'run':<22} {'messages':<18} {'workers':>7} {'events/s':>10} "
         f"{'vs baseline':>11} {'seconds':>8} {'CPU s':>12} {'events/CPU s':>12} "
-        f"{'broker CPU s':>12} {'idle':>5} {'changelog/ev':>12} {'peak RSS MB':>12}"
+        f"{'broker CPU s':>12} {'idle':>5} {'changelog/ev':>12} {'longest run':>11} "
+        f"{'peak RSS MB':>12}"
     )
     for f in report.throughput:
         ratio = "" if f.vs_baseline is None else f"{f.vs_baseline:.2f}x"
@@ -54,10 +55,11 @@ def print_report(report: Report) -> None:
         records = "" if f.state_records_per_event is None else f"{f.state_records_per_event:.2f}"
         idle = f"{f.idle_share:.0%}" if f.cpu_seconds else ""
         broker = f"{f.broker_cpu_seconds:.1f}" if f.cpu_seconds else ""
+        longest = "" if f.longest_compute_s is None else f"≤{f.longest_compute_s:g} s"
         print(
             f"{f.run:<22} {f.messages_kind:<18} {workers:>7} {f.events_per_second:>10,.0f} "
             f"{ratio:>11} {f.seconds:>8.2f} {cpu:>12} {per_cpu:>12} {broker:>12} {idle:>5} "
-            f"{records:>12} {rss:>12}"
+            f"{records:>12} {longest:>11} {rss:>12}"
         )
     print_targets(report)
     if report.core_compared:

@@ -234,6 +234,17 @@ class WorkerProcess(ChildProcess):
             for s in family.samples
         }
 
+    def longest_observed(self, histogram: str) -> float:
+        """The smallest bucket bound of `histogram` that holds all its observations: at
+        least its longest (0.0 if none)."""
+        buckets = sorted(
+            (float(dict(labels)["le"]), count)
+            for (name, labels), count in self.metrics().items()
+            if name == f"{histogram}_bucket"
+        )
+        total = buckets[-1][1] if buckets else 0.0
+        return next((bound for bound, count in buckets if total and count >= total), 0.0)
+
     def metric_sum(self, name: str, **labels: str) -> float:
         """The sum of `name`'s samples whose labels include `labels`."""
         wanted = set(labels.items())

@@ -6,7 +6,9 @@ against the customer's state), run the journey step on the customers of this par
 and collect the epoch's effects: ClickHouse rows, messages, changed states. Then the
 batch's effects are made durable in the epochs' order: intents, rows, messages,
 states, marks. Nothing is written before every epoch of the batch is computed, so a
-failure while computing leaves no trace.
+failure while computing leaves no trace. A batch bigger than `PARCOURS_BATCH_BYTES` is
+run in parts of at most that size, each computed and made durable before the next: the
+event loop (the producer's sends, the timers) waits while a part is computed.
 """
 
 from __future__ import annotations
@@ -101,6 +103,11 @@ class EpochRunner:
     # -- the batch ------------------------------------------------------------------
 
     async def run(self, events: Sequence[faust.EventT]) -> None:
+        """Compute and make durable a batch, a run of at most `batch_bytes` at a time."""
+        for chunk in runs_of(events, self.settings.batch_bytes):
+            await self._run(chunk)
+
+    async def _run(self, events: Sequence[faust.EventT]) -> None:
         self.event_of = {e.message.partition: e for e in events}
         by_partition: dict[int, list[Record]] = {}
         for e in events:
@@ -111,6 +118,7 @@ class EpochRunner:
         marks: dict[int, PartitionMark] = {}
         done: list[Effects] = []
         wall_ms = int(time.time() * 1000)
+        started = time.perf_counter()
         for partition, batch in sorted(by_partition.items()):
             with current(self.event_of[partition]):
                 mark = as_mark(self.table.get(epochs.mark_key(partition))) or PartitionMark()
@@ -130,6 +138,7 @@ class EpochRunner:
                 marks[partition] = mark
         if not done:
             return
+        metrics.COMPUTE_SECONDS.observe(time.perf_counter() - started)  # a re-run's refetch too
         await self._make_durable(done, pending, marks)
 
     async def _fill(self, batch: list[Record], missing: list[epochs.Missing]) -> list[Record]:
@@ -344,6 +353,24 @@ class EpochRunner:
             effects.sends.append(
                 (self.dead_letters, None, letter.rejection.payload, None, letter.headers(source))
             )
+
+
+def runs_of(events: Sequence[faust.EventT], most_bytes: int) -> list[Sequence[faust.EventT]]:
+    """`events` cut into consecutive runs of at most `most_bytes` of values (a bigger
+    message is a run of its own). Computing a batch holds the event loop, and a batch
+    of 2,000 envelopes can hold 100,000 events; each run is computed and made durable
+    before the next, so each partition's offsets stay in order."""
+    runs: list[Sequence[faust.EventT]] = []
+    start, size = 0, 0
+    for at, event in enumerate(events):
+        value = len(event.value or b"")
+        if at > start and size + value > most_bytes:
+            runs.append(events[start:at])
+            start, size = at, 0
+        size += value
+    if start < len(events):
+        runs.append(events[start:])
+    return runs
 
 
 def _control_doc(record: Record) -> dict | None:

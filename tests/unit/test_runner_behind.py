@@ -9,65 +9,13 @@ events its journey step judges late.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 
 import orjson
-from faust.types import TP
 
-from streams.config import load_config
-from streams.config.settings import TOUCHPOINTS, TOUCHPOINTS_RESOLVED, Settings
 from streams.core.eventtime import Watermark
-from streams.pipeline.recorder import Recorder
-from streams.pipeline.runner import EpochRunner
 from tests.support.events import make_event
-
-SETTINGS = Settings(partitions=1)
-TOUCH, RESOLVED = SETTINGS.topic(TOUCHPOINTS), SETTINGS.topic(TOUCHPOINTS_RESOLVED)
-CONFIG = load_config(SETTINGS.config_path)
-
-
-class Consumer:
-    def __init__(self, end: int) -> None:
-        self.end = end  # the offset the next touchpoint will get
-
-    def assignment(self) -> set[TP]:
-        return {TP(TOUCH, 0), TP(RESOLVED, 0)}
-
-    def highwater(self, tp: TP) -> int:
-        return self.end
-
-
-class App:
-    def __init__(self, end: int) -> None:
-        self.consumer = Consumer(end)
-        self.sensors: set = set()
-
-
-class Message:
-    def __init__(self, topic: str, offset: int, key: bytes | None) -> None:
-        self.topic, self.partition, self.offset, self.key = topic, 0, offset, key
-        self.timestamp = time.time()
-
-
-class Event:  # what Faust's take_events yields: a message and its value
-    def __init__(self, message: Message, value: bytes) -> None:
-        self.message, self.value = message, value
-
-
-def record(topic: str, offset: int, doc: dict, key: bytes | None = None) -> Event:
-    return Event(Message(topic, offset, key), orjson.dumps(doc))
-
-
-def runner(end: int, captured: list) -> EpochRunner:
-    config = dataclasses.replace(CONFIG, allowed_lateness_ms=1000, idle_timeout_ms=5000)
-    run = EpochRunner(App(end), {}, SETTINGS, config, None, Recorder(config, TOUCH), {}, None)
-
-    async def make_durable(done, pending, marks) -> None:
-        captured.extend(done)
-
-    run._make_durable = make_durable  # type: ignore[method-assign]
-    return run
+from tests.support.runner import RESOLVED, TOUCH, iso, record, runner
 
 
 def late_letters(effects: list) -> list[str]:
@@ -93,7 +41,7 @@ def test_ticks_computed_before_the_touchpoints_they_came_with_move_no_watermark(
     run.indexed.add(0)
     events = [
         record(RESOLVED, 0, {"control": "tick", "wall_ms": now_ms}),  # first in the batch
-        *(record(TOUCH, n, make_event(n, ts=_iso(now_ms - 60_500 + n)), b"c-1") for n in range(3)),
+        *(record(TOUCH, n, make_event(n, ts=iso(now_ms - 60_500 + n)), b"c-1") for n in range(3)),
     ]
     asyncio.run(run.run(events))
 
@@ -117,7 +65,3 @@ def test_ticks_of_a_partition_with_nothing_left_to_read_move_its_watermark():
     assert captured[0].epoch.behind is False
     # Idle for 55 s past the timeout: the watermark follows the wall clock.
     assert run.watermarks[0].value >= now_ms - 61_000 - 1000 + 55_000
-
-
-def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
