@@ -184,11 +184,12 @@ INGEST_BATCH_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 
+COMPUTE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 COMPUTE_SECONDS = Histogram(
     "parcours_compute_seconds",
-    "Time the worker computed one run of a batch (at most PARCOURS_BATCH_BYTES of "
-    "messages) before making it durable: its event loop waits meanwhile",
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    "Time the worker computed one batch (at most PARCOURS_BATCH_MAX messages) before "
+    "making it durable: its event loop waits meanwhile",
+    buckets=COMPUTE_BUCKETS,
 )
 
 

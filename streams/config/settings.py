@@ -110,12 +110,6 @@ class Settings:
     # Batching of the agents: up to N messages, or whatever arrived within S seconds.
     batch_max: int = field(default_factory=lambda: _env_number("PARCOURS_BATCH_MAX", 2000))
     batch_seconds: float = field(default_factory=lambda: _env_number("PARCOURS_BATCH_SECONDS", 0.5))
-    # ... computed and made durable in runs of at most this many bytes of messages, so
-    # that a batch of big envelopes (2,000 of 50 events) does not hold the worker's event
-    # loop for seconds (see streams.pipeline.runner).
-    batch_bytes: int = field(
-        default_factory=lambda: _env_number("PARCOURS_BATCH_BYTES", 4 * 1024 * 1024)
-    )
     # Producer batch size in bytes, 0 for Faust's default. The local broker needs 1 (one
     # record per batch): see LocalBroker.WORKER_ENV.
     producer_max_batch_bytes: int = field(

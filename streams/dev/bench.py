@@ -71,8 +71,8 @@ class Throughput:
     events_per_cpu_second: float = 0.0  # per consumer-process CPU second
     state_records_per_event: float | None = None  # changelog records (pipeline)
     epochs: int | None = None
-    # The longest a worker computed one run of a batch (its event loop waiting), as the
-    # bucket bound of parcours_compute_seconds that holds it.
+    # The longest a worker computed one batch (its event loop waiting), as the bucket
+    # bound of parcours_compute_seconds that holds it.
     longest_compute_s: float | None = None
 
 

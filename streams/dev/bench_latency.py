@@ -86,8 +86,8 @@ class Latency:
             f"  event → row visible in ClickHouse: {self.to_row.text()}\n"
             f"  event → survey invitation decided: {self.to_invitation.text()}\n"
             f"  late events (kept out of journeys): {self.late_events:,}; "
-            f"{self.landed:,} of {self.events:,} in ClickHouse; the longest computed run "
-            f"of a batch ≤{self.longest_compute_s:g} s"
+            f"{self.landed:,} of {self.events:,} in ClickHouse; the longest batch computed "
+            f"in ≤{self.longest_compute_s:g} s"
         )
 
 

@@ -43,7 +43,7 @@ def print_report(report: Report) -> None:
     print(
         f"\n{'run':<22} {'messages':<18} {'workers':>7} {'events/s':>10} "
         f"{'vs baseline':>11} {'seconds':>8} {'CPU s':>12} {'events/CPU s':>12} "
-        f"{'broker CPU s':>12} {'idle':>5} {'changelog/ev':>12} {'longest run':>11} "
+        f"{'broker CPU s':>12} {'idle':>5} {'changelog/ev':>12} {'longest batch':>13} "
         f"{'peak RSS MB':>12}"
     )
     for f in report.throughput:
@@ -59,7 +59,7 @@ def print_report(report: Report) -> None:
         print(
             f"{f.run:<22} {f.messages_kind:<18} {workers:>7} {f.events_per_second:>10,.0f} "
             f"{ratio:>11} {f.seconds:>8.2f} {cpu:>12} {per_cpu:>12} {broker:>12} {idle:>5} "
-            f"{records:>12} {longest:>11} {rss:>12}"
+            f"{records:>12} {longest:>13} {rss:>12}"
         )
     print_targets(report)
     if report.core_compared:

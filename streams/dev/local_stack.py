@@ -192,6 +192,30 @@ class LocalBroker(ChildProcess):
         _wait_for_port(self.port, 20.0, self.running, "tansu broker")
 
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
+    """The samples of a /metrics page: (name, sorted labels) -> value."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def longest_observed(found: Samples, histogram: str) -> float:
+    """The smallest bucket bound of `histogram` that holds all its observations: at least
+    its longest (0.0 if none)."""
+    buckets = sorted(
+        (float(dict(labels)["le"]), count)
+        for (name, labels), count in found.items()
+        if name == f"{histogram}_bucket"
+    )
+    total = buckets[-1][1] if buckets else 0.0
+    return next((bound for bound, count in buckets if total and count >= total), 0.0)
+
+
 class WorkerProcess(ChildProcess):
     """`parcours worker` in a child process, observed through its /metrics endpoint."""
 
@@ -223,27 +247,14 @@ class WorkerProcess(ChildProcess):
         self.spawn([sys.executable, "-m", "streams", "worker"], env)
         _wait_for_port(self.metrics_port, 60.0, self.running, "parcours worker")
 
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    def metrics(self) -> Samples:
         """Current samples: (name, sorted labels) -> value."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
+            return samples(response.read().decode())
 
     def longest_observed(self, histogram: str) -> float:
-        """The smallest bucket bound of `histogram` that holds all its observations: at
-        least its longest (0.0 if none)."""
-        buckets = sorted(
-            (float(dict(labels)["le"]), count)
-            for (name, labels), count in self.metrics().items()
-            if name == f"{histogram}_bucket"
-        )
-        total = buckets[-1][1] if buckets else 0.0
-        return next((bound for bound, count in buckets if total and count >= total), 0.0)
+        return longest_observed(self.metrics(), histogram)
 
     def metric_sum(self, name: str, **labels: str) -> float:
         """The sum of `name`'s samples whose labels include `labels`."""

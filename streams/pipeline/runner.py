@@ -6,9 +6,9 @@ against the customer's state), run the journey step on the customers of this par
 and collect the epoch's effects: ClickHouse rows, messages, changed states. Then the
 batch's effects are made durable in the epochs' order: intents, rows, messages,
 states, marks. Nothing is written before every epoch of the batch is computed, so a
-failure while computing leaves no trace. A batch bigger than `PARCOURS_BATCH_BYTES` is
-run in parts of at most that size, each computed and made durable before the next: the
-event loop (the producer's sends, the timers) waits while a part is computed.
+failure while computing leaves no trace. The event loop waits while a batch is computed
+(`parcours_compute_seconds`): `PARCOURS_BATCH_MAX` bounds that, at a cost in throughput
+(see deploy/README.md, "Known limits").
 """
 
 from __future__ import annotations
@@ -103,11 +103,6 @@ class EpochRunner:
     # -- the batch ------------------------------------------------------------------
 
     async def run(self, events: Sequence[faust.EventT]) -> None:
-        """Compute and make durable a batch, a run of at most `batch_bytes` at a time."""
-        for chunk in runs_of(events, self.settings.batch_bytes):
-            await self._run(chunk)
-
-    async def _run(self, events: Sequence[faust.EventT]) -> None:
         self.event_of = {e.message.partition: e for e in events}
         by_partition: dict[int, list[Record]] = {}
         for e in events:
@@ -353,24 +348,6 @@ class EpochRunner:
             effects.sends.append(
                 (self.dead_letters, None, letter.rejection.payload, None, letter.headers(source))
             )
-
-
-def runs_of(events: Sequence[faust.EventT], most_bytes: int) -> list[Sequence[faust.EventT]]:
-    """`events` cut into consecutive runs of at most `most_bytes` of values (a bigger
-    message is a run of its own). Computing a batch holds the event loop, and a batch
-    of 2,000 envelopes can hold 100,000 events; each run is computed and made durable
-    before the next, so each partition's offsets stay in order."""
-    runs: list[Sequence[faust.EventT]] = []
-    start, size = 0, 0
-    for at, event in enumerate(events):
-        value = len(event.value or b"")
-        if at > start and size + value > most_bytes:
-            runs.append(events[start:at])
-            start, size = at, 0
-        size += value
-    if start < len(events):
-        runs.append(events[start:])
-    return runs
 
 
 def _control_doc(record: Record) -> dict | None:

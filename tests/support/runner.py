@@ -52,24 +52,14 @@ def record(topic: str, offset: int, doc: dict, key: bytes | None = None) -> Even
     return Event(Message(topic, offset, key), orjson.dumps(doc))
 
 
-def runner(
-    end: int, captured: list, settings: Settings = SETTINGS, store: bool = False
-) -> EpochRunner:
-    """A runner on partition 0 whose `_make_durable` appends each run's effects to
-    `captured`; `store`: and writes its states and finished marks to the table, as the
-    real one does once the broker took them."""
+def runner(end: int, captured: list) -> EpochRunner:
+    """A runner on partition 0 whose `_make_durable` appends each batch's effects to
+    `captured` instead of writing them."""
     config = dataclasses.replace(CONFIG, allowed_lateness_ms=1000, idle_timeout_ms=5000)
-    run = EpochRunner(App(end), {}, settings, config, None, Recorder(config, TOUCH), {}, None)
+    run = EpochRunner(App(end), {}, SETTINGS, config, None, Recorder(config, TOUCH), {}, None)
 
     async def make_durable(done, pending, marks) -> None:
         captured.extend(done)
-        if store:
-            run._write_states(pending)
-            for partition, mark in marks.items():
-                for effects in done:
-                    if effects.epoch.partition == partition:
-                        mark.finish(effects.epoch)
-            run._write_marks(marks)
 
     run._make_durable = make_durable  # type: ignore[method-assign]
     return run
