@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.config.rules import Health
-from streams.core.health import answer_class, update_health
+from streams.core.health import KINDS, answer_class, update_health
 from tests.support.journeys import ev
 
 DAY = 86_400_000
@@ -62,3 +65,64 @@ def test_the_score_stays_between_0_and_100():
     assert update_health(HEALTH, None, "c", answers, [], "", 100, 0)[1]["score"] == 100.0
     leaks = [leak(i, "high") for i in range(20)]
     assert update_health(HEALTH, None, "c", answers[:1], leaks, "", 100, 0)[1]["score"] == 0.0
+
+
+# A step: (hours since the last step, touchpoints (type, score or None), leak severities,
+# segment). Its watermark is its last touchpoint, or the previous watermark plus the hours.
+steps = st.lists(
+    st.tuples(
+        st.integers(0, 24 * 20),
+        st.lists(
+            st.tuples(
+                st.sampled_from(["site_visit", "support_call", "survey_response"]),
+                st.sampled_from([None, 0, 5, 9, 10]),
+            ),
+            max_size=3,
+        ),
+        st.lists(st.sampled_from(["high", "medium", "low"]), max_size=2),
+        st.sampled_from(["gold", "silver"]),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps)
+def test_a_row_comes_exactly_when_the_counts_the_segment_or_the_day_change(history):
+    """Step by step, against counts recomputed from everything seen within the window: a
+    row comes when they (by kind: leak severities apart), the segment or the day of the
+    last touchpoint differ from the last row's, and says them. States go through JSON,
+    as in the changelog."""
+    state, last_row, seen, watermark, last_ms, n = None, None, [], 0, None, 0
+    for hours, touchpoints, severities, segment in history:
+        watermark += hours * 3_600_000
+        fresh = []
+        for kind, score in touchpoints:
+            n += 1
+            answer = {"metric": "nps", "score": score} if score is not None else {}
+            fresh.append(ev(watermark, f"e{n}", kind, **answer))
+            if kind == "support_call":
+                seen.append((watermark, "contact"))
+            if score is not None and answer_class("nps", score) is not None:
+                seen.append((watermark, answer_class("nps", score)))
+        seen += [(watermark, f"leak_{s}") for s in severities]
+        last_ms = watermark if fresh else last_ms
+        leaks = [leak(watermark, s) for s in severities]
+        state, row = update_health(HEALTH, state, "c", fresh, leaks, segment, watermark, 0)
+        state = orjson.loads(orjson.dumps(state))
+
+        within = [kind for ts, kind in seen if ts > watermark - HEALTH.window_ms]
+        by_kind = tuple(within.count(kind) for kind in KINDS)
+        day = None if last_ms is None else last_ms // DAY
+        if last_ms is None or (by_kind, segment, day) == last_row:
+            assert row is None
+            continue
+        assert row is not None
+        penalty = sum(HEALTH.weights[kind] for kind in within)
+        assert row["score"] == round(min(100.0, max(0.0, 100.0 - penalty)), 1)
+        assert (row["leaks"], row["detractors"], row["promoters"], row["contacts"]) == (
+            sum(by_kind[:3]),
+            *by_kind[3:],
+        )
+        assert (row["segment"], row["last_touchpoint_ms"]) == (segment, last_ms)
+        last_row = (by_kind, segment, day)
