@@ -69,6 +69,13 @@ STATE_RECORDS = Counter(
     "Records written to the state changelog: one per changed customer key per batch, "
     "plus each partition's intent and commit mark",
 )
+EVENTS_FORWARDED = Counter(
+    "parcours_events_forwarded_total",
+    "Events whose message was not keyed by their customer (customer_id, else anonymous_id): "
+    "ingest sent them on to their customer's partition, a second hop where they are judged "
+    "on that partition's watermark (see ParcoursEventsNotKeyedByCustomer)",
+    ["source"],
+)
 REPLAYED_EVENTS = Counter(
     "parcours_replayed_events_total",
     "Events behind the watermark that their customer's history already held (re-delivered "

@@ -39,12 +39,15 @@ class Recorder:
         started: float,
     ) -> None:
         """An ingest batch: `message_times` are the Kafka timestamps (s) of its messages,
-        `taken` the events it took for this partition's customers, `started` the
-        perf_counter when it began."""
+        `taken` the events it took for this partition's customers (`outcome.forward` holds
+        the others'), `started` the perf_counter when it began."""
         done = time.time()
         message_times = list(message_times)
         metrics.MESSAGES_CONSUMED.labels(self.input_topic).inc(len(message_times))
         metrics.count_ingested(outcome.tally, outcome.counts["invalid"])
+        forwarded = Counter(e["source"] for events in outcome.forward.values() for e in events)
+        for source, n in forwarded.items():
+            metrics.EVENTS_FORWARDED.labels(metrics.source_label(source)).inc(n)
         for letter in outcome.dead_letters:
             metrics.DEAD_LETTERS.labels(letter.rejection.reason).inc()
         metrics.observe_many(metrics.PROCESSING.labels("ingest"), (done - t for t in message_times))

@@ -163,6 +163,7 @@ def test_alert_rules_pass_promtool_check_and_their_unit_tests():
             "ParcoursFollowUpsOverdue",
             "ParcoursIdentityMergesSpike",
             "ParcoursLateEventsSpike",
+            "ParcoursEventsNotKeyedByCustomer",
         }
     )
 

@@ -52,11 +52,12 @@ def record(topic: str, offset: int, doc: dict, key: bytes | None = None) -> Even
     return Event(Message(topic, offset, key), orjson.dumps(doc))
 
 
-def runner(end: int, captured: list) -> EpochRunner:
-    """A runner on partition 0 whose `_make_durable` appends each batch's effects to
-    `captured` instead of writing them."""
+def runner(end: int, captured: list, partitions: int = 1) -> EpochRunner:
+    """A runner on partition 0 (of `partitions`) whose `_make_durable` appends each
+    batch's effects to `captured` instead of writing them."""
     config = dataclasses.replace(CONFIG, allowed_lateness_ms=1000, idle_timeout_ms=5000)
-    run = EpochRunner(App(end), {}, SETTINGS, config, None, Recorder(config, TOUCH), {}, None)
+    settings = dataclasses.replace(SETTINGS, partitions=partitions)
+    run = EpochRunner(App(end), {}, settings, config, None, Recorder(config, TOUCH), {}, None)
 
     async def make_durable(done, pending, marks) -> None:
         captured.extend(done)

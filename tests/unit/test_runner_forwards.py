@@ -1,0 +1,41 @@
+"""Events in messages not keyed by their customer: forwarded to the customer's partition,
+and counted by source, so a producer that keys wrongly shows (see the runbook,
+ParcoursEventsNotKeyedByCustomer)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+from streams import metrics
+from streams.core.ingest import kafka_partition
+from tests.support.events import make_event
+from tests.support.runner import RESOLVED, TOUCH, record, runner
+
+
+def forwarded(source: str) -> float:
+    return metrics.EVENTS_FORWARDED.labels(source)._value.get()
+
+
+def test_an_event_keyed_by_another_customer_is_forwarded_and_counted_by_its_source():
+    assert (kafka_partition("c-1", 2), kafka_partition("c-2", 2)) == (1, 0)
+    before = {source: forwarded(source) for source in ("crm", "site")}
+    captured: list = []
+    run = runner(end=3, captured=captured, partitions=2)
+    run.indexed.add(0)
+    events = [  # all read from partition 0, where c-2 lives and c-1 does not
+        record(TOUCH, 0, make_event(0, customer_id="c-1", source="crm"), b"c-2"),
+        record(TOUCH, 1, make_event(1, customer_id="c-1", source="crm"), b"order-77"),
+        record(TOUCH, 2, make_event(2, customer_id="c-2", source="site"), b"c-2"),
+    ]
+    asyncio.run(run.run(events))
+
+    sent = [(topic, partition, orjson.loads(value)) for e in captured
+            for topic, _key, value, partition, _h in e.sends]  # fmt: skip
+    forwards = [(topic, partition, doc) for topic, partition, doc in sent if partition == 1]
+    assert [(t, [e["event_id"] for e in doc["events"]]) for t, _p, doc in forwards] == [
+        (RESOLVED, ["e-0", "e-1"])
+    ]
+    assert forwarded("crm") - before["crm"] == 2
+    assert forwarded("site") - before["site"] == 0  # keyed by its customer: taken here
