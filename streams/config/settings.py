@@ -110,8 +110,9 @@ class Settings:
     # Batching of the agents: up to N messages, or whatever arrived within S seconds.
     batch_max: int = field(default_factory=lambda: _env_number("PARCOURS_BATCH_MAX", 2000))
     batch_seconds: float = field(default_factory=lambda: _env_number("PARCOURS_BATCH_SECONDS", 0.5))
-    # Producer batch size in bytes, 0 for Faust's default. The local broker needs 1 (one
-    # record per batch): see LocalBroker.WORKER_ENV.
+    # Producer batch size in bytes, 0 for Faust's default. 1 sends a record per batch,
+    # which the local broker's readers that stop at its end offset once needed; workers
+    # no longer do (their marks close every changelog batch: see LocalBroker).
     producer_max_batch_bytes: int = field(
         default_factory=lambda: _env_number("PARCOURS_PRODUCER_MAX_BATCH_BYTES", 0)
     )

@@ -45,7 +45,9 @@ class Recorder:
         message_times = list(message_times)
         metrics.MESSAGES_CONSUMED.labels(self.input_topic).inc(len(message_times))
         metrics.count_ingested(outcome.tally, outcome.counts["invalid"])
-        forwarded = Counter(e["source"] for events in outcome.forward.values() for e in events)
+        # Every source seen is shown, at 0 if it keys right: "none", not "no data".
+        forwarded = Counter({source: 0 for _type, _channel, source, _result in outcome.tally})
+        forwarded.update(e["source"] for events in outcome.forward.values() for e in events)
         for source, n in forwarded.items():
             metrics.EVENTS_FORWARDED.labels(metrics.source_label(source)).inc(n)
         for letter in outcome.dead_letters:
