@@ -64,7 +64,3 @@ def runner(end: int, captured: list, partitions: int = 1) -> EpochRunner:
 
     run._make_durable = make_durable  # type: ignore[method-assign]
     return run
-
-
-def iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"

@@ -14,8 +14,8 @@ import time
 import orjson
 
 from streams.core.eventtime import Watermark
-from tests.support.events import make_event
-from tests.support.runner import RESOLVED, TOUCH, iso, record, runner
+from tests.support.events import iso, make_event
+from tests.support.runner import RESOLVED, TOUCH, record, runner
 
 
 def late_letters(effects: list) -> list[str]:
