@@ -253,11 +253,8 @@ def run_pipeline(
         records = sum(w.metric_sum("parcours_state_records_total") for w in running)
         figure.state_records_per_event = records / events
         figure.epochs = int(sum(epochs_of(w) for w in running))
-        figure.longest_compute_s = max(w.longest_observed(COMPUTE) for w in running)
+        figure.longest_compute_s = max(w.longest_batch_seconds() for w in running)
     return figure
-
-
-COMPUTE = "parcours_compute_seconds"
 
 
 def epochs_of(worker: WorkerProcess) -> float:

@@ -153,7 +153,7 @@ def measure_latency(
             worker.wait_until_quiet("survey_invitations", quiet_seconds=3.0, timeout=timeout)
             rss = peak_rss_mb(worker.pid)
             late = int(worker.metric_sum("parcours_events_ingested_total", result="late"))
-            longest = worker.longest_observed("parcours_compute_seconds")
+            longest = worker.longest_batch_seconds()
         client = connect(worker.clickhouse_url)
         try:
             window = {

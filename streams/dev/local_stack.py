@@ -253,8 +253,9 @@ class WorkerProcess(ChildProcess):
         with urllib.request.urlopen(url, timeout=5) as response:
             return samples(response.read().decode())
 
-    def longest_observed(self, histogram: str) -> float:
-        return longest_observed(self.metrics(), histogram)
+    def longest_batch_seconds(self) -> float:
+        """At least the longest it computed one batch (see `longest_observed`)."""
+        return longest_observed(self.metrics(), "parcours_compute_seconds")
 
     def metric_sum(self, name: str, **labels: str) -> float:
         """The sum of `name`'s samples whose labels include `labels`."""
