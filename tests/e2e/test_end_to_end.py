@@ -21,10 +21,11 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 from streams.core.ingest import kafka_partition
 from streams.dev.local_stack import LocalBroker, wait_for
 from streams.edge.produce import as_messages, create_topics, produce
+from streams.edge.stamps import rfc3339
 from streams.pipeline.epochs import Missing
 from streams.pipeline.refetch import fetch_range
 from tests.support.clickhouse import clickhouse
-from tests.support.events import iso, make_event
+from tests.support.events import make_event
 
 pytestmark = pytest.mark.e2e
 
@@ -295,7 +296,7 @@ def sent_keyed_wrong(broker, root, step_ms: int) -> dict:
             customer_id=f"c-{c}",
             type=kind,
             channel="ads" if kind == "ad_click" else "web",
-            ts=iso(first_ms + c + k * step_ms),
+            ts=rfc3339(first_ms + c + k * step_ms),
         )
         for k, kind in enumerate(kinds)
         for c in range(30)

@@ -9,11 +9,6 @@ from streams.config.settings import Settings
 NOW_MS = int(time.time() * 1000)
 
 
-def iso(ms: int) -> str:
-    """An RFC 3339 UTC time with milliseconds, as producers send `ts`."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
-
-
 def make_event(n: int = 0, **fields) -> dict:
     """A valid touchpoint event; keyword arguments replace fields."""
     event = {

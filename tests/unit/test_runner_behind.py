@@ -14,7 +14,8 @@ import time
 import orjson
 
 from streams.core.eventtime import Watermark
-from tests.support.events import iso, make_event
+from streams.edge.stamps import rfc3339
+from tests.support.events import make_event
 from tests.support.runner import RESOLVED, TOUCH, record, runner
 
 
@@ -41,7 +42,10 @@ def test_ticks_computed_before_the_touchpoints_they_came_with_move_no_watermark(
     run.indexed.add(0)
     events = [
         record(RESOLVED, 0, {"control": "tick", "wall_ms": now_ms}),  # first in the batch
-        *(record(TOUCH, n, make_event(n, ts=iso(now_ms - 60_500 + n)), b"c-1") for n in range(3)),
+        *(
+            record(TOUCH, n, make_event(n, ts=rfc3339(now_ms - 60_500 + n)), b"c-1")
+            for n in range(3)
+        ),
     ]
     asyncio.run(run.run(events))
 
