@@ -142,6 +142,7 @@ JOURNEY_COLUMNS = [
     "segment",
     "entry_stage",
     "reopened",
+    "closures",
 ]
 
 
@@ -177,6 +178,7 @@ def journey_ch_row(row: dict) -> list:
         row.get("segment", ""),
         row.get("entry_stage", ""),
         row.get("reopened", 0),
+        [_utc(ms) for ms in row.get("closures_ms", ())],
     ]
 
 

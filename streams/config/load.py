@@ -108,6 +108,7 @@ def _journey(name: str, spec: dict) -> Journey:
         blocked_entry=spec.get("blocked_entry", "attach"),
         after_goal=spec.get("after_goal", "attach"),
         close_on=frozenset(spec.get("close_on", [])),
+        after_close=spec.get("after_close", "outside"),
     )
 
 

@@ -175,6 +175,11 @@ class Journey:
     # instance), reopen (joins and re-opens it) or new (opens the next instance).
     after_goal: str = "attach"
     close_on: frozenset[str] = frozenset()  # touchpoints that close the instance they join
+    # A touchpoint of the journey's types after a `close_on` touchpoint closed the
+    # instance: outside (reported outside it; an entry opens the next if re-entry
+    # allows), reopen (re-opens it until its expiry has passed) or new (opens the next
+    # instance, whatever its type, if re-entry allows).
+    after_close: str = "outside"
 
 
 @dataclass(frozen=True)

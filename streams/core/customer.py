@@ -35,6 +35,9 @@ from streams.core.surveys import (
 )
 
 MAX_EVENTS = 1000  # retained events per customer; beyond, the oldest go first
+# The reason a touchpoint told outside a journey is told again with, once an identity
+# merge has put it in an instance (see `_tell_outside`).
+IN_JOURNEY = "in_journey"
 
 
 def new_state() -> CustomerState:
@@ -104,22 +107,22 @@ def holds(events: list[Event], event: Event) -> bool:
     return at < len(events) and events[at].event_id == event.event_id
 
 
-def _fold(config: Config, state: CustomerState) -> Runs:
-    """The state's journeys, folded on from where they stood (or from scratch)."""
+def _fold(config: Config, state: CustomerState) -> tuple[Runs, bool]:
+    """The state's journeys, folded on from where they stood (or from scratch: True)."""
     runs = state.runs
     state.runs = None
     if runs is None:
-        return Runs.fold(config, state.events, state.floors)
+        return Runs.fold(config, state.events, state.floors), True
     start = 0 if runs.last is None else bisect_right(state.events, runs.last, key=position)
     runs.feed(state.events[start:])
-    return runs
+    return runs, False
 
 
 def advance(
     config: Config, state: CustomerState, customer_key: str, watermark_ms: int, now_ms: int = 0
 ) -> Outcome:
     """Bring journeys to `watermark_ms`; emit what changed; seal and evict what is final."""
-    runs = _fold(config, state)
+    runs, refolded = _fold(config, state)
     runs.finish(watermark_ms)
     instances = runs.instances()
     emitted = dict(state.emitted)
@@ -174,7 +177,11 @@ def advance(
             floor, last = floors.get(name), instance.events[-1]
             if floor is None or position(last) > position(floor):
                 floors[name] = Floor(
-                    last.ts_ms, last.event_id, instance.exit_ms, instance.entry.ts_ms
+                    last.ts_ms,
+                    last.event_id,
+                    instance.exit_ms,
+                    instance.entry.ts_ms,
+                    instance.closed_on,
                 )
         else:
             stage = instance.journey.stages[instance.stage]
@@ -207,7 +214,10 @@ def advance(
         contact_updates, outcome_extra = contact_step(
             config, state, customer_key, instances, leak_rows, watermark_ms, now_ms
         )
-    outside = _outside_below_floors(runs, state.events, state.floors, floors) if gone else []
+    told = state.told
+    outside: list[dict] = []
+    if may_seal:
+        told, outside = _tell_outside(runs, state, watermark_ms, floors, refolded)
     keep = state.events
     in_sealed: set[str] = set()
     if gone:
@@ -217,8 +227,9 @@ def advance(
     if gone or (keep and keep[0].ts_ms < horizon_ms and quiet):
         keep = _retained(keep, runs.instances(), in_sealed, horizon_ms if quiet else None)
         if len(keep) < len(state.events):
-            outside += _evicted_outside(runs, state.events, keep)
+            outside += _evicted_outside(runs, keep, told)
         runs.retained(keep)
+        told = _still_told(told, keep, floors)
     for row in outside:
         row.update(customer_key=customer_key, detected_ms=now_ms)
     updated = state.evolve(
@@ -229,27 +240,83 @@ def advance(
         seq=seq,
         leaks=reported,
         runs=runs,
+        told=told,
     )
-    due_ms = _next_due_ms(config, runs.instances(), leaks_of, updated, runs.strays, watermark_ms)
+    due_ms = _next_due_ms(config, runs, leaks_of, updated, watermark_ms)
     return Outcome(
         updated, updates, leak_rows, due_ms, transitions, outside=outside, **outcome_extra
     )
 
 
-def _outside_below_floors(
-    runs: Runs, events: list[Event], before: dict[str, Floor], after: dict[str, Floor]
-) -> list[dict]:
-    """Touchpoints that joined no instance of a journey whose floor just passed them: final."""
-    rows = []
-    for name, floor in after.items():
-        old, run = before.get(name), runs.runs.get(name)
-        if floor == old or run is None or not run.outside:
-            continue
-        low = position(old) if old is not None else (-(2**63), "")
-        for event in events:
-            if low < position(event) <= position(floor) and event.event_id in run.outside:
-                rows.append(_outside_row(event, name, run.outside.pop(event.event_id)))
-    return rows
+def _tell_outside(
+    runs: Runs, state: CustomerState, watermark_ms: int, floors: dict[str, Floor], refolded: bool
+) -> tuple[dict[str, dict[str, str]], list[dict]]:
+    """Rows for the touchpoints outside a journey that became final (the watermark or the
+    journey's floor passed them), and the verdicts told so far.
+
+    The fold is causal, so a verdict before the watermark stands; only a fold again after
+    an identity merge can change one: a touchpoint told outside that now joined an
+    instance is told again as `in_journey` (its row replaces the first in ClickHouse).
+    """
+    told = state.told
+    changed: dict[str, dict[str, str]] = {}  # journey -> its verdicts, copied to change
+
+    def tell(name: str, event: Event, reason: str) -> None:
+        if name not in changed:
+            changed[name] = dict(told.get(name, {}))
+        if reason == IN_JOURNEY:
+            del changed[name][event.event_id]
+        else:
+            changed[name][event.event_id] = reason
+        rows.append(_outside_row(event, name, reason))
+
+    rows: list[dict] = []
+    for name, run in runs.runs.items():
+        before = told.get(name, {})
+        if refolded and before:
+            above = run.floor
+            for event_id in [i for i in before if i not in run.outside]:
+                event = _retained_event(state.events, event_id)
+                if event is not None and (above is None or position(event) > position(above)):
+                    tell(name, event, IN_JOURNEY)
+        pending, floor = run.outside_events, floors.get(name)
+        limit = position(floor) if floor is not None else None
+        while run.told < len(pending):
+            event = pending[run.told]
+            if event.ts_ms >= watermark_ms and (limit is None or position(event) > limit):
+                break
+            run.told += 1
+            reason = run.outside[event.event_id]
+            if before.get(event.event_id) != reason:
+                tell(name, event, reason)
+    if not changed:
+        return told, rows
+    merged = {**told, **changed}
+    return {name: ids for name, ids in merged.items() if ids}, rows
+
+
+def _retained_event(events: list[Event], event_id: str) -> Event | None:
+    return next((e for e in events if e.event_id == event_id), None)
+
+
+def _still_told(
+    told: dict[str, dict[str, str]], keep: list[Event], floors: dict[str, Floor]
+) -> dict[str, dict[str, str]]:
+    """The verdicts a fold again could still reach: of kept touchpoints above the floor."""
+    if not told:
+        return told
+    kept = {e.event_id: e for e in keep}
+    still = {}
+    for name, ids in told.items():
+        floor = floors.get(name)
+        left = {
+            event_id: reason
+            for event_id, reason in ids.items()
+            if event_id in kept and (floor is None or position(kept[event_id]) > position(floor))
+        }
+        if left:
+            still[name] = left
+    return still
 
 
 def _quiet(config: Config, state: CustomerState, now_ms: int) -> bool:
@@ -258,17 +325,16 @@ def _quiet(config: Config, state: CustomerState, now_ms: int) -> bool:
     return active is None or now_ms - active >= config.identity_window_ms
 
 
-def _evicted_outside(runs: Runs, events: list[Event], keep: list[Event]) -> list[dict]:
-    """Evicted touchpoints that joined no instance of a journey of their type: final."""
+def _evicted_outside(runs: Runs, keep: list[Event], told: dict[str, dict[str, str]]) -> list[dict]:
+    """Evicted touchpoints outside a journey not told yet (the watermark tells almost all
+    first; these were at it): final now."""
     kept = {e.event_id for e in keep}
     rows = []
-    for event in events:
-        if event.event_id in kept:
-            continue
-        for name, run in runs.runs.items():
-            reason = run.outside.pop(event.event_id, None)
-            if reason is not None:
-                rows.append(_outside_row(event, name, reason))
+    for name, run in runs.runs.items():
+        before = told.get(name, {})
+        for event in run.outside_events[run.told :]:
+            if event.event_id not in kept and event.event_id not in before:
+                rows.append(_outside_row(event, name, run.outside[event.event_id]))
     return rows
 
 
@@ -334,24 +400,34 @@ def merge_states(into: CustomerState, other: CustomerState) -> CustomerState:
             jid: sorted(set(other.leaks.get(jid, [])) | set(ids))
             for jid, ids in {**other.leaks, **into.leaks}.items()
         },
+        told={
+            journey: {**other.told.get(journey, {}), **into.told.get(journey, {})}
+            for journey in {**other.told, **into.told}
+        },
     )
 
 
 def _next_due_ms(
     config: Config,
-    instances: list[Instance],
+    folded: Runs,
     leaks_of: dict[int, list],
     state: CustomerState,
-    strays: dict[str, Event],
     watermark_ms: int,
 ) -> int | None:
     """The watermark at which `state` (with these unsealed journeys, whose leaks are in
-    `leaks_of`, and these touchpoints in none) changes without new events."""
-    times = [  # closing, then sealing
-        max([i.closed_ms, *(leak.due_ms for leak in leaks_of[id(i)])])
-        if i.closed_ms is not None
+    `leaks_of`, and touchpoints in none) changes without new events."""
+    instances, runs, strays = folded.instances(), folded.runs, folded.strays
+    times = [  # closing, then sealing (past re-opening)
+        max([final_ms, *(leak.due_ms for leak in leaks_of[id(i)])])
+        if (final_ms := i.final_ms) is not None
         else i.deadline_ms
         for i in instances
+    ]
+    # Touchpoints outside a journey, told once the watermark passes them.
+    times += [
+        run.outside_events[run.told].ts_ms + 1
+        for run in runs.values()
+        if run.told < len(run.outside_events)
     ]
     # Leaks to report once the watermark reaches them (those reported are before it).
     times += [

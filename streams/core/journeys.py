@@ -21,9 +21,22 @@ customer's touchpoints sorted by (ts, event_id):
   touchpoint (which joins it first), or when the next instance opens. Status: open,
   completed (goal reached, still open), closed (ended after its goal, or by a closing
   touchpoint), expired (ended without its goal).
+- **After a close** (`after_close`), a touchpoint of the journey's types after a closing
+  touchpoint ended the instance:
+    outside (default)  is reported outside it (an entry that re-entry allows opens the
+                       next instance, as after any end);
+    reopen             joins it and re-opens it while its expiry (after its last
+                       touchpoint) has not passed: `reopened` counts it, `closures_ms`
+                       keeps each closure; its goal time stays, so clocks that start at
+                       the entry do not restart;
+    new                opens the next instance, whatever its type, if re-entry allows.
 - **Nothing falls through.** A touchpoint of the journey's types that joins no instance
   gets a reason (`OUTSIDE_REASONS`): the customer step reports it in
-  `touchpoints_outside_journeys` once that is final.
+  `touchpoints_outside_journeys` once that is final, i.e. once the watermark has passed
+  it (the fold is causal: later touchpoints cannot change a verdict; an identity merge
+  that brings older ones can, and is corrected).
+- **Equal times.** Touchpoints are ordered by event time, then event id: the same order
+  on every replay, whatever the arrival order.
 
 The fold is incremental: `JourneyRun.feed` takes one touchpoint in O(1) (plus the leak
 rules' small partial states, streams.core.leaks), so an in-order touchpoint costs one
@@ -77,7 +90,9 @@ class Instance:
     closed_ms: int | None = None
     expired: bool = False
     closed_by: Event | None = None  # the touchpoint that opened the next instance, if one did
-    reopened: int = 0  # times a touchpoint re-opened it after its goal
+    closed_on: bool = False  # ended by one of the journey's close_on touchpoints
+    reopened: int = 0  # times a touchpoint re-opened it after its goal or its close
+    closures_ms: list[int] = field(default_factory=list)  # closes undone by a re-opening
     digest: int = 0  # of its event ids, order-free: part of the signature
     # What the leak rules found, kept until a touchpoint joins or the goal is undone.
     _leaks: list[Leak] | None = field(default=None, repr=False)
@@ -120,11 +135,34 @@ class Instance:
         for tracker in self.leak_rules:
             tracker.reopened()
 
-    def close(self, at_ms: int, expired: bool, by: Event | None = None) -> None:
+    def reopen_after_close(self) -> None:
+        """Open again after a closing touchpoint (`after_close: reopen`); the goal stays."""
+        assert self.closed_ms is not None
+        self.closures_ms.append(self.closed_ms)
+        self.closed_ms, self.closed_on = None, False
+        self.reopened += 1
+        self._signature = None
+
+    def close(
+        self, at_ms: int, expired: bool, by: Event | None = None, closing: bool = False
+    ) -> None:
         self.closed_ms = at_ms
         self.closed_by = by
+        self.closed_on = closing
         self.expired = expired and self.completed_ms is None
         self._signature = None
+
+    @property
+    def reopenable(self) -> bool:
+        """Closed by a closing touchpoint, and a later one may still re-open it."""
+        return self.closed_on and self.journey.after_close == "reopen"
+
+    @property
+    def final_ms(self) -> int | None:
+        """When nothing can change it any more but its leaks: None while open."""
+        if self.closed_ms is None:
+            return None
+        return self.deadline_ms if self.reopenable else self.closed_ms
 
     @property
     def status(self) -> str:
@@ -152,7 +190,7 @@ class Instance:
     def signature(self, generation: int) -> Signature:
         cached = self._signature
         if cached is None or cached.generation != generation:
-            events_hash = f"{len(self.events)}:{self.digest:08x}"
+            events_hash = f"{len(self.events)}:{self.digest:08x}:{self.reopened}"
             cached = self._signature = Signature(events_hash, self.status, generation)
         return cached
 
@@ -162,7 +200,8 @@ class JourneyRun:
 
     `feed` takes the next touchpoint; `finish` closes what the watermark has expired.
     Instances are appended in order; `outside` maps each touchpoint of the journey's
-    types that joined none to its reason.
+    types that joined none to its reason, and `outside_events` holds them in order: the
+    first `told` of them have been reported (streams.core.customer).
     """
 
     def __init__(self, journey: Journey, leak_rules: tuple, floor: Floor | None) -> None:
@@ -172,8 +211,11 @@ class JourneyRun:
         self.instances: list[Instance] = []
         self.current: Instance | None = None
         self.outside: dict[str, str] = {}
+        self.outside_events: list[Event] = []
+        self.told = 0
         # The previous instance, for re-entry: in this run, or sealed before (its floor).
         self.previous = floor is not None
+        self.closed_on = floor is not None and floor.closed_on  # ... and a touchpoint closed it
         self.exit_at = floor.exit_ms if floor is not None else None
         self.start_at = floor.start_ms if floor is not None else None
 
@@ -188,10 +230,12 @@ class JourneyRun:
             return False
         is_entry = event.type in journey.entry
         if current is None:
+            if self.closed_on and journey.after_close != "outside" and self._after_close(event):
+                return True
             if not is_entry:
-                self.outside[event.event_id] = NO_OPEN_JOURNEY
+                self._out(event, NO_OPEN_JOURNEY)
             elif not self._allowed(event.ts_ms):
-                self.outside[event.event_id] = REENTRY_NOT_ALLOWED
+                self._out(event, REENTRY_NOT_ALLOWED)
             else:
                 self._open(event)
                 return True
@@ -210,18 +254,46 @@ class JourneyRun:
                 self._open(event)
                 return True
             if journey.blocked_entry == "ignore":
-                self.outside[event.event_id] = ENTRY_BLOCKED
+                self._out(event, ENTRY_BLOCKED)
                 return False
         elif current.completed_ms is None and stage > journey.goal_stage:
-            self.outside[event.event_id] = GOAL_NOT_REACHED
+            self._out(event, GOAL_NOT_REACHED)
             return False
         self._add(current, event)
         return True
+
+    def _out(self, event: Event, reason: str) -> None:
+        self.outside[event.event_id] = reason
+        self.outside_events.append(event)
+
+    def kept(self, retained: set[str]) -> None:
+        """Forget the verdicts of touchpoints the customer no longer keeps."""
+        if any(e.event_id not in retained for e in self.outside_events):
+            told = self.outside_events[: self.told]
+            self.told = sum(e.event_id in retained for e in told)
+            self.outside_events = [e for e in self.outside_events if e.event_id in retained]
+            self.outside = {e.event_id: self.outside[e.event_id] for e in self.outside_events}
 
     def finish(self, watermark_ms: int) -> None:
         """Close the open instance if the watermark has passed its deadline."""
         if self.current is not None and self.current.deadline_ms <= watermark_ms:
             self._end(self.current.deadline_ms, expired=True)
+
+    def _after_close(self, event: Event) -> bool:
+        """A touchpoint after a closing one (`after_close`: reopen or new): True if it
+        joined an instance; else it takes the ordinary way (and its reason)."""
+        last = self.instances[-1] if self.instances else None
+        if self.journey.after_close == "reopen":
+            if last is None or not last.reopenable or event.ts_ms >= last.deadline_ms:
+                return False
+            last.reopen_after_close()
+            self.current = last
+            self._add(last, event)
+            return True
+        if not self._allowed(event.ts_ms):
+            return False
+        self._open(event)
+        return True
 
     def _open(self, event: Event) -> None:
         instance = Instance(self.journey, event, [t.fresh() for t in self.leak_rules])
@@ -232,13 +304,16 @@ class JourneyRun:
     def _add(self, instance: Instance, event: Event) -> None:
         instance.add(event)
         if event.type in self.journey.close_on:
-            self._end(event.ts_ms, expired=False)
+            self._end(event.ts_ms, expired=False, closing=True)
 
-    def _end(self, at_ms: int, expired: bool, by: Event | None = None) -> None:
+    def _end(
+        self, at_ms: int, expired: bool, by: Event | None = None, closing: bool = False
+    ) -> None:
         instance = self.current
         assert instance is not None
-        instance.close(at_ms, expired, by)
+        instance.close(at_ms, expired, by, closing)
         self.previous, self.exit_at, self.start_at = True, instance.exit_ms, instance.entry.ts_ms
+        self.closed_on = closing
         self.current = None
 
     def _allowed(self, ts_ms: int, leaving: Instance | None = None) -> bool:
@@ -341,14 +416,19 @@ class Runs:
         left (a touchpoint of a sealed instance kept for an open one counts as one)."""
         joined = {e.event_id for i in self.instances() for e in i.events}
         self.strays = {e.event_id: e for e in events if e.event_id not in joined}
+        kept = {e.event_id for e in events}
+        for run in self.runs.values():
+            run.kept(kept)
 
 
 def sealed(instance: Instance, watermark_ms: int, leaks: list[Leak] | None = None) -> bool:
-    """Final: closed, and every leak it may hold decided, before the watermark."""
-    if instance.closed_ms is None:
+    """Final: closed (past re-opening), and every leak it may hold decided, before the
+    watermark."""
+    final_ms = instance.final_ms
+    if final_ms is None:
         return False
     leaks = instance.leaks if leaks is None else leaks
-    return max([instance.closed_ms, *(leak.due_ms for leak in leaks)]) <= watermark_ms
+    return max([final_ms, *(leak.due_ms for leak in leaks)]) <= watermark_ms
 
 
 def journey_row(
@@ -378,6 +458,7 @@ def journey_row(
         "last_event_ms": instance.last_ms,
         "completed_ms": instance.completed_ms,
         "closed_ms": instance.closed_ms,
+        "closures_ms": list(instance.closures_ms),
         "superseded_by": "",
         "version": version,
         "updated_ms": now_ms,
@@ -410,6 +491,7 @@ def superseded_row(
         "last_event_ms": 0,
         "completed_ms": None,
         "closed_ms": None,
+        "closures_ms": [],
         "superseded_by": successor,
         "version": version,
         "updated_ms": now_ms,

@@ -33,6 +33,7 @@ class Floor(NamedTuple):
     event_id: str
     exit_ms: int | None = None
     start_ms: int | None = None
+    closed_on: bool = False  # it ended at a closing touchpoint (`after_close: new` asks)
 
 
 class Signature(NamedTuple):
@@ -114,6 +115,10 @@ class CustomerState:
     # Event ids taken recently under this key, with their event times: the dedupe memory
     # (streams.core.dedupe) lives with the state it protects, in the same changelog record.
     seen: dict[str, int] = field(default_factory=dict)
+    # Touchpoints reported outside a journey, per journey (event id -> reason), while the
+    # customer keeps them above the journey's floor: a fold again (after a restart or a
+    # merge) reports none twice, and corrects one that a merge put in an instance.
+    told: dict[str, dict[str, str]] = field(default_factory=dict)
     # The journeys folded so far (streams.core.journeys.Runs); in memory only.
     runs: Any = field(default=None, compare=False, repr=False)
 
@@ -136,7 +141,7 @@ class CustomerState:
                 jid: [list(e.signature), e.journey, e.entry_event_id, e.stage]
                 for jid, e in self.emitted.items()
             }
-        for name in ("alias", "seq", "leaks", "generation", "identified", "linked"):
+        for name in ("alias", "seq", "leaks", "generation", "identified", "linked", "told"):
             if value := getattr(self, name):
                 doc[name] = value
         if self.profile:
@@ -176,6 +181,7 @@ class CustomerState:
             partition=doc.get("partition"),
             active_wall_ms=doc.get("active"),
             seen=dict(doc.get("seen", ())),
+            told={journey: dict(ids) for journey, ids in doc.get("told", {}).items()},
         )
 
 
@@ -214,7 +220,8 @@ def _floor(stored: list) -> Floor:
     # Floors written before re-entry rules existed hold only the event.
     ts_ms, event_id, *times = stored
     exit_at = times[0] if times and isinstance(times[0], int) else ts_ms
-    return Floor(ts_ms, event_id, exit_at, times[1] if len(times) > 1 else exit_at)
+    start_at = times[1] if len(times) > 1 else exit_at
+    return Floor(ts_ms, event_id, exit_at, start_at, bool(times[2]) if len(times) > 2 else False)
 
 
 def new_contact() -> dict:

@@ -3,9 +3,9 @@
 Every figure parcours gives (journeys, leaks, invitations, touchpoints outside journeys)
 is compared with the same figure computed here straight from the CSV, with the rules of
 schemas/examples/helpdesk.yaml restated in a few lines: one journey per ticket, from its
-first event to its first "Closed" (included), or until 90 days pass without an event;
-its goal is the first "Resolve ticket". Nothing here reads parcours' own helpers to get
-the expected answer.
+first event until 90 days pass without an event (with `after_close: outside`, only to
+its first "Closed", included); its goal is the first "Resolve ticket". Nothing here reads
+parcours' own helpers to get the expected answer.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from __future__ import annotations
 import csv
 import gzip
 import statistics
+import tempfile
 from collections import defaultdict
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -29,7 +31,6 @@ from streams.edge.replay import Summary, load_mapping, read_events
 from tests.support.helpdesk import HELPDESK_CONFIG, HELPDESK_MAPPING
 
 LOG = PROJECT_ROOT / "tests" / "data" / "helpdesk_tickets.csv.gz"
-CONFIG = load_config(HELPDESK_CONFIG)
 DAY_MS = 86_400_000
 EXPIRY_MS = 90 * DAY_MS
 ROME = ZoneInfo("Europe/Rome")
@@ -42,35 +43,62 @@ def csv_path(tmp_path_factory):
     return path
 
 
-def expected(csv_path) -> dict:
-    """The figures, from the CSV rows alone."""
-    tickets: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
+def config_with(after_close: str):
+    """The shipped Helpdesk config with `after_close` set as asked."""
+    text = HELPDESK_CONFIG.read_text()
+    assert "after_close: reopen" in text
+    return load_config_text(text.replace("after_close: reopen", f"after_close: {after_close}"))
+
+
+def load_config_text(text: str):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "helpdesk.yaml"
+        path.write_text(text)
+        return load_config(path)
+
+
+def read_tickets(csv_path) -> dict[str, list[tuple[int, str, str]]]:
+    """Case ID -> its rows as (ms, event id, activity), in the documented order: event
+    time, then event id (the mapping names rows "helpdesk-<case>-<row number>")."""
+    tickets: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         for number, row in enumerate(csv.DictReader(handle), start=1):
             local = datetime.strptime(row["Complete Timestamp"], "%Y/%m/%d %H:%M:%S.%f")
             ms = int(local.replace(tzinfo=ROME).timestamp() * 1000)
-            tickets[row["Case ID"]].append((ms, number, row["Activity"]))
-    figures: dict = {"tickets": sorted(tickets), "outside": 0, "closed": 0}
+            event_id = f"helpdesk-{row['Case ID']}-{number:06d}"
+            tickets[row["Case ID"]].append((ms, event_id, row["Activity"]))
+    for rows in tickets.values():
+        rows.sort()
+    return tickets
+
+
+def expected(csv_path, after_close: str) -> dict:
+    """The figures, from the CSV rows alone. A ticket's journey runs from its first event
+    to a 90-day silence; with `after_close: outside` it also ends at its first "Closed"
+    (included), and what follows is outside it; with `reopen` a later event re-opens it."""
+    tickets = read_tickets(csv_path)
+    figures: dict = {"tickets": sorted(tickets), "outside": [], "closed": 0, "reopened": 0}
     hours_to_resolution, unresolved = [], {1: 0, 7: 0, 30: 0}
     assigned_twice = assigned_3_within_90d = 0
     for rows in tickets.values():
-        rows.sort()
-        span = []  # the journey: first event to the first Closed, or a 90-day silence
-        for ms, _, activity in rows:
-            if span and ms - span[-1][0] >= EXPIRY_MS:
+        span: list[tuple[int, str, str]] = []
+        for row in rows:
+            if span and row[0] - span[-1][0] >= EXPIRY_MS:
                 break
-            span.append((ms, activity))
-            if activity == "Closed":
+            span.append(row)
+            if row[2] == "Closed" and after_close == "outside":
                 break
-        figures["outside"] += len(rows) - len(span)
-        figures["closed"] += span[-1][1] == "Closed"
+        figures["outside"] += [event_id for _, event_id, _ in rows[len(span) :]]
+        closes = [i for i, (_, _, activity) in enumerate(span) if activity == "Closed"]
+        figures["closed"] += bool(closes)
+        figures["reopened"] += sum(i < len(span) - 1 for i in closes)
         opened = span[0][0]
-        resolved = next((ms for ms, activity in span if activity == "Resolve ticket"), None)
+        resolved = next((ms for ms, _, activity in span if activity == "Resolve ticket"), None)
         if resolved is not None:
             hours_to_resolution.append((resolved - opened) / 3_600_000)
         for days in unresolved:
             unresolved[days] += resolved is None or resolved - opened >= days * DAY_MS
-        taken = [ms for ms, activity in span if activity == "Take in charge ticket"]
+        taken = [ms for ms, _, activity in span if activity == "Take in charge ticket"]
         assigned_twice += len(taken) >= 2
         assigned_3_within_90d += any(
             b - a < EXPIRY_MS for a, b in zip(taken, taken[2:], strict=False)
@@ -86,14 +114,15 @@ def expected(csv_path) -> dict:
     return figures
 
 
-def replay_through_the_core(csv_path) -> dict[str, dict]:
-    """The log in time order, 500 events per batch, as `parcours replay` sends it; then
-    the wall clock a year on, so every journey closes. The latest row of each id."""
+def replay_through_the_core(csv_path, config, settle_ms: tuple[int, ...]) -> dict[str, dict]:
+    """The log in time order, 500 events per batch, as `parcours replay` sends it, on a
+    wall clock a day after its last event; then ticks `settle_ms` later on that clock.
+    The latest row of each id."""
     summary = Summary()
-    parser = EventParser(CONFIG.touchpoint_types, max_age_seconds=0)
+    parser = EventParser(config.touchpoint_types, max_age_seconds=0)
     events = read_events(csv_path, load_mapping(HELPDESK_MAPPING), parser, summary)
     assert summary.accepted == summary.rows == 21_348
-    core = Core(partitions=4, config=CONFIG)
+    core = Core(partitions=4, config=config)
     wall_ms = events[-1][0] + DAY_MS  # replayed fast: the whole log within one "day"
     latest: dict[str, dict] = defaultdict(dict)
     id_of = {"journeys": "journey_id", "leaks": "leak_id", "invitations": "invitation_id"}
@@ -112,24 +141,28 @@ def replay_through_the_core(csv_path) -> dict[str, dict]:
         outcome, result = core.step(messages[start : start + 500], wall_ms=wall_ms)
         assert not outcome.dead_letters and not result.late
         keep(result)
-    for later in (wall_ms + 365 * DAY_MS, wall_ms + 366 * DAY_MS):
+    for later in settle_ms:
         ticks = [Message(None, p, 0, {"control": "tick"}) for p in range(4)]
         keep(
             journey_step(
-                CONFIG,
+                config,
                 ticks,
                 lambda key, _p: core.states.get(key),
                 core.watermarks,
                 core.due,
-                wall_ms=later,
+                wall_ms=wall_ms + later,
             )
         )
     return latest
 
 
-def test_the_helpdesk_log_gives_the_figures_its_csv_gives(csv_path):
-    want = expected(csv_path)
-    got = replay_through_the_core(csv_path)
+A_YEAR_ON = (365 * DAY_MS, 366 * DAY_MS)  # every journey closes, every key is quiet
+
+
+@pytest.mark.parametrize("after_close", ["reopen", "outside"])
+def test_the_helpdesk_log_gives_the_figures_its_csv_gives(csv_path, after_close):
+    want = expected(csv_path, after_close)
+    got = replay_through_the_core(csv_path, config_with(after_close), A_YEAR_ON)
     journeys = [j for j in got["journeys"].values() if j["status"] != "superseded"]
 
     # Every ticket has exactly one journey, whatever its first event.
@@ -150,10 +183,16 @@ def test_the_helpdesk_log_gives_the_figures_its_csv_gives(csv_path):
         late = [h for h in hours if h >= days * 24]
         assert len(late) + len(journeys) - len(resolved) == count, days
 
-    # "Closed" is the closure stage of the ticket's journey, reached through a touchpoint.
+    # "Closed" is the closure stage of the ticket's journey, reached through a touchpoint;
+    # a ticket re-opened after it keeps each closure it undid.
     assert sum("closure" in j["stages_reached"] for j in journeys) == want["closed"]
+    assert sum(j["reopened"] for j in journeys) == want["reopened"]
+    assert sum(len(j["closures_ms"]) for j in journeys) == want["reopened"]
+    if after_close == "reopen":
+        assert want["reopened"] > 0
 
-    # Leaks: not resolved within 7 days; taken in charge 3 times (within the 90-day window).
+    # Leaks: not resolved within 7 days (the clock runs from the ticket's first event and
+    # does not restart when it re-opens); taken in charge 3 times within 90 days.
     leaks = got["leaks"].values()
     assert (
         sum(leak["rule"] == "not_resolved_within_7_days" for leak in leaks) == want["unresolved"][7]
@@ -165,13 +204,25 @@ def test_the_helpdesk_log_gives_the_figures_its_csv_gives(csv_path):
     twice = sum(j["path"].count("ticket_assigned") >= 2 for j in journeys)
     assert twice == want["assigned_twice"]
 
-    # A CES invitation per resolved ticket (each ticket is its own customer: no cap hits).
+    # A CES invitation per resolved ticket (each ticket is its own customer: no cap hits),
+    # not a second one when a re-opened ticket is resolved again.
     assert len(got["invitations"]) == want["resolved"]
 
-    # Touchpoints after a ticket's journey ended (after "Closed", or after 90 silent
-    # days) are outside it, each with its reason; every other one is in its journey.
+    # Touchpoints after a ticket's journey ended are outside it, each with its reason;
+    # every other one is in its journey.
     outside = got.get("outside", {}).values()
-    assert len(outside) == want["outside"]
+    assert sorted(row["event_id"] for row in outside) == sorted(want["outside"])
     assert {row["reason"] for row in outside} <= {"reentry_not_allowed", "no_open_journey"}
     in_journeys = sum(j["touchpoints"] for j in journeys)
     assert in_journeys + len(outside) == 21_348
+
+
+def test_a_settled_replay_reports_every_touchpoint_after_a_close(csv_path):
+    """Ten minutes after the replay, not a year: the keys are not quiet, no journey has
+    expired, and still every touchpoint after its ticket's close is reported, because the
+    watermark has passed it."""
+    want = expected(csv_path, "outside")
+    assert len(want["outside"]) == 19  # those the log has: second "Closed", re-opened tickets
+    got = replay_through_the_core(csv_path, config_with("outside"), (10 * 60_000,))
+    outside = got.get("outside", {}).values()
+    assert sorted(row["event_id"] for row in outside) == sorted(want["outside"])
