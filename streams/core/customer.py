@@ -174,7 +174,7 @@ def advance(
                 del reported[jid]
             emitted.pop(jid, None)
             name = instance.journey.name
-            floor, last = floors.get(name), instance.events[-1]
+            floor, last = floors.get(name), _last_judged(instance, runs.runs[name].outside_events)
             if floor is None or position(last) > position(floor):
                 floors[name] = Floor(
                     last.ts_ms,
@@ -319,6 +319,25 @@ def _still_told(
     return still
 
 
+def _last_judged(instance: Instance, outside: list[Event]) -> Event:
+    """The last touchpoint a sealed instance decided: its own last one, or a later one of
+    the journey's types that stayed outside while it was open (folded again from a floor
+    before it, that one would find no instance open and get another reason)."""
+    last = instance.events[-1]
+    end = (
+        position(instance.closed_by)
+        if instance.closed_by is not None
+        else (instance.closed_ms or 0, "")
+    )
+    for event in outside:
+        at = position(event)
+        if at >= end:
+            break
+        if at > position(last):
+            last = event
+    return last
+
+
 def _quiet(config: Config, state: CustomerState, now_ms: int) -> bool:
     """Has the key taken no touchpoints for an identity window of processing time?"""
     active = state.active_wall_ms
@@ -418,7 +437,7 @@ def _next_due_ms(
     `leaks_of`, and touchpoints in none) changes without new events."""
     instances, runs, strays = folded.instances(), folded.runs, folded.strays
     times = [  # closing, then sealing (past re-opening)
-        max([final_ms, *(leak.due_ms for leak in leaks_of[id(i)])])
+        max([final_ms, *(leak.due_ms for leak in leaks_of[id(i)])]) + 1
         if (final_ms := i.final_ms) is not None
         else i.deadline_ms
         for i in instances

@@ -423,12 +423,13 @@ class Runs:
 
 def sealed(instance: Instance, watermark_ms: int, leaks: list[Leak] | None = None) -> bool:
     """Final: closed (past re-opening), and every leak it may hold decided, before the
-    watermark."""
+    watermark. Strictly before: a touchpoint at the watermark is on time, and one at the
+    instance's last time may still come with a smaller id, before it."""
     final_ms = instance.final_ms
     if final_ms is None:
         return False
     leaks = instance.leaks if leaks is None else leaks
-    return max([final_ms, *(leak.due_ms for leak in leaks)]) <= watermark_ms
+    return max([final_ms, *(leak.due_ms for leak in leaks)]) < watermark_ms
 
 
 def journey_row(

@@ -152,6 +152,9 @@ def test_an_idle_partition_expires_journeys_on_ticks():
     assert step({"control": "tick"}, None, wall_ms=wait - 1) == []
     expired = step({"control": "tick"}, None, wall_ms=wait)
     assert [(r["customer_key"], r["status"]) for r in expired] == [("c", "expired")]
+    # Sealed once the watermark is past its end (a touchpoint at the watermark is on time).
+    assert table["c"].events != []
+    assert step({"control": "tick"}, None, wall_ms=wait + 1) == []
     assert table["c"].events == []  # sealed and evicted
 
 
