@@ -91,15 +91,16 @@ JOURNEY_UPDATES = Counter(
 )
 JOURNEYS = Counter(
     "parcours_journeys_total",
-    "Journeys that opened, completed or expired, by journey; superseded counts provisional "
-    "journeys replaced after a late event or an identity merge",
+    "Journeys that opened, completed, expired or were re-opened, by journey; superseded "
+    "counts provisional journeys replaced after a late event or an identity merge",
     ["journey", "outcome"],
 )
 OUTSIDE_JOURNEYS = Counter(
     "parcours_touchpoints_outside_journeys_total",
     "Touchpoints of a journey's types that joined no instance of it, by journey and reason "
     "(no_open_journey, reentry_not_allowed, entry_blocked, goal_not_reached); counted once "
-    "final",
+    "the watermark has passed them; in_journey counts those an identity merge later put in "
+    "an instance",
     ["journey", "reason"],
 )
 JOURNEYS_OPEN = Gauge(

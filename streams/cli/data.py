@@ -35,6 +35,8 @@ def check_config(path: Path | None) -> None:
     )
     for journey in config.journeys.values():
         click.echo(f"  {journey.name}: {' → '.join(journey.stages)}")
+        closes = f", after close: {journey.after_close}" if journey.close_on else ""
+        click.echo(f"    re-entry: {journey.reentry}, after goal: {journey.after_goal}{closes}")
 
 
 # What `parcours init` copies: the configuration a deployment edits, and its examples.

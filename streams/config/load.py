@@ -229,6 +229,11 @@ def _first_semantic_problem(
                         f"{role} touchpoint {touchpoint!r} is in no stage of journey {name!r}; "
                         "add it to a stage's touchpoints"
                     )
+        if spec.get("after_close", "outside") != "outside" and not spec.get("close_on"):
+            return ["journeys", name, "after_close"], (
+                f"after_close: {spec['after_close']} needs close_on (the touchpoints that "
+                "close the journey); add close_on, or remove after_close"
+            )
         used |= set(placed)
     for name, declared in types.items():
         if name not in used and not declared.signal:

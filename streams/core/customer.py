@@ -50,7 +50,7 @@ class Outcome:
     updates: list[dict]  # journey rows to emit, in a stable order
     leaks: list[dict] = field(default_factory=list)  # leak rows, each reported once
     due_ms: int | None = None  # the watermark at which this state changes by itself
-    # (journey, opened | completed | expired | superseded), for metrics
+    # (journey, opened | completed | expired | reopened | superseded), for metrics
     transitions: list[tuple[str, str]] = field(default_factory=list)
     invitations: list[dict] = field(default_factory=list)  # survey invitations decided
     suppressions: list[dict] = field(default_factory=list)  # ... and those suppressed
@@ -375,6 +375,8 @@ def _transitions(instance: Instance, before: str | None) -> list[tuple[str, str]
         happened.append((name, "completed"))
     if status == "expired" and before != "expired":
         happened.append((name, "expired"))
+    if before in done and status not in done:  # after_goal or after_close: reopen
+        happened.append((name, "reopened"))
     return happened
 
 

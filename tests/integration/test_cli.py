@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from streams.cli import main
 from streams.config.settings import PROJECT_ROOT
 from streams.dev.local_stack import free_port
+from tests.support.helpdesk import HELPDESK_CONFIG
 
 
 def run(*args, env=None):
@@ -54,6 +55,22 @@ def test_check_config_accepts_the_default():
     result = run("check-config")
     assert result.exit_code == 0, result.output
     assert "OK" in result.output
+
+
+def test_check_config_says_what_a_journey_does_after_its_close(tmp_path):
+    result = run("check-config", str(HELPDESK_CONFIG))
+    assert result.exit_code == 0, result.output
+    assert "re-entry: never, after goal: attach, after close: reopen" in result.output
+    bad = tmp_path / "helpdesk.yaml"
+    text = HELPDESK_CONFIG.read_text()
+    bad.write_text(text.replace("after_close: reopen", "after_close: resume"))
+    result = run("check-config", str(bad))
+    assert result.exit_code == 1 and "after_close" in result.output
+    assert "'outside', 'reopen', 'new'" in result.output
+    bad.write_text(text.replace("    close_on: [ticket_closed]\n", ""))
+    result = run("check-config", str(bad))
+    assert result.exit_code == 1
+    assert f"{bad}:" in result.output and "after_close: reopen needs close_on" in result.output
 
 
 def test_help_lists_every_command():

@@ -12,9 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.config import load_config
-from streams.core.customer import add_events, advance, new_state
+from streams.core.customer import add_events, advance, merge_states, new_state
 from streams.core.journeys import OUTSIDE_REASONS
 from tests.support.helpdesk import HELPDESK_CONFIG
+from tests.support.journeys import CONFIG as DEFAULT
 from tests.support.journeys import FAR_FUTURE, H, ev
 
 HELPDESK = load_config(HELPDESK_CONFIG)
@@ -183,3 +184,28 @@ def test_a_reopening_waits_for_the_expiry_and_not_after_it():
     assert row["path_event_ids"] == ["a", "c", "r", "c2"]
     assert row["closures_ms"] == [H] and row["closed_ms"] == 41 * H
     assert [(r["event_id"], r["reason"]) for r in outside] == [("late", "reentry_not_allowed")]
+
+
+def test_a_merge_that_puts_a_reported_touchpoint_in_a_journey_corrects_its_row():
+    """An add-to-cart with no journey open is reported outside once the watermark passes
+    it; the customer's anonymous visit an hour before it, merged in later, opens the
+    journey it belongs to: it is told again as `in_journey` (its row replaces the first)."""
+    config = DEFAULT
+    state = add_events(new_state(), [ev(2 * H, "cart", "add_to_cart")])
+    state.identified = True
+    out = advance(config, state, "c-1", watermark_ms=3 * H)
+    assert [(r["event_id"], r["reason"]) for r in out.outside] == [("cart", "no_open_journey")]
+    again = advance(config, out.state, "c-1", watermark_ms=4 * H)
+    assert again.outside == []  # told once
+    restored = type(again.state).from_json(again.state.to_json())  # a restart: folded again
+    assert advance(config, restored, "c-1", watermark_ms=4 * H).outside == []
+    anonymous = add_events(new_state(), [ev(1 * H, "visit", "site_visit")])
+    merged = merge_states(again.state, anonymous)
+    out = advance(config, merged, "c-1", watermark_ms=4 * H)
+    assert [(r["event_id"], r["reason"]) for r in out.outside] == [("cart", "in_journey")]
+    (row,) = [r for r in out.updates if r["journey"] == "purchase"]
+    assert row["path_event_ids"] == ["visit", "cart"]
+    assert out.state.told == {}
+    # After a restart (the journeys folded again from the stored state) nothing is re-told.
+    restored = type(out.state).from_json(out.state.to_json())
+    assert advance(config, restored, "c-1", watermark_ms=5 * H).outside == []

@@ -135,6 +135,9 @@ def test_a_kept_out_entry_is_reported_once_when_final_however_often_recomputed()
 def test_every_touchpoint_is_in_exactly_one_journey_or_outside_with_a_reason(
     raw, mode, cooldown, blocked, after_goal
 ):
+    """The fold alone. It never saw the Helpdesk log's silent touchpoints: its journey has
+    no close_on and it never asks whether the step *reports* them; the customer step, with
+    closes and equal times, is tested in test_nothing_falls_through."""
     events = sorted(ev(ts * H, f"e{i:02d}", kind) for i, (ts, kind) in enumerate(raw))
     rules = dict(reentry=mode, cooldown_ms=cooldown * H, blocked_entry=blocked)
     outside: dict[str, str] = {}
