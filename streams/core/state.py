@@ -135,7 +135,8 @@ class CustomerState:
         # the state's cost per key, in the changelog and on every restore.
         doc: dict[str, Any] = {"v": LAYOUT_VERSION, "events": [_event_json(e) for e in self.events]}
         if self.floors:
-            doc["floors"] = {j: list(f) for j, f in self.floors.items()}
+            # closed_on only when set: most floors are of journeys without close_on
+            doc["floors"] = {j: list(f if f.closed_on else f[:4]) for j, f in self.floors.items()}
         if self.emitted:
             doc["emitted"] = {
                 jid: [list(e.signature), e.journey, e.entry_event_id, e.stage]
