@@ -216,7 +216,10 @@ def advance(
         )
     told = state.told
     outside: list[dict] = []
-    if may_seal:
+    # A key that linked an anonymous id may still get that id's history (the hand-off
+    # takes a hop), which can put a touchpoint in a journey: its verdicts wait for the
+    # key to be quiet, as its strays do. Every other customer's are told at the watermark.
+    if quiet or (state.identified and not state.linked):
         told, outside = _tell_outside(runs, state, watermark_ms, floors, refolded)
     keep = state.events
     in_sealed: set[str] = set()

@@ -57,7 +57,7 @@ def test_the_demo_lands_every_event_and_delivers_every_invitation(tmp_path, caps
             if not client.query(sql).result_rows:
                 empty.append(panel)
         # Every view has its section in schemas/clickhouse/README.md, and each query
-        # there runs as pasted, with rows (outside journeys: none is the healthy answer).
+        # there runs as pasted, with rows.
         views = {
             name
             for (name,) in client.query(
@@ -70,6 +70,7 @@ def test_the_demo_lands_every_event_and_delivers_every_invitation(tmp_path, caps
     assert empty == []
     assert views <= documented, views - documented
     assert len(queries) >= len(views) - 3  # some sections show two views at once
-    assert [sql for sql, rows in answered.items() if not rows] == [
-        sql for sql in queries if "FROM touchpoints_outside_journeys" in sql
-    ]
+    # Outside journeys too: the demo's shoppers open marketing emails and answer surveys
+    # before they buy, which the purchase journey keeps out (goal_not_reached), reported
+    # once the watermark has passed them.
+    assert [sql for sql, rows in answered.items() if not rows] == []
