@@ -147,7 +147,7 @@ JOURNEY_COLUMNS = [
 
 
 def journey_ch_row(row: dict) -> list:
-    """A journey row of `journey-updates` (see journeys.journey_row) as a `journeys` row."""
+    """A journey row of `journey-updates` (see streams.core.journey_rows) as a `journeys` row."""
 
     def maybe(ms: int | None) -> datetime | None:
         return None if ms is None else _utc(ms)

@@ -16,8 +16,10 @@ from typing import Any
 
 from streams.config import Config
 from streams.core.contact import contact_step
-from streams.core.journeys import Instance, Runs, journey_row, sealed, superseded_row
+from streams.core.journey_rows import journey_row, superseded_row
+from streams.core.journeys import Instance, Runs, sealed
 from streams.core.leaks import leak_id, leak_row
+from streams.core.outside import evicted_outside, last_judged, still_told, tell_outside
 from streams.core.state import (
     CustomerState,
     Emitted,
@@ -35,9 +37,6 @@ from streams.core.surveys import (
 )
 
 MAX_EVENTS = 1000  # retained events per customer; beyond, the oldest go first
-# The reason a touchpoint told outside a journey is told again with, once an identity
-# merge has put it in an instance (see `_tell_outside`).
-IN_JOURNEY = "in_journey"
 
 
 def new_state() -> CustomerState:
@@ -174,7 +173,7 @@ def advance(
                 del reported[jid]
             emitted.pop(jid, None)
             name = instance.journey.name
-            floor, last = floors.get(name), _last_judged(instance, runs.runs[name].outside_events)
+            floor, last = floors.get(name), last_judged(instance, runs.runs[name].outside_events)
             if floor is None or position(last) > position(floor):
                 floors[name] = Floor(
                     last.ts_ms,
@@ -220,7 +219,7 @@ def advance(
     # takes a hop), which can put a touchpoint in a journey: its verdicts wait for the
     # key to be quiet, as its strays do. Every other customer's are told at the watermark.
     if quiet or (state.identified and not state.linked):
-        told, outside = _tell_outside(runs, state, watermark_ms, floors, refolded)
+        told, outside = tell_outside(runs, state, watermark_ms, floors, refolded)
     keep = state.events
     in_sealed: set[str] = set()
     if gone:
@@ -230,9 +229,9 @@ def advance(
     if gone or (keep and keep[0].ts_ms < horizon_ms and quiet):
         keep = _retained(keep, runs.instances(), in_sealed, horizon_ms if quiet else None)
         if len(keep) < len(state.events):
-            outside += _evicted_outside(runs, keep, told)
+            outside += evicted_outside(runs, keep, told)
         runs.retained(keep)
-        told = _still_told(told, keep, floors)
+        told = still_told(told, keep, floors)
     for row in outside:
         row.update(customer_key=customer_key, detected_ms=now_ms)
     updated = state.evolve(
@@ -251,123 +250,10 @@ def advance(
     )
 
 
-def _tell_outside(
-    runs: Runs, state: CustomerState, watermark_ms: int, floors: dict[str, Floor], refolded: bool
-) -> tuple[dict[str, dict[str, str]], list[dict]]:
-    """Rows for the touchpoints outside a journey that became final (the watermark or the
-    journey's floor passed them), and the verdicts told so far.
-
-    The fold is causal, so a verdict before the watermark stands; only a fold again after
-    an identity merge can change one: a touchpoint told outside that now joined an
-    instance is told again as `in_journey` (its row replaces the first in ClickHouse).
-    """
-    told = state.told
-    changed: dict[str, dict[str, str]] = {}  # journey -> its verdicts, copied to change
-
-    def tell(name: str, event: Event, reason: str) -> None:
-        if name not in changed:
-            changed[name] = dict(told.get(name, {}))
-        if reason == IN_JOURNEY:
-            del changed[name][event.event_id]
-        else:
-            changed[name][event.event_id] = reason
-        rows.append(_outside_row(event, name, reason))
-
-    rows: list[dict] = []
-    for name, run in runs.runs.items():
-        before = told.get(name, {})
-        if refolded and before:
-            above = run.floor
-            for event_id in [i for i in before if i not in run.outside]:
-                event = _retained_event(state.events, event_id)
-                if event is not None and (above is None or position(event) > position(above)):
-                    tell(name, event, IN_JOURNEY)
-        pending, floor = run.outside_events, floors.get(name)
-        limit = position(floor) if floor is not None else None
-        while run.told < len(pending):
-            event = pending[run.told]
-            if event.ts_ms >= watermark_ms and (limit is None or position(event) > limit):
-                break
-            run.told += 1
-            reason = run.outside[event.event_id]
-            if before.get(event.event_id) != reason:
-                tell(name, event, reason)
-    if not changed:
-        return told, rows
-    merged = {**told, **changed}
-    return {name: ids for name, ids in merged.items() if ids}, rows
-
-
-def _retained_event(events: list[Event], event_id: str) -> Event | None:
-    return next((e for e in events if e.event_id == event_id), None)
-
-
-def _still_told(
-    told: dict[str, dict[str, str]], keep: list[Event], floors: dict[str, Floor]
-) -> dict[str, dict[str, str]]:
-    """The verdicts a fold again could still reach: of kept touchpoints above the floor."""
-    if not told:
-        return told
-    kept = {e.event_id: e for e in keep}
-    still = {}
-    for name, ids in told.items():
-        floor = floors.get(name)
-        left = {
-            event_id: reason
-            for event_id, reason in ids.items()
-            if event_id in kept and (floor is None or position(kept[event_id]) > position(floor))
-        }
-        if left:
-            still[name] = left
-    return still
-
-
-def _last_judged(instance: Instance, outside: list[Event]) -> Event:
-    """The last touchpoint a sealed instance decided: its own last one, or a later one of
-    the journey's types that stayed outside while it was open (folded again from a floor
-    before it, that one would find no instance open and get another reason)."""
-    last = instance.events[-1]
-    end = (
-        position(instance.closed_by)
-        if instance.closed_by is not None
-        else (instance.closed_ms or 0, "")
-    )
-    for event in outside:
-        at = position(event)
-        if at >= end:
-            break
-        if at > position(last):
-            last = event
-    return last
-
-
 def _quiet(config: Config, state: CustomerState, now_ms: int) -> bool:
     """Has the key taken no touchpoints for an identity window of processing time?"""
     active = state.active_wall_ms
     return active is None or now_ms - active >= config.identity_window_ms
-
-
-def _evicted_outside(runs: Runs, keep: list[Event], told: dict[str, dict[str, str]]) -> list[dict]:
-    """Evicted touchpoints outside a journey not told yet (the watermark tells almost all
-    first; these were at it): final now."""
-    kept = {e.event_id for e in keep}
-    rows = []
-    for name, run in runs.runs.items():
-        before = told.get(name, {})
-        for event in run.outside_events[run.told :]:
-            if event.event_id not in kept and event.event_id not in before:
-                rows.append(_outside_row(event, name, run.outside[event.event_id]))
-    return rows
-
-
-def _outside_row(event: Event, journey: str, reason: str) -> dict:
-    return {
-        "event_id": event.event_id,
-        "journey": journey,
-        "reason": reason,
-        "type": event.type,
-        "ts_ms": event.ts_ms,
-    }
 
 
 def _transitions(instance: Instance, before: str | None) -> list[tuple[str, str]]:
