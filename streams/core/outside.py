@@ -51,7 +51,10 @@ def tell_outside(
                 event = _retained_event(state.events, event_id)
                 if event is not None and (above is None or position(event) > position(above)):
                     tell(name, event, IN_JOURNEY)
-        pending, floor = run.outside_events, floors.get(name)
+        pending = run.outside_events
+        if run.told == len(pending):  # the common case: nothing new outside
+            continue
+        floor = floors.get(name)
         limit = position(floor) if floor is not None else None
         while run.told < len(pending):
             event = pending[run.told]
