@@ -217,9 +217,11 @@ def advance(
     outside: list[dict] = []
     # A key that linked an anonymous id may still get that id's history (the hand-off
     # takes a hop), which can put a touchpoint in a journey: its verdicts wait for the
-    # key to be quiet, as its strays do. Every other customer's are told at the watermark.
-    if quiet or (state.identified and not state.linked):
-        told, outside = tell_outside(runs, state, watermark_ms, floors, refolded)
+    # key to be quiet, as its strays do, or for a journey's floor to pass them (sealed:
+    # final, as before). Every other customer's are told at the watermark.
+    if may_seal:
+        at = watermark_ms if quiet or not state.linked else None
+        told, outside = tell_outside(runs, state, at, floors, refolded)
     keep = state.events
     in_sealed: set[str] = set()
     if gone:

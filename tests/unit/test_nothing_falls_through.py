@@ -16,6 +16,7 @@ from streams.core.customer import add_events, advance, merge_states, new_state
 from streams.core.journeys import OUTSIDE_REASONS
 from tests.support.helpdesk import HELPDESK_CONFIG
 from tests.support.journeys import CONFIG as DEFAULT
+from tests.support.journeys import DAY as DAY_MS
 from tests.support.journeys import FAR_FUTURE, H, ev
 
 HELPDESK = load_config(HELPDESK_CONFIG)
@@ -209,3 +210,19 @@ def test_a_merge_that_puts_a_reported_touchpoint_in_a_journey_corrects_its_row()
     # After a restart (the journeys folded again from the stored state) nothing is re-told.
     restored = type(out.state).from_json(out.state.to_json())
     assert advance(config, restored, "c-1", watermark_ms=5 * H).outside == []
+
+
+def test_a_linked_customer_is_told_once_quiet_or_once_the_journey_is_sealed_past_it():
+    """A customer who logged in from an anonymous id may still get that id's history
+    (the hand-off takes a hop): their verdicts wait for the key to be quiet, or for the
+    journey to be sealed past them, which is final."""
+    wall = 1_000 * DAY_MS
+    events = [ev(0, "visit", "site_visit"), ev(H, "mail", "email_open")]  # before the goal
+    state = add_events(new_state(), events, wall_ms=wall)
+    state.identified, state.linked = True, ["anon-1"]
+    out = advance(DEFAULT, state, "c-1", watermark_ms=2 * H, now_ms=wall)
+    assert out.outside == []  # past the watermark, but the key is not quiet
+    sealed = advance(DEFAULT, out.state, "c-1", watermark_ms=8 * DAY_MS, now_ms=wall)
+    assert [(r["event_id"], r["reason"]) for r in sealed.outside] == [("mail", "goal_not_reached")]
+    quiet = advance(DEFAULT, out.state, "c-1", watermark_ms=2 * H, now_ms=wall + DAY_MS)
+    assert [(r["event_id"], r["reason"]) for r in quiet.outside] == [("mail", "goal_not_reached")]
