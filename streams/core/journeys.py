@@ -190,7 +190,7 @@ class Instance:
     def signature(self, generation: int) -> Signature:
         cached = self._signature
         if cached is None or cached.generation != generation:
-            events_hash = f"{len(self.events)}:{self.digest:08x}:{self.reopened}"
+            events_hash = f"{len(self.events)}:{self.digest:08x}"
             cached = self._signature = Signature(events_hash, self.status, generation)
         return cached
 
