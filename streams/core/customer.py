@@ -230,10 +230,11 @@ def advance(
     horizon_ms = watermark_ms - config.identity_window_ms
     if gone or (keep and keep[0].ts_ms < horizon_ms and quiet):
         keep = _retained(keep, runs.instances(), in_sealed, horizon_ms if quiet else None)
+        kept = {e.event_id: e for e in keep}
         if len(keep) < len(state.events):
-            outside += evicted_outside(runs, keep, told)
-        runs.retained(keep)
-        told = still_told(told, keep, floors)
+            outside += evicted_outside(runs, kept, told)
+        runs.retained(keep, kept)
+        told = still_told(told, kept, floors)
     for row in outside:
         row.update(customer_key=customer_key, detected_ms=now_ms)
     updated = state.evolve(

@@ -266,7 +266,7 @@ class JourneyRun:
         self.outside[event.event_id] = reason
         self.outside_events.append(event)
 
-    def kept(self, retained: set[str]) -> None:
+    def kept(self, retained: dict[str, Event]) -> None:
         """Forget the verdicts of touchpoints the customer no longer keeps."""
         if any(e.event_id not in retained for e in self.outside_events):
             told = self.outside_events[: self.told]
@@ -411,12 +411,12 @@ class Runs:
                 run.instances = [i for i in run.instances if id(i) not in sealed]
                 run.floor = floors.get(name)
 
-    def retained(self, events: list[Event]) -> None:
-        """The customer now keeps only `events`: strays are those of them in no instance
-        left (a touchpoint of a sealed instance kept for an open one counts as one)."""
+    def retained(self, events: list[Event], kept: dict[str, Event]) -> None:
+        """The customer now keeps only `events` (`kept`: the same, by id): strays are those
+        of them in no instance left (a touchpoint of a sealed instance kept for an open one
+        counts as one); the runs forget the verdicts of the others."""
         joined = {e.event_id for i in self.instances() for e in i.events}
         self.strays = {e.event_id: e for e in events if e.event_id not in joined}
-        kept = {e.event_id for e in events}
         for run in self.runs.values():
             run.kept(kept)
 

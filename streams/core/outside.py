@@ -76,12 +76,12 @@ def _retained_event(events: list[Event], event_id: str) -> Event | None:
 
 
 def still_told(
-    told: dict[str, dict[str, str]], keep: list[Event], floors: dict[str, Floor]
+    told: dict[str, dict[str, str]], kept: dict[str, Event], floors: dict[str, Floor]
 ) -> dict[str, dict[str, str]]:
-    """The verdicts a fold again could still reach: of kept touchpoints above the floor."""
+    """The verdicts a fold again could still reach: of kept touchpoints (by id) above the
+    floor."""
     if not told:
         return told
-    kept = {e.event_id: e for e in keep}
     still = {}
     for name, ids in told.items():
         floor = floors.get(name)
@@ -114,10 +114,11 @@ def last_judged(instance: Instance, outside: list[Event]) -> Event:
     return last
 
 
-def evicted_outside(runs: Runs, keep: list[Event], told: dict[str, dict[str, str]]) -> list[dict]:
-    """Evicted touchpoints outside a journey not told yet (the watermark tells almost all
-    first; these were at it): final now."""
-    kept = {e.event_id for e in keep}
+def evicted_outside(
+    runs: Runs, kept: dict[str, Event], told: dict[str, dict[str, str]]
+) -> list[dict]:
+    """Evicted touchpoints (not in `kept`, by id) outside a journey, not told yet (the
+    watermark tells almost all first; these were at it): final now."""
     rows = []
     for name, run in runs.runs.items():
         before = told.get(name, {})
