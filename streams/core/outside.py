@@ -32,6 +32,7 @@ def tell_outside(
     told again as `in_journey`."""
     told = state.told
     changed: dict[str, dict[str, str]] = {}  # journey -> its verdicts, copied to change
+    rows: list[dict] = []
 
     def tell(name: str, event: Event, reason: str) -> None:
         if name not in changed:
@@ -42,7 +43,6 @@ def tell_outside(
             changed[name][event.event_id] = reason
         rows.append(outside_row(event, name, reason))
 
-    rows: list[dict] = []
     for name, run in runs.runs.items():
         before = told.get(name, {})
         if refolded and before:
