@@ -96,7 +96,9 @@ class PartitionMark:
             return False
         if record.timestamp_s <= self.done_ts.get(record.topic, float("inf")):
             return True
-        self.done.pop(record.topic, None)  # a new log: nothing of it was done
+        # A new log: nothing of it was done, and it starts at offset 0 (what the
+        # consumer skipped of its head is missing, not lost).
+        self.done[record.topic] = -1
         self.done_ts.pop(record.topic, None)
         self.open = [o for o in self.open if o.topic != record.topic]
         return False

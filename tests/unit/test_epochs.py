@@ -79,6 +79,17 @@ def test_a_log_the_broker_started_over_is_not_taken_for_a_redelivery():
     assert spans(epochs) == [(T, 0, 3, False)]
 
 
+def test_the_head_of_a_log_the_broker_started_over_is_missing_if_the_consumer_skipped_it():
+    mark = PartitionMark()
+    first, _ = plan(records(T, 0, 9, ts=100.0), mark, wall_ms=1)
+    mark.finish(first[0])
+    # The new log's offset 0 did not come (Faust dropped the first record after the
+    # group rejoined): it is fetched, not lost.
+    epochs, missing = plan(records(T, 1, 3, ts=200.0), mark, wall_ms=2)
+    assert spans(epochs) == [(T, 1, 3, False)]
+    assert missing == [Missing(T, 2, 0, 0)]
+
+
 def test_tokens_name_the_table_the_topic_the_partition_and_the_offsets():
     (a,), _ = plan(records(T, 0, 9), PartitionMark(), 1)
     (b,), _ = plan(records(T, 0, 10), PartitionMark(), 1)
