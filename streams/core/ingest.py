@@ -72,6 +72,7 @@ class DeadLetter:
 class IngestOutcome:
     # partition of `touchpoints-resolved` -> resolved events for it, in arrival order
     forward: dict[int, list[dict]] = field(default_factory=dict)
+    events: list[dict] = field(default_factory=list)  # all of them, in arrival order
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # dedupe key -> (source partition, remembered ids) to store after forwarding
     seen_updates: dict[str, tuple[int, SeenIds]] = field(default_factory=dict)
@@ -111,7 +112,6 @@ def ingest_batch(
     by_key: dict[str, list[tuple[str, int, int]]] = {}
     partition_of_key: dict[str, int] = {}
     arrived: list[tuple[RawMessage, ValidEvent]] = []
-    fresh_arrivals: list[int] = []
 
     for message in messages:
         try:
@@ -130,32 +130,74 @@ def ingest_batch(
             by_key.setdefault(key, []).append((item.event["event_id"], item.ts_ms, arrival))
             partition_of_key.setdefault(key, message.partition)
     outcome.counts["invalid"] = len(outcome.dead_letters)
-
-    for key, candidates in by_key.items():
-        fresh, duplicates, remembered = drop_duplicates(
-            seen_lookup(key, partition_of_key[key]),
-            candidates,
-            window_ms=dedupe_window_ms,
-            max_ids=dedupe_max_ids,
-        )
-        outcome.counts["duplicate"] += duplicates
-        outcome.counts["valid"] += len(fresh)
-        if duplicates:
-            for arrival in {c[2] for c in candidates}.difference(fresh):
-                outcome.tally[_labels(arrived[arrival][1].event, "duplicate")] += 1
-        outcome.seen_updates[key] = (partition_of_key[key], remembered)
-        fresh_arrivals += fresh
-
+    events = [item.event for _, item in arrived]
+    fresh_arrivals = _dedupe(
+        outcome, events, by_key, partition_of_key, seen_lookup, dedupe_window_ms, dedupe_max_ids
+    )
     # Forward in arrival order, grouped by the partition each customer's journeys live on:
     # grouping by key would reorder events across keys and push the watermark ahead.
     for arrival in sorted(fresh_arrivals):
         message, item = arrived[arrival]
         outcome.tally[_labels(item.event, "valid")] += 1
         key = customer_key(item.event)
-        outcome.forward.setdefault(partition_for(key), []).append(
-            resolved_event(item, message, phases, key, now_ms)
-        )
+        resolved = resolved_event(item, message, phases, key, now_ms)
+        outcome.forward.setdefault(partition_for(key), []).append(resolved)
+        outcome.events.append(resolved)
     return outcome
+
+
+def take_entered(
+    events: Sequence[dict],
+    partition: int,
+    seen_lookup: Callable[[str, int], SeenIds | None],
+    *,
+    dedupe_window_ms: int,
+    dedupe_max_ids: int,
+) -> IngestOutcome:
+    """Resolved events that entered on another partition, for customers of `partition`
+    (an `entered` control): deduped here, where their customers' memory of ids is."""
+    outcome = IngestOutcome()
+    by_key: dict[str, list[tuple[str, int, int]]] = {}
+    for arrival, event in enumerate(events):
+        by_key.setdefault(event["customer_key"], []).append(
+            (event["event_id"], event["ts_ms"], arrival)
+        )
+    partition_of_key = dict.fromkeys(by_key, partition)
+    fresh = _dedupe(
+        outcome, events, by_key, partition_of_key, seen_lookup, dedupe_window_ms, dedupe_max_ids
+    )
+    outcome.events = [events[a] for a in sorted(fresh)]
+    for event in outcome.events:
+        outcome.tally[_labels(event, "valid")] += 1
+    return outcome
+
+
+def _dedupe(
+    outcome: IngestOutcome,
+    events: Sequence[dict],
+    by_key: dict[str, list[tuple[str, int, int]]],
+    partition_of_key: dict[str, int],
+    seen_lookup: Callable[[str, int], SeenIds | None],
+    window_ms: int,
+    max_ids: int,
+) -> list[int]:
+    """Drop each key's duplicates (counted in `outcome`); return the fresh arrivals."""
+    fresh_arrivals: list[int] = []
+    for key, candidates in by_key.items():
+        fresh, duplicates, remembered = drop_duplicates(
+            seen_lookup(key, partition_of_key[key]),
+            candidates,
+            window_ms=window_ms,
+            max_ids=max_ids,
+        )
+        outcome.counts["duplicate"] += duplicates
+        outcome.counts["valid"] += len(fresh)
+        if duplicates:
+            for arrival in {c[2] for c in candidates}.difference(fresh):
+                outcome.tally[_labels(events[arrival], "duplicate")] += 1
+        outcome.seen_updates[key] = (partition_of_key[key], remembered)
+        fresh_arrivals += fresh
+    return fresh_arrivals
 
 
 def _labels(event: dict, result: str) -> tuple[str, str, str, str]:

@@ -4,6 +4,12 @@ Runs on `touchpoints-resolved`, where every message is keyed by a customer key a
 of:
     {"events": [...]}                        touchpoints from ingest, in arrival order
                                              (unkeyed: customers of one partition)
+    {"control": "entered", "events": [...]}  touchpoints judged on the partition they
+                                             entered on, for customers of this one (those
+                                             late there carry "late": true)
+    {"control": "watermark", "from": P, "value": V, "idle": B}
+                                             partition P's entry watermark, sent after
+                                             the touchpoints it forwarded here
     {"control": "forward", "events": [...]}  touchpoints re-sent to the key they belong to
     {"control": "link", "customer_key": C}   key (an anonymous id) belongs to customer C
     {"control": "handoff", "state": {...}}   another key's journey state, to merge in
@@ -123,6 +129,9 @@ class StepResult:
     merged: int = 0
     replayed: int = 0  # behind the watermark but already applied (a re-delivery)
     transitions: Counter = field(default_factory=Counter)  # (journey, what happened) -> n
+    # partition -> touchpoints of its customers that entered here, in arrival order, to
+    # send there as an `entered` control (see `home` in journey_step)
+    forwards: dict[int, list[dict]] = field(default_factory=dict)
 
 
 def journey_step(
@@ -133,9 +142,12 @@ def journey_step(
     due: DueIndex,
     wall_ms: int,
     folds: Folds | None = None,
+    home: Callable[[str], int] | None = None,
 ) -> StepResult:
     """Process one batch of `touchpoints-resolved` messages (see module docstring).
-    `folds` bounds the folded journeys kept in memory (None: every key keeps its own)."""
+    `folds` bounds the folded journeys kept in memory (None: every key keeps its own).
+    `home` names the partition a customer key lives on: ingest's touchpoints of keys
+    living elsewhere are judged here and go to `result.forwards` (None: all live here)."""
     result = StepResult()
     states: dict[str, tuple[int, CustomerState]] = {}
     touched: set[str] = set()
@@ -174,6 +186,25 @@ def journey_step(
         touched.discard(key)
         broken.add(key)
 
+    def take(message: Message, partition: int, judged: list[tuple[dict, bool]]) -> None:
+        """Touchpoints of this partition's customers, each judged on time or late."""
+        on_time: dict[str, list[dict]] = {}
+        for event, in_time in judged:
+            if in_time:
+                on_time.setdefault(event["customer_key"], []).append(event)
+            elif _applied(state_of(event["customer_key"], partition), event):
+                result.replayed += 1  # re-delivered after a crash: a duplicate, not late
+            else:
+                result.late.append((message, event))
+        for owner, events in on_time.items():
+            if owner in broken:
+                result.failed += [(message, e, "its customer failed earlier") for e in events]
+                continue
+            state = state_of(owner, partition)
+            isolated(
+                owner, message, events, partial(_add, owner, events, state, put, result, wall_ms)
+            )
+
     for message in messages:
         doc, key, partition = message.doc, message.key, message.partition
         mark = watermarks.setdefault(
@@ -183,24 +214,23 @@ def journey_step(
         if control == "tick":
             mark.on_idle(wall_ms, behind=doc.get("behind", False))
             continue
-        if control is None:  # touchpoints from ingest: several customers of this partition
-            on_time: dict[str, list[dict]] = {}
+        if control == "watermark":
+            mark.hear(doc["from"], doc["value"], doc["idle"])
+            continue
+        if control is None:  # touchpoints from ingest, judged where they entered
+            judged = []
             for event in doc.get("events", []):
-                if mark.observe(event["ts_ms"], wall_ms):
-                    on_time.setdefault(event["customer_key"], []).append(event)
-                elif _applied(state_of(event["customer_key"], partition), event):
-                    result.replayed += 1  # re-delivered after a crash: a duplicate, not late
+                on_time = mark.observe(event["ts_ms"], wall_ms)
+                elsewhere = home(event["customer_key"]) if home is not None else partition
+                if elsewhere == partition:
+                    judged.append((event, on_time))
                 else:
-                    result.late.append((message, event))
-            for owner, events in on_time.items():
-                if owner in broken:
-                    result.failed += [(message, e, "its customer failed earlier") for e in events]
-                    continue
-                state = state_of(owner, partition)
-                isolated(
-                    owner, message, events,
-                    partial(_add, owner, events, state, put, result, wall_ms),
-                )  # fmt: skip
+                    sent = event if on_time else {**event, "late": True}
+                    result.forwards.setdefault(elsewhere, []).append(sent)
+            take(message, partition, judged)
+            continue
+        if control == "entered":  # judged where they entered
+            take(message, partition, [(e, "late" not in e) for e in doc["events"]])
             continue
         if key is None:
             continue
@@ -222,7 +252,7 @@ def journey_step(
     # watermark moves only with its partition's messages, and the caller can read and
     # write state only in the partitions it has an event of.
     for partition in sorted({m.partition for m in messages}):
-        for key in due.pop_due(partition, watermarks[partition].value):
+        for key in due.pop_due(partition, watermarks[partition].combine()):
             state_of(key, partition)
             touched.add(key)
 
@@ -230,7 +260,7 @@ def journey_step(
         partition, state = states[key]
         if state.alias:
             continue
-        watermark = watermarks[partition].value
+        watermark = watermarks[partition].journeys_ms
         try:
             outcome = advance(config, state, key, watermark, now_ms=wall_ms)
         except Exception as exc:

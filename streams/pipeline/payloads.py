@@ -12,11 +12,17 @@ MAX_PAYLOAD_BYTES = 512 * 1024
 
 
 def batch_payloads(
-    items: Iterable[dict], field: str = "events", max_bytes: int = MAX_PAYLOAD_BYTES
+    items: Iterable[dict],
+    field: str = "events",
+    max_bytes: int = MAX_PAYLOAD_BYTES,
+    control: str | None = None,
 ) -> list[bytes]:
     """`{field: [...]}` payloads of `items`, in order, each at most `max_bytes` (an item
-    larger than that alone goes in a payload of its own)."""
+    larger than that alone goes in a payload of its own); `control` adds
+    `"control": control` to each."""
     head, tail = orjson.dumps(field) + b":[", b"]}"
+    if control is not None:
+        head = b'"control":' + orjson.dumps(control) + b"," + head
     overhead = 1 + len(head) + len(tail)
     payloads: list[bytes] = []
     parts: list[bytes] = []

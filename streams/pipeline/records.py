@@ -31,7 +31,8 @@ def step_letter(
         index, payload = WHOLE_MESSAGE, orjson.dumps(message.doc)
     else:
         index = next(i for i, e in enumerate(message.doc["events"]) if e is event)
-        payload = orjson.dumps(event)
+        # An event judged late where it entered carries the verdict here; not the letter.
+        payload = orjson.dumps({k: v for k, v in event.items() if k != "late"})
         if "control" not in message.doc:
             offset = event.get("src_offset", offset)
     rejection = Rejection(reason, detail, path, index, payload)

@@ -35,7 +35,15 @@ from streams.config.settings import (
     Settings,
 )
 from streams.core.events import PROCESSING_ERROR, parser_for
-from streams.core.ingest import DeadLetter, IngestOutcome, RawMessage, ingest_batch, kafka_partition
+from streams.core.eventtime import Watermark, tell_now
+from streams.core.ingest import (
+    DeadLetter,
+    IngestOutcome,
+    RawMessage,
+    ingest_batch,
+    kafka_partition,
+    take_entered,
+)
 from streams.core.state import CustomerState
 from streams.core.stitching import DueIndex, Folds, Message, StepResult, journey_step
 from streams.outputs import OUTPUTS
@@ -50,10 +58,6 @@ log = logging.getLogger("parcours.worker")
 # A gap in a partition's offsets larger than this is not fetched (and said so): it comes
 # from a deliberate offset reset, not from a consumer that dropped a few records.
 MAX_REFETCH = 100_000
-
-# Fields ingest adds to an event (streams.core.ingest.resolved_event): taken off again
-# when the event is forwarded to the partition of its customer, which ingests it anew.
-ADDED_FIELDS = ("customer_key", "phase", "ts_ms", "ingested_ms", "src_partition", "src_offset")
 
 
 @dataclass
@@ -96,6 +100,8 @@ class EpochRunner:
         self.folds = Folds(settings.fold_cache_keys)
         self.indexed: set[int] = set()  # partitions whose due customers were loaded
         self.read_to: dict[int, int] = {}  # partition -> last touchpoints offset computed
+        # (from, to) partition -> (entry watermark, idle, wall ms) last told
+        self.told: dict[tuple[int, int], tuple[int, bool, int]] = {}
         # The batch in progress: an event per partition. Tables take a key's partition
         # from Faust's current event, so each read and write sets its partition's.
         self.event_of: dict[int, faust.EventT] = {}
@@ -238,6 +244,10 @@ class EpochRunner:
         if epoch.topic == self.touchpoints:  # read from now on, not before: a tick epoch
             # computed ahead of it in this batch must still find these records waiting
             self._read_up_to(partition, epoch.last)
+        mark = self.watermarks.setdefault(
+            partition, Watermark(self.config.allowed_lateness_ms, self.config.idle_timeout_ms)
+        )
+        mark.expect([p for p in range(self.settings.partitions) if p != partition])
         touch: list[Record] = []
         controls: list[Message] = []
         for record in epoch.records:
@@ -250,15 +260,21 @@ class EpochRunner:
                 key = record.key.decode() if record.key is not None else None
                 controls.append(Message(key, partition, record.offset, doc))
 
-        local: list[dict] = []
+        taken: list[dict] = []  # this partition's touchpoints of the epoch
+        messages: list[Message] = []
         if touch:
             outcome = self._ingest(touch, partition, load, pending, wall_ms)
-            local = outcome.forward.pop(partition, [])
-            self._forward(effects, outcome)
+            taken = outcome.forward.pop(partition, [])
+            self._count_forwarded(outcome)
             self._letters(effects, outcome.dead_letters, "ingest")
-            effects.rows["touchpoints"] = (TOUCHPOINT_COLUMNS, [touchpoint_row(e) for e in local])
-            self.record.ingested((r.timestamp_s for r in touch), outcome, local, started)
-        messages = [Message(None, partition, epoch.first, {"events": local})] if local else []
+            self.record.ingested((r.timestamp_s for r in touch), outcome, taken, started)
+            if outcome.events:
+                messages.append(Message(None, partition, epoch.first, {"events": outcome.events}))
+        entered = [m for m in controls if m.doc["control"] == "entered"]
+        if entered:
+            taken = taken + self._take_entered(entered, partition, load, pending, started)
+        if taken:
+            effects.rows["touchpoints"] = (TOUCHPOINT_COLUMNS, [touchpoint_row(e) for e in taken])
         result = journey_step(
             self.config,
             [*messages, *controls],
@@ -267,9 +283,12 @@ class EpochRunner:
             self.due,
             wall_ms=wall_ms,
             folds=self.folds,
+            home=partial(kafka_partition, partitions=self.settings.partitions),
         )
         pending.update(result.states)
         self._outputs(effects, result)
+        ticked = any(m.doc["control"] == "tick" for m in controls)
+        self._tell_watermark(effects, mark, partition, set(result.forwards), ticked, wall_ms)
         self.record.journeys_stepped([*messages, *controls], result, self.watermarks)
         return effects
 
@@ -293,8 +312,7 @@ class EpochRunner:
         def seen(key: str, _partition: int) -> dict | None:
             if kafka_partition(key, partitions) != partition:
                 return None  # deduped where the customer lives
-            state = load(key, partition)
-            return state.seen if state is not None else None
+            return self._seen(load, key, partition)
 
         outcome = ingest_batch(
             [RawMessage(r.key, r.value, r.topic, r.partition, r.offset) for r in touch],
@@ -306,21 +324,68 @@ class EpochRunner:
             dedupe_window_ms=int(self.settings.dedupe_window_seconds * 1000),
             dedupe_max_ids=self.settings.dedupe_max_ids_per_key,
         )
-        for key, (_, ids) in outcome.seen_updates.items():
-            if kafka_partition(key, partitions) == partition:
-                state = load(key, partition) or CustomerState()
-                pending[key] = (partition, state.evolve(seen=ids))
+        self._remember(outcome, partition, load, pending)
         return outcome
 
-    def _forward(self, effects: Effects, outcome: IngestOutcome) -> None:
-        """Events of customers living on other partitions go there, as touchpoints."""
-        for partition, events in outcome.forward.items():
-            for e in events:  # counted where they are taken, not twice
+    @staticmethod
+    def _seen(load, key: str, partition: int) -> dict | None:
+        state = load(key, partition)
+        return state.seen if state is not None else None
+
+    def _remember(self, outcome: IngestOutcome, partition: int, load, pending: dict) -> None:
+        """Store the ids this partition's customers now remember."""
+        for key, (_, ids) in outcome.seen_updates.items():
+            if kafka_partition(key, self.settings.partitions) == partition:
+                state = load(key, partition) or CustomerState()
+                pending[key] = (partition, state.evolve(seen=ids))
+
+    @staticmethod
+    def _count_forwarded(outcome: IngestOutcome) -> None:
+        """Events of customers living on other partitions are judged here and sent there
+        (see journey_step's `home`): counted there, where they are taken, not twice."""
+        for events in outcome.forward.values():
+            for e in events:
                 outcome.tally[e["type"], e["channel"], e["source"], "valid"] -= 1
                 outcome.counts["valid"] -= 1
-            originals = [{k: v for k, v in e.items() if k not in ADDED_FIELDS} for e in events]
-            for payload in batch_payloads(originals):
-                effects.sends.append((self.resolved, None, payload, partition, None))
+
+    def _take_entered(
+        self, entered: list[Message], partition: int, load, pending: dict, started: float
+    ) -> list[dict]:
+        """The touchpoints of `entered` controls, deduped against their customers' ids
+        (each control keeps only its fresh ones); return those taken."""
+        outcome = take_entered(
+            [e for m in entered for e in m.doc["events"]],
+            partition,
+            partial(self._seen, load),
+            dedupe_window_ms=int(self.settings.dedupe_window_seconds * 1000),
+            dedupe_max_ids=self.settings.dedupe_max_ids_per_key,
+        )
+        self._remember(outcome, partition, load, pending)
+        fresh = {id(e) for e in outcome.events}
+        for m in entered:
+            m.doc["events"] = [e for e in m.doc["events"] if id(e) in fresh]
+        self.record.ingested((), outcome, outcome.events, started)
+        return outcome.events
+
+    def _tell_watermark(
+        self,
+        effects: Effects,
+        mark: Watermark,
+        partition: int,
+        forwarded_to: set[int],
+        ticked: bool,
+        wall_ms: int,
+    ) -> None:
+        """Tell the other partitions this one's entry watermark, after the touchpoints
+        it sent them (see streams.core.eventtime.tell_now)."""
+        doc = orjson.dumps(
+            {"control": "watermark", "from": partition, "value": mark.value, "idle": mark.idle}
+        )
+        for other in range(self.settings.partitions):
+            told = self.told.get((partition, other))
+            if other != partition and tell_now(mark, told, other in forwarded_to, ticked, wall_ms):
+                effects.sends.append((self.resolved, None, doc, other, None))
+                self.told[partition, other] = (mark.value, mark.idle, wall_ms)
 
     def _outputs(self, effects: Effects, result: StepResult) -> None:
         p = effects.epoch.partition
@@ -335,6 +400,9 @@ class EpochRunner:
                     effects.sends.append((topic, None, payload, p, None))
         for key, doc in result.sends:
             effects.sends.append((self.resolved, key.encode(), orjson.dumps(doc), None, None))
+        for elsewhere, events in result.forwards.items():
+            for payload in batch_payloads(events, control="entered"):
+                effects.sends.append((self.resolved, None, payload, elsewhere, None))
         came_in = effects.epoch.topic  # ingest's events and controls alike
         letters = [records.late_letter(m, e, came_in) for m, e in result.late]
         letters += [

@@ -33,9 +33,16 @@ def test_an_event_keyed_by_another_customer_is_forwarded_and_counted_by_its_sour
 
     sent = [(topic, partition, orjson.loads(value)) for e in captured
             for topic, _key, value, partition, _h in e.sends]  # fmt: skip
-    forwards = [(topic, partition, doc) for topic, partition, doc in sent if partition == 1]
-    assert [(t, [e["event_id"] for e in doc["events"]]) for t, _p, doc in forwards] == [
-        (RESOLVED, ["e-0", "e-1"])
+    to_1 = [(topic, doc) for topic, partition, doc in sent if partition == 1]
+    # Judged here, where they entered, then sent as one `entered` control; the entry
+    # watermark follows them, so partition 1 moves its journeys only past them.
+    assert [(t, doc["control"]) for t, doc in to_1] == [
+        (RESOLVED, "entered"),
+        (RESOLVED, "watermark"),
     ]
+    assert [e["event_id"] for e in to_1[0][1]["events"]] == ["e-0", "e-1"]
+    assert to_1[1][1] == {
+        "control": "watermark", "from": 0, "value": run.watermarks[0].value, "idle": False,
+    }  # fmt: skip
     assert forwarded("crm") == before + 2
     assert forwarded("kiosk") == 0  # keyed by its customer: taken here, and shown at 0
