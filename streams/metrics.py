@@ -72,8 +72,8 @@ STATE_RECORDS = Counter(
 EVENTS_FORWARDED = Counter(
     "parcours_events_forwarded_total",
     "Events whose message was not keyed by their customer (customer_id, else anonymous_id): "
-    "ingest sent them on to their customer's partition, a second hop where they are judged "
-    "on that partition's watermark (see ParcoursEventsNotKeyedByCustomer)",
+    "judged where they entered, then sent on to their customer's partition, a second hop "
+    "(see ParcoursEventsNotKeyedByCustomer)",
     ["source"],
 )
 REPLAYED_EVENTS = Counter(

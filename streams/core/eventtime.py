@@ -72,11 +72,12 @@ class Watermark:
 
     def combine(self) -> int:
         """Move the journeys' watermark to the least of the active partitions' (this one's
-        own entry watermark among them); it only moves forward. Return it."""
+        own entry watermark among them); when all are idle, nothing is on its way: to
+        the greatest (each follows the clock). It only moves forward. Return it."""
         members = [(self.value, self.idle), *((v, i) for v, i in self.heard.values())]
         active = [v for v, i in members if not i]
-        least = min(active) if active else min((v for v, _ in members if v > NEVER), default=NEVER)
-        self.journeys_ms = max(self.journeys_ms, least)
+        moved = min(active) if active else max(v for v, _ in members)
+        self.journeys_ms = max(self.journeys_ms, moved)
         return self.journeys_ms
 
     def on_idle(self, wall_ms: int, behind: bool = False) -> int:
