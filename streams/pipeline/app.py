@@ -133,6 +133,10 @@ def create_app(settings: Settings, config: Config, sink: ClickHouseSink) -> faus
         async for events in batches(stream, settings.batch_max, settings.batch_seconds):
             await runner.run(events)
 
+    @app.task
+    async def send_tells() -> None:
+        await runner.tells.run()
+
     @app.agent(dead_letter_topic)
     async def sink_dead_letters(stream: faust.StreamT) -> None:
         async for events in batches(stream, settings.sink_batch_max, settings.sink_batch_seconds):

@@ -17,6 +17,11 @@ FETCH_TIMEOUT_SECONDS = 60.0
 log = logging.getLogger("parcours.worker")
 
 
+def broker_hosts(broker: str) -> list[str]:
+    """host:port of each broker `broker` names (kafka:// URLs, comma or semicolon separated)."""
+    return [h.removeprefix("kafka://") for h in broker.replace(";", ",").split(",") if h]
+
+
 async def fetch_range(
     broker: str, gap: Missing, timeout: float = FETCH_TIMEOUT_SECONDS
 ) -> list[Record]:
@@ -24,9 +29,8 @@ async def fetch_range(
     order; `broker` as the worker takes it (host:port, or kafka:// URLs, comma or
     semicolon separated). Offsets without a record (transaction markers, records the
     broker deleted) are passed over."""
-    hosts = [h.removeprefix("kafka://") for h in broker.replace(";", ",").split(",") if h]
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=hosts,
+        bootstrap_servers=broker_hosts(broker),
         enable_auto_commit=False,
         group_id=None,
         auto_offset_reset="earliest",  # records deleted by retention: start at the oldest

@@ -51,7 +51,9 @@ from streams.pipeline import durable, epochs, records
 from streams.pipeline.epochs import Epoch, PartitionMark, Record
 from streams.pipeline.payloads import batch_payloads
 from streams.pipeline.recorder import Recorder
+from streams.pipeline.refetch import broker_hosts
 from streams.pipeline.tables import as_mark, as_state, current, index_due
+from streams.pipeline.tells import Tells
 
 log = logging.getLogger("parcours.worker")
 
@@ -70,6 +72,7 @@ class Effects:
         default_factory=list
     )  # (topic, key, value, partition, headers)
     started_watermark: dict | None = None
+    tells: list[tuple[int, int, bytes]] = field(default_factory=list)  # (from, to, value)
 
 
 Fetch = Callable[[epochs.Missing], Awaitable[list[Record]]]
@@ -102,6 +105,7 @@ class EpochRunner:
         self.read_to: dict[int, int] = {}  # partition -> last touchpoints offset computed
         # (from, to) partition -> (entry watermark, idle, wall ms) last told
         self.told: dict[tuple[int, int], tuple[int, bool, int]] = {}
+        self.tells = Tells(self.resolved, broker_hosts(settings.broker))  # app.py runs it
         # The batch in progress: an event per partition. Tables take a key's partition
         # from Faust's current event, so each read and write sets its partition's.
         self.event_of: dict[int, faust.EventT] = {}
@@ -186,6 +190,7 @@ class EpochRunner:
                     )
                 )
         await asyncio.gather(*acks)
+        self.tells.put([t for effects in done for t in effects.tells])  # after what they cover
         # 4. states: one record per changed key of the batch.
         await self._durably(self._write_states, pending, "the batch's customer states")
         metrics.STATE_RECORDS.inc(len(pending) + 2 * len(marks))
@@ -384,7 +389,7 @@ class EpochRunner:
         for other in range(self.settings.partitions):
             told = self.told.get((partition, other))
             if other != partition and tell_now(mark, told, other in forwarded_to, ticked, wall_ms):
-                effects.sends.append((self.resolved, None, doc, other, None))
+                effects.tells.append((partition, other, doc))
                 self.told[partition, other] = (mark.value, mark.idle, wall_ms)
 
     def _outputs(self, effects: Effects, result: StepResult) -> None:
