@@ -98,6 +98,12 @@ def demo(customers: int, seed: int, data_dir: Path, timeout: float) -> None:
     "--customers, for the whole day's mix); 0: not counted",
 )
 @click.option("--core-only", is_flag=True, help="only the in-process core (and --compare)")
+@click.option(
+    "--profile",
+    is_flag=True,
+    help="sample each pipeline worker with py-spy while it takes the messages: collapsed "
+    "stacks (a flame graph's input) under DATA_DIR/profiles, and the top five functions",
+)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable figures")
 def bench(as_json: bool, **options: Any) -> None:
     """Measure throughput, latency and memory against baselines measured in the same run.

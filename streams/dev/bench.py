@@ -22,7 +22,7 @@ import shutil
 import signal
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,6 +36,7 @@ from streams.config.settings import TOUCHPOINTS, Settings
 from streams.dev.bench_compare import CoreTiming, compare_cores, comparison
 from streams.dev.bench_core import Core
 from streams.dev.bench_latency import Latency, measure_latency
+from streams.dev.bench_profile import Profile, py_spy, sampled
 from streams.dev.bench_report import print_report
 from streams.dev.local_stack import (
     ChildProcess,
@@ -74,6 +75,7 @@ class Throughput:
     # The longest a worker computed one batch (its event loop waiting), as the bucket
     # bound of parcours_compute_seconds that holds it.
     longest_compute_s: float | None = None
+    profiles: list[Profile] = field(default_factory=list)  # per worker, with --profile
 
 
 @dataclass
@@ -213,6 +215,7 @@ def run_pipeline(
     partitions: int,
     work: Path,
     timeout: float,
+    profile_dir: Path | None = None,
 ) -> Throughput:
     shutil.rmtree(work, ignore_errors=True)
     env = {"PARCOURS_MAX_AGE_SECONDS": "0", "PARCOURS_PARTITIONS": str(partitions)}
@@ -224,15 +227,21 @@ def run_pipeline(
         ]
         wait_ready(running, timeout)
         meter = CpuMeter([w.pid for w in running], broker.pid)
-        started = send_all(broker, messages)
-        # Each look at a worker's /metrics costs it CPU (at 20 a second, a seventh of
-        # it): look twice a second, and take the end from the sink's own clock.
-        wait_for(
-            lambda: sum(w.sink_rows("touchpoints") for w in running) >= events,
-            timeout,
-            "every touchpoint in ClickHouse",
-            poll=0.5,
+        sampling: AbstractContextManager[list[Profile]] = (
+            sampled([w.pid for w in running], profile_dir, profile_name(kind, workers))
+            if profile_dir is not None
+            else nullcontext([])
         )
+        with sampling as profiles:
+            started = send_all(broker, messages)
+            # Each look at a worker's /metrics costs it CPU (at 20 a second, a seventh of
+            # it): look twice a second, and take the end from the sink's own clock.
+            wait_for(
+                lambda: sum(w.sink_rows("touchpoints") for w in running) >= events,
+                timeout,
+                "every touchpoint in ClickHouse",
+                poll=0.5,
+            )
         finished = max(
             w.metric_sum("parcours_sink_last_write_timestamp_seconds", table="touchpoints")
             for w in running
@@ -244,6 +253,7 @@ def run_pipeline(
                 "pipeline", kind, workers, events, len(messages), seconds, events / seconds, rss
             )
         )
+        figure.profiles = profiles
         # A batch writes its states after its rows, and counts an epoch once they are
         # written: an epoch finished after the last row landed (the ticks make one if
         # no data is left) means every state of the run is counted.
@@ -255,6 +265,11 @@ def run_pipeline(
         figure.epochs = int(sum(epochs_of(w) for w in running))
         figure.longest_compute_s = max(w.longest_batch_seconds() for w in running)
     return figure
+
+
+def profile_name(kind: str, workers: int) -> str:
+    """A file name for a run's profiles: 'pipeline-single-1w', 'pipeline-envelopes-2w'."""
+    return f"pipeline-{'single' if kind.startswith('1 ') else 'envelopes'}-{workers}w"
 
 
 def epochs_of(worker: WorkerProcess) -> float:
@@ -283,11 +298,14 @@ def run_bench(
     core_only: bool = False,
     rounds: int = 3,
     instructions: int = 0,
+    profile: bool = False,
 ) -> Report:
     # SIGTERM (timeout, Ctrl-\, a CI cancel) unwinds like Ctrl-C, so the broker and the
     # workers this started are stopped rather than left running in their own sessions.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     say = (lambda *_: None) if as_json else (lambda *a: print(*a, flush=True))
+    if profile and py_spy() is None:
+        sys.exit("parcours bench --profile: py-spy is not installed (pip install py-spy)")
     # Live traffic is dense: customers arrive over ten minutes, acting every 5 to 20 s,
     # so a producer flushing every 30 s has several events of a customer to batch.
     events = generate(customers, seed=seed, arrivals_seconds=600, max_gap_seconds=20)
@@ -341,8 +359,9 @@ def run_bench(
         say(f"  baseline, {kind}: {baseline.events_per_second:,.0f} events/s")
         for count in counts:
             figure = run_pipeline(
-                kind, messages, len(events), count, partitions, work / "pipeline", timeout
-            )
+                kind, messages, len(events), count, partitions, work / "pipeline", timeout,
+                profile_dir=data_dir / "profiles" if profile else None,
+            )  # fmt: skip
             figure.vs_baseline = figure.events_per_second / baseline.events_per_second
             report.throughput.append(figure)
             say(f"  pipeline, {kind}, {count} worker(s): {figure.events_per_second:,.0f} events/s")

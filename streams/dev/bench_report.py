@@ -69,3 +69,12 @@ def print_report(report: Report) -> None:
     print(f"state: {report.state_bytes_per_customer:,.0f} bytes per customer key (serialized)")
     for lat in report.latency:
         print(lat.summary())
+    for f in report.throughput:
+        for n, profile in enumerate(f.profiles):
+            where = f"profile of worker {n + 1}, pipeline on {f.messages_kind}"
+            if not profile.path:
+                print(f"{where}: none ({profile.error})")
+                continue
+            print(f"{where}: {profile.path} (collapsed stacks); most samples held by")
+            for function, share in profile.top:
+                print(f"  {share:6.1%}  {function}")

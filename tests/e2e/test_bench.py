@@ -25,11 +25,19 @@ def test_bench_measures_every_run_and_prints_json(tmp_path):
             "--rate", "200",
             "--latency-seconds", "10",
             "--data-dir", str(tmp_path),
+            "--profile",
             "--json",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
+    for figure in (f for f in report["throughput"] if f["run"] == "pipeline"):
+        [profile] = figure["profiles"]  # one worker: one profile, or why there is none
+        if profile["path"]:
+            assert profile["top"] and 0 < sum(share for _, share in profile["top"]) <= 1
+            assert (tmp_path / "profiles").is_dir()
+        else:  # py-spy needs to read another process's memory (ptrace)
+            assert profile["error"]
     assert report["events"] == 600
     runs = {(f["run"], f["messages_kind"], f["workers"]) for f in report["throughput"]}
     assert runs == {
