@@ -130,6 +130,13 @@ WATERMARK = Gauge(
     "(Unix time); one that stops moving means a stuck or idle partition",
     ["partition"],
 )
+JOURNEYS_WATERMARK = Gauge(
+    "parcours_journey_watermark_seconds",
+    "The watermark each partition's journeys move on (Unix time): the least of the entry "
+    "watermarks of the partitions not idle; one far behind parcours_watermark_seconds "
+    "waits for a partition that is behind or not heard from",
+    ["partition"],
+)
 LEAKS = Counter(
     "parcours_leaks_total", "Leaks detected, by rule and pain-point category", ["rule", "category"]
 )

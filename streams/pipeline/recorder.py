@@ -64,6 +64,8 @@ class Recorder:
         for partition, mark in watermarks.items():
             if mark.value > NEVER:
                 metrics.WATERMARK.labels(str(partition)).set(mark.value / 1000)
+            if mark.journeys_ms > NEVER:
+                metrics.JOURNEYS_WATERMARK.labels(str(partition)).set(mark.journeys_ms / 1000)
         metrics.LATE_EVENTS.inc(len(result.late))
         metrics.REPLAYED_EVENTS.inc(result.replayed)
         metrics.DEAD_LETTERS.labels(LATE).inc(len(result.late))
