@@ -130,10 +130,10 @@ def ingest_batch(
             by_key.setdefault(key, []).append((item.event["event_id"], item.ts_ms, arrival))
             partition_of_key.setdefault(key, message.partition)
     outcome.counts["invalid"] = len(outcome.dead_letters)
-    events = [item.event for _, item in arrived]
     fresh_arrivals = _dedupe(
-        outcome, events, by_key, partition_of_key, seen_lookup, dedupe_window_ms, dedupe_max_ids
-    )
+        outcome, lambda a: arrived[a][1].event, by_key, partition_of_key, seen_lookup,
+        dedupe_window_ms, dedupe_max_ids,
+    )  # fmt: skip
     # Forward in arrival order, grouped by the partition each customer's journeys live on:
     # grouping by key would reorder events across keys and push the watermark ahead.
     for arrival in sorted(fresh_arrivals):
@@ -164,8 +164,9 @@ def take_entered(
         )
     partition_of_key = dict.fromkeys(by_key, partition)
     fresh = _dedupe(
-        outcome, events, by_key, partition_of_key, seen_lookup, dedupe_window_ms, dedupe_max_ids
-    )
+        outcome, events.__getitem__, by_key, partition_of_key, seen_lookup,
+        dedupe_window_ms, dedupe_max_ids,
+    )  # fmt: skip
     outcome.events = [events[a] for a in sorted(fresh)]
     for event in outcome.events:
         outcome.tally[_labels(event, "valid")] += 1
@@ -174,7 +175,7 @@ def take_entered(
 
 def _dedupe(
     outcome: IngestOutcome,
-    events: Sequence[dict],
+    event_of: Callable[[int], dict],
     by_key: dict[str, list[tuple[str, int, int]]],
     partition_of_key: dict[str, int],
     seen_lookup: Callable[[str, int], SeenIds | None],
@@ -194,7 +195,7 @@ def _dedupe(
         outcome.counts["valid"] += len(fresh)
         if duplicates:
             for arrival in {c[2] for c in candidates}.difference(fresh):
-                outcome.tally[_labels(events[arrival], "duplicate")] += 1
+                outcome.tally[_labels(event_of(arrival), "duplicate")] += 1
         outcome.seen_updates[key] = (partition_of_key[key], remembered)
         fresh_arrivals += fresh
     return fresh_arrivals

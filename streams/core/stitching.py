@@ -215,7 +215,10 @@ def journey_step(
             mark.on_idle(wall_ms, behind=doc.get("behind", False))
             continue
         if control == "watermark":
-            mark.hear(doc["from"], doc["value"], doc["idle"])
+            try:
+                mark.hear(int(doc["from"]), int(doc["value"]), bool(doc["idle"]))
+            except (KeyError, TypeError, ValueError):  # not a worker's: it moves nothing
+                result.failed.append((message, None, "a watermark needs from, value, idle"))
             continue
         if control is None:  # touchpoints from ingest, judged where they entered
             judged = []
@@ -230,7 +233,7 @@ def journey_step(
             take(message, partition, judged)
             continue
         if control == "entered":  # judged where they entered
-            take(message, partition, [(e, "late" not in e) for e in doc["events"]])
+            take(message, partition, [(e, "late" not in e) for e in doc.get("events", [])])
             continue
         if key is None:
             continue

@@ -359,7 +359,7 @@ class EpochRunner:
         """The touchpoints of `entered` controls, deduped against their customers' ids
         (each control keeps only its fresh ones); return those taken."""
         outcome = take_entered(
-            [e for m in entered for e in m.doc["events"]],
+            [e for m in entered for e in m.doc.get("events", ())],
             partition,
             partial(self._seen, load),
             dedupe_window_ms=int(self.settings.dedupe_window_seconds * 1000),
@@ -368,7 +368,7 @@ class EpochRunner:
         self._remember(outcome, partition, load, pending)
         fresh = {id(e) for e in outcome.events}
         for m in entered:
-            m.doc["events"] = [e for e in m.doc["events"] if id(e) in fresh]
+            m.doc["events"] = [e for e in m.doc.get("events", ()) if id(e) in fresh]
         self.record.ingested((), outcome, outcome.events, started)
         return outcome.events
 

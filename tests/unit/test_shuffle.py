@@ -180,3 +180,12 @@ def test_a_touchpoint_late_where_it_entered_is_late_where_its_customer_lives():
     published = run([events[1], early], entry=[0, 0], seed=0)
     assert published["late"] == [early["event_id"]]
     assert all(early["event_id"] not in path for *_, path in published["journeys"])
+
+
+def test_a_watermark_control_not_written_by_a_worker_moves_nothing_and_is_a_letter():
+    watermarks = {0: Watermark(CONFIG.allowed_lateness_ms, CONFIG.idle_timeout_ms)}
+    watermarks[0].expect([1])
+    bad = Message(None, 0, 7, {"control": "watermark", "from": 1, "value": "soon"})
+    result = journey_step(CONFIG, [bad], lambda k, _p: None, watermarks, DueIndex(), wall_ms=0)
+    assert [(m.offset, e) for m, e, _ in result.failed] == [(7, None)]
+    assert watermarks[0].heard == {"1": [NEVER, False]}
