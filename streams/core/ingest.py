@@ -173,6 +173,15 @@ def take_entered(
     return outcome
 
 
+def count_where_taken(outcome: IngestOutcome) -> None:
+    """`outcome.forward` holds events of customers living on other partitions (the
+    caller took its own): they are counted there, where they are taken, not twice."""
+    for events in outcome.forward.values():
+        for e in events:
+            outcome.tally[_labels(e, "valid")] -= 1
+            outcome.counts["valid"] -= 1
+
+
 def _dedupe(
     outcome: IngestOutcome,
     event_of: Callable[[int], dict],

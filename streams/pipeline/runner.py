@@ -40,6 +40,7 @@ from streams.core.ingest import (
     DeadLetter,
     IngestOutcome,
     RawMessage,
+    count_where_taken,
     ingest_batch,
     kafka_partition,
     take_entered,
@@ -53,7 +54,7 @@ from streams.pipeline.payloads import batch_payloads
 from streams.pipeline.recorder import Recorder
 from streams.pipeline.refetch import broker_hosts
 from streams.pipeline.tables import as_mark, as_state, current, index_due
-from streams.pipeline.tells import Tells
+from streams.pipeline.tells import Shortcuts, Tells
 
 log = logging.getLogger("parcours.worker")
 
@@ -106,6 +107,7 @@ class EpochRunner:
         # (from, to) partition -> (entry watermark, idle, wall ms) last told
         self.told: dict[tuple[int, int], tuple[int, bool, int]] = {}
         self.tells = Tells(self.resolved, broker_hosts(settings.broker))  # app.py runs it
+        self.shortcuts = Shortcuts()
         # The batch in progress: an event per partition. Tables take a key's partition
         # from Faust's current event, so each read and write sets its partition's.
         self.event_of: dict[int, faust.EventT] = {}
@@ -181,7 +183,7 @@ class EpochRunner:
             for table, (columns, rows) in effects.rows.items():
                 rejected = partial(self._refused, effects.epoch)
                 await self.sink.write(table, columns, rows, effects.epoch.token(table), rejected)
-        acks = []
+        acks, sources = [], []
         for effects in done:
             for topic, key, value, to_partition, headers in effects.sends:
                 acks.append(
@@ -189,7 +191,11 @@ class EpochRunner:
                         key=key, value=value, partition=to_partition, headers=headers
                     )
                 )
-        await asyncio.gather(*acks)
+                sources.append((effects.epoch.partition, topic))
+        for (source, topic), metadata in zip(sources, await asyncio.gather(*acks), strict=True):
+            if topic == self.resolved:  # where a tell from `source` must not overtake it
+                self.shortcuts.acked(source, metadata.partition, metadata.offset)
+        self.shortcuts.all_acked()
         self.tells.put([t for effects in done for t in effects.tells])  # after what they cover
         # 4. states: one record per changed key of the batch.
         await self._durably(self._write_states, pending, "the batch's customer states")
@@ -249,6 +255,8 @@ class EpochRunner:
         if epoch.topic == self.touchpoints:  # read from now on, not before: a tick epoch
             # computed ahead of it in this batch must still find these records waiting
             self._read_up_to(partition, epoch.last)
+        else:
+            self.shortcuts.computed(partition, epoch.last)
         mark = self.watermarks.setdefault(
             partition, Watermark(self.config.allowed_lateness_ms, self.config.idle_timeout_ms)
         )
@@ -270,7 +278,7 @@ class EpochRunner:
         if touch:
             outcome = self._ingest(touch, partition, load, pending, wall_ms)
             taken = outcome.forward.pop(partition, [])
-            self._count_forwarded(outcome)
+            count_where_taken(outcome)
             self._letters(effects, outcome.dead_letters, "ingest")
             self.record.ingested((r.timestamp_s for r in touch), outcome, taken, started)
             if outcome.events:
@@ -292,6 +300,8 @@ class EpochRunner:
         )
         pending.update(result.states)
         self._outputs(effects, result)
+        if any(t == self.resolved for t, *_ in effects.sends):
+            self.shortcuts.sending(partition)
         ticked = any(m.doc["control"] == "tick" for m in controls)
         self._tell_watermark(effects, mark, partition, set(result.forwards), ticked, wall_ms)
         self.record.journeys_stepped([*messages, *controls], result, self.watermarks)
@@ -344,15 +354,6 @@ class EpochRunner:
                 state = load(key, partition) or CustomerState()
                 pending[key] = (partition, state.evolve(seen=ids))
 
-    @staticmethod
-    def _count_forwarded(outcome: IngestOutcome) -> None:
-        """Events of customers living on other partitions are judged here and sent there
-        (see journey_step's `home`): counted there, where they are taken, not twice."""
-        for events in outcome.forward.values():
-            for e in events:
-                outcome.tally[e["type"], e["channel"], e["source"], "valid"] -= 1
-                outcome.counts["valid"] -= 1
-
     def _take_entered(
         self, entered: list[Message], partition: int, load, pending: dict, started: float
     ) -> list[dict]:
@@ -382,13 +383,26 @@ class EpochRunner:
         wall_ms: int,
     ) -> None:
         """Tell the other partitions this one's entry watermark, after the touchpoints
-        it sent them (see streams.core.eventtime.tell_now)."""
+        it sent them (see streams.core.eventtime.tell_now): in memory where it may
+        (see streams.pipeline.tells.Shortcuts), else through the broker."""
         doc = orjson.dumps(
             {"control": "watermark", "from": partition, "value": mark.value, "idle": mark.idle}
         )
+        mine = self.app.consumer.assignment()
         for other in range(self.settings.partitions):
+            if other == partition:
+                continue
+            there = self.watermarks.get(other)
+            tp = TP(self.resolved, other)
+            if (
+                there is not None
+                and tp in mine
+                and self.shortcuts.direct(partition, other, self.app.consumer.highwater(tp))
+            ):
+                there.hear(partition, mark.value, mark.idle)
+                continue
             told = self.told.get((partition, other))
-            if other != partition and tell_now(mark, told, other in forwarded_to, ticked, wall_ms):
+            if tell_now(mark, told, other in forwarded_to, ticked, wall_ms):
                 effects.tells.append((partition, other, doc))
                 self.told[partition, other] = (mark.value, mark.idle, wall_ms)
 

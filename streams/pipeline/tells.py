@@ -50,3 +50,43 @@ class Tells:
                         log.warning("a watermark tell to partition %d was not sent: %s", to, exc)
         finally:
             await producer.stop()
+
+
+class Shortcuts:
+    """When a tell may skip the broker: from partition q to a partition p this process
+    owns, once p has computed every message q sent it (the touchpoints a tell covers
+    reach p through the broker; a tell applied in memory must not overtake them). Only a
+    lower bound is ever applied, so a tell taken in memory and lost in a restart or a
+    rebalance costs nothing but waiting for the next one. On the touchpoints' usual way
+    (keyed by customer) nothing is forwarded, and every tell is taken in memory: the
+    journeys wait for no round trip through the broker."""
+
+    def __init__(self) -> None:
+        self.unacked: set[int] = set()  # partitions whose sends to the topic wait for acks
+        self.sent: dict[tuple[int, int], int] = {}  # (from, to) -> offset of the last send
+        self.read: dict[int, int] = {}  # partition -> last offset of the topic computed
+        self.floor: dict[int, int] = {}  # partition -> last offset when first looked at
+
+    def sending(self, source: int) -> None:
+        self.unacked.add(source)
+
+    def acked(self, source: int, partition: int, offset: int) -> None:
+        self.sent[source, partition] = max(self.sent.get((source, partition), -1), offset)
+
+    def all_acked(self) -> None:
+        self.unacked.clear()
+
+    def computed(self, partition: int, offset: int) -> None:
+        self.read[partition] = max(self.read.get(partition, -1), offset)
+
+    def direct(self, source: int, partition: int, end: int | None) -> bool:
+        """May `source` tell `partition` in memory? `end`: the offset the partition's next
+        message will get, as the consumer last saw it (None: not known yet)."""
+        if source in self.unacked:
+            return False
+        if partition not in self.floor:
+            if end is None:
+                return False
+            self.floor[partition] = end - 1  # what was there before: maybe forwards
+        needed = max(self.floor[partition], self.sent.get((source, partition), -1))
+        return self.read.get(partition, -1) >= needed
