@@ -385,9 +385,7 @@ class EpochRunner:
         """Tell the other partitions this one's entry watermark, after the touchpoints
         it sent them (see streams.core.eventtime.tell_now): in memory where it may
         (see streams.pipeline.tells.Shortcuts), else through the broker."""
-        doc = orjson.dumps(
-            {"control": "watermark", "from": partition, "value": mark.value, "idle": mark.idle}
-        )
+        doc = None  # encoded for the first tell through the broker, if there is one
         mine = self.app.consumer.assignment()
         for other in range(self.settings.partitions):
             if other == partition:
@@ -403,6 +401,10 @@ class EpochRunner:
                 continue
             told = self.told.get((partition, other))
             if tell_now(mark, told, other in forwarded_to, ticked, wall_ms):
+                doc = doc or orjson.dumps(
+                    {"control": "watermark", "from": partition, "value": mark.value,
+                     "idle": mark.idle}
+                )  # fmt: skip
                 effects.tells.append((partition, other, doc))
                 self.told[partition, other] = (mark.value, mark.idle, wall_ms)
 
